@@ -1,0 +1,16 @@
+// Each file adds one command family to the application. A subcommand's
+// callback stores the work to do in `action`; main runs it after parsing.
+#pragma once
+
+#include <functional>
+
+#include <CLI/CLI.hpp>
+
+#include "context.h"
+
+namespace ebs::cli {
+
+void AddVolumeCommands(CLI::App* app, Context* ctx, std::function<int()>* action);
+void AddServeCommand(CLI::App* app, Context* ctx, std::function<int()>* action);
+
+}  // namespace ebs::cli

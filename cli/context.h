@@ -1,0 +1,25 @@
+// What every subcommand shares: where the data directory is, how to print,
+// and how a request reaches the volumes (the running server, or in-process).
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "ebs/engine/status.h"
+
+namespace ebs::cli {
+
+struct Context {
+  std::string data_dir = "./ebs-data";
+  bool json = false;
+};
+
+// Sends {"cmd": cmd, "args": args} to the server through DATA_DIR/control.sock
+// when one is running, else runs it in-process on the data directory.
+Result<nlohmann::json> Dispatch(const Context& ctx, const std::string& cmd, const nlohmann::json& args);
+
+// Prints an error to stderr and returns the process exit status (1).
+int Fail(const Status& status);
+
+}  // namespace ebs::cli

@@ -1,0 +1,34 @@
+#include <sys/stat.h>
+
+#include <cstdio>
+
+#include "context.h"
+#include "ebs/engine/control.h"
+#include "ebs/engine/volume_manager.h"
+
+namespace ebs::cli {
+
+Result<nlohmann::json> Dispatch(const Context& ctx, const std::string& cmd, const nlohmann::json& args) {
+  nlohmann::json request = {{"cmd", cmd}, {"args", args}};
+  std::string socket = ctx.data_dir + "/control.sock";
+  struct stat st {};
+  if (stat(socket.c_str(), &st) == 0) {
+    auto reply = ControlCall(socket, request);
+    if (reply.ok()) return ReplyToResult(*reply);
+    // A socket without a listener was left by a server that died; any other
+    // failure is real.
+    if (reply.status().code() != ECONNREFUSED && reply.status().code() != ENOENT) return reply.status();
+  }
+  auto manager = VolumeManager::Open(ctx.data_dir);
+  if (!manager.ok()) return manager.status();
+  CommandRegistry registry;
+  RegisterVolumeCommands(&registry, manager->get());
+  return ReplyToResult(registry.Handle(request));
+}
+
+int Fail(const Status& status) {
+  std::fprintf(stderr, "ebs: %s\n", status.message().c_str());
+  return 1;
+}
+
+}  // namespace ebs::cli

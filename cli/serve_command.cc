@@ -1,0 +1,115 @@
+// `ebs serve`: export every volume over NBD until SIGINT/SIGTERM.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "context.h"
+#include "ebs/engine/control.h"
+#include "ebs/engine/event_loop.h"
+#include "ebs/engine/volume_manager.h"
+#include "ebs/nbd/server.h"
+
+namespace ebs::cli {
+namespace {
+
+struct ServeArgs {
+  std::vector<std::string> listen;
+  std::string socket;
+  unsigned threads = 0;
+  bool read_only = false;
+  std::string default_export = "vol0";
+};
+
+int Serve(const Context& ctx, const ServeArgs& a) {
+  // Signals are taken synchronously by this thread; every thread started
+  // below inherits the mask.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto manager = VolumeManager::Open(ctx.data_dir);
+  if (!manager.ok()) return Fail(manager.status());
+
+  unsigned nloops = a.threads ? a.threads : std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::unique_ptr<EventLoop>> loops;
+  std::vector<EventLoop*> raw;
+  for (unsigned i = 0; i < nloops; ++i) {
+    auto loop = EventLoop::Create();
+    if (!loop.ok()) return Fail(loop.status());
+    (*loop)->Start(fmt::format("ebs-loop-{}", i));
+    raw.push_back(loop->get());
+    loops.push_back(std::move(*loop));
+  }
+
+  CommandRegistry registry;
+  RegisterVolumeCommands(&registry, manager->get());
+  auto control = ControlServer::Start(ctx.data_dir + "/control.sock", &registry);
+  if (!control.ok()) return Fail(control.status());
+
+  nbd::ServerOptions opts;
+  opts.tcp_listen = a.listen.empty() ? std::vector<std::string>{"127.0.0.1:10809"} : a.listen;
+  if (opts.tcp_listen.size() == 1 && opts.tcp_listen[0] == "none") opts.tcp_listen.clear();
+  opts.unix_socket = a.socket.empty() ? ctx.data_dir + "/nbd.sock" : a.socket;
+  if (opts.unix_socket == "none") opts.unix_socket.clear();
+  opts.read_only = a.read_only;
+  opts.default_export = a.default_export;
+  auto server = nbd::Server::Start(opts, manager->get(), raw);
+  if (!server.ok()) return Fail(server.status());
+
+  auto volumes = (*manager)->List();
+  size_t count = volumes.ok() ? volumes->size() : 0;
+  fmt::print("ebs: serving {} volume(s) from {} on {} event loop(s)\n", count, ctx.data_dir, nloops);
+  for (const auto& addr : (*server)->addresses()) fmt::print("ebs: listening on {}\n", addr);
+  std::string example = volumes.ok() && !volumes->empty() ? volumes->front().record.name : "NAME";
+  if (!opts.unix_socket.empty()) {
+    fmt::print("ebs: connect:  nbdinfo 'nbd+unix:///{}?socket={}'\n", example, opts.unix_socket);
+    fmt::print("ebs: mount:    mkdir -p /tmp/ebs-fuse && nbdfuse /tmp/ebs-fuse/disk 'nbd+unix:///{}?socket={}' &\n"
+               "              dev=$(losetup -f --show /tmp/ebs-fuse/disk); mkfs.ext4 $dev; mount $dev /mnt\n",
+               example, opts.unix_socket);
+  }
+  for (const auto& addr : (*server)->addresses()) {
+    if (addr.rfind("unix:", 0) != 0) fmt::print("ebs: over TCP: nbdinfo nbd://{}/{}\n", addr, example);
+  }
+  fmt::print("ebs: ready (Ctrl-C or SIGTERM to stop)\n");
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  fmt::print("ebs: {} received: finishing in-flight requests\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  std::fflush(stdout);
+  (*server)->Shutdown();
+  control->reset();
+  for (auto& loop : loops) loop->Stop();
+  server->reset();
+  loops.clear();
+  manager->reset();  // closes the catalog; data files were synced as volumes closed
+  fmt::print("ebs: stopped\n");
+  return 0;
+}
+
+}  // namespace
+
+void AddServeCommand(CLI::App* app, Context* ctx, std::function<int()>* action) {
+  auto a = std::make_shared<ServeArgs>();
+  auto* serve = app->add_subcommand("serve", "export every volume over NBD (TCP and a Unix socket)");
+  serve->add_option("--listen", a->listen,
+                    "TCP address HOST:PORT (repeatable; default 127.0.0.1:10809; 'none' for no TCP). "
+                    "Anything beyond loopback must be given explicitly");
+  serve->add_option("--socket", a->socket, "Unix socket path (default DATA_DIR/nbd.sock, mode 0600; 'none' for none)");
+  serve->add_option("--threads", a->threads, "event-loop threads (default: one per core)");
+  serve->add_flag("--read-only", a->read_only, "export every volume read-only");
+  serve->add_option("--default-export", a->default_export, "volume served for the empty export name")
+      ->default_str("vol0");
+  serve->callback([=] { *action = [=] { return Serve(*ctx, *a); }; });
+}
+
+}  // namespace ebs::cli

@@ -1,0 +1,149 @@
+// `ebs volume create|list|describe|delete|modify`.
+#include <cstdio>
+#include <optional>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "context.h"
+#include "ebs/engine/size.h"
+
+namespace ebs::cli {
+namespace {
+
+struct VolumeArgs {
+  std::string name;
+  std::string type;
+  std::string size;
+  std::optional<int64_t> iops;
+  std::optional<int64_t> throughput;
+  bool force = false;
+};
+
+std::string OrDash(const nlohmann::json& v) {
+  if (v.is_null()) return "-";
+  if (v.is_string()) return v.get<std::string>();
+  return v.dump();
+}
+
+void PrintVolume(const nlohmann::json& v) {
+  fmt::print("name:              {}\n", v["name"].get<std::string>());
+  fmt::print("id:                {}\n", v["id"].get<std::string>());
+  fmt::print("type:              {}\n", v["type"].get<std::string>());
+  fmt::print("size:              {} ({} bytes)\n", v["size"].get<std::string>(), v["size_bytes"].get<uint64_t>());
+  fmt::print("iops:              {}\n", OrDash(v["iops"]));
+  fmt::print("throughput:        {}\n",
+             v["throughput_mibps"].is_null() ? "-" : v["throughput_mibps"].dump() + " MiB/s");
+  const auto& p = v["performance"];
+  fmt::print("performance:       {} IOPS baseline, {} burst; {} MiB/s baseline, {} burst\n",
+             p["baseline_iops"].get<uint32_t>(), p["burst_iops"].get<uint32_t>(),
+             p["baseline_throughput_mibps"].get<double>(), p["burst_throughput_mibps"].get<double>());
+  fmt::print("state:             {}\n", v["state"].get<std::string>());
+  fmt::print("created:           {}\n", v["created"].get<std::string>());
+  fmt::print("source snapshot:   {}\n", OrDash(v["source_snapshot"]));
+  if (!v["modifications"].empty()) {
+    const auto& m = v["modifications"].back();
+    fmt::print("last modification: {} (started {}, {} -> {})\n", m["state"].get<std::string>(),
+               m["started"].get<std::string>(), m["from"]["type"].get<std::string>() + " " +
+               m["from"]["size"].get<std::string>(), m["to"]["type"].get<std::string>() + " " +
+               m["to"]["size"].get<std::string>());
+  }
+}
+
+// Turns flags into control-request arguments, refusing bad sizes early.
+Result<nlohmann::json> ToArgs(const VolumeArgs& a) {
+  nlohmann::json args = {{"name", a.name}};
+  if (!a.type.empty()) args["type"] = a.type;
+  if (!a.size.empty()) {
+    auto bytes = ParseSize(a.size);
+    if (!bytes.ok()) return Status::InvalidArgument("InvalidParameterValue: --size: " + bytes.status().message());
+    args["size_bytes"] = *bytes;
+  }
+  if (a.iops) args["iops"] = *a.iops;
+  if (a.throughput) args["throughput_mibps"] = *a.throughput;
+  return args;
+}
+
+int Run(const Context& ctx, const std::string& cmd, const Result<nlohmann::json>& args, bool print_volume) {
+  if (!args.ok()) return Fail(args.status());
+  auto r = Dispatch(ctx, cmd, *args);
+  if (!r.ok()) return Fail(r.status());
+  if (ctx.json) {
+    fmt::print("{}\n", r->dump(2));
+  } else if (print_volume) {
+    PrintVolume(*r);
+  }
+  return 0;
+}
+
+void AddParams(CLI::App* c, VolumeArgs* a, bool create) {
+  auto* type = c->add_option("--type", a->type, "volume type: gp2, gp3, io1, io2, st1, sc1, standard");
+  auto* size = c->add_option("--size", a->size,
+                             create ? "size in whole GiB, with a suffix: 10G, 10GiB, 1T, or bytes"
+                                    : "new size (grow only): 20G, 1T, or bytes");
+  if (create) {
+    type->default_str("gp3");
+    size->required();
+  }
+  c->add_option("--iops", a->iops, "provisioned IOPS (gp3, io1, io2)");
+  c->add_option("--throughput", a->throughput, "provisioned throughput in MiB/s (gp3 only)");
+}
+
+}  // namespace
+
+void AddVolumeCommands(CLI::App* app, Context* ctx, std::function<int()>* action) {
+  auto* vol = app->add_subcommand("volume", "create, inspect, modify and delete volumes");
+  vol->require_subcommand(1);
+  auto a = std::make_shared<VolumeArgs>();
+
+  auto* create = vol->add_subcommand("create", "create a volume (a sparse data file and a catalog entry)");
+  create->add_option("name", a->name, "volume name ([A-Za-z0-9][A-Za-z0-9._-]{0,63}); also the NBD export name")
+      ->required();
+  AddParams(create, a.get(), true);
+  create->callback([=] { *action = [=] { return Run(*ctx, "volume.create", ToArgs(*a), true); }; });
+
+  auto* list = vol->add_subcommand("list", "list volumes");
+  list->callback([=] {
+    *action = [=] {
+      auto r = Dispatch(*ctx, "volume.list", nlohmann::json::object());
+      if (!r.ok()) return Fail(r.status());
+      if (ctx->json) {
+        fmt::print("{}\n", r->dump(2));
+        return 0;
+      }
+      fmt::print("{:<24} {:<21} {:<8} {:>10} {:>7} {:>11} {}\n", "NAME", "ID", "TYPE", "SIZE", "IOPS",
+                 "THROUGHPUT", "STATE");
+      for (const auto& v : *r) {
+        fmt::print("{:<24} {:<21} {:<8} {:>10} {:>7} {:>11} {}\n", v["name"].get<std::string>(),
+                   v["id"].get<std::string>(), v["type"].get<std::string>(), v["size"].get<std::string>(),
+                   OrDash(v["iops"]), OrDash(v["throughput_mibps"]), v["state"].get<std::string>());
+      }
+      return 0;
+    };
+  });
+
+  auto* describe = vol->add_subcommand("describe", "show a volume's configuration, performance and history");
+  describe->add_option("name", a->name, "volume name")->required();
+  describe->callback([=] { *action = [=] { return Run(*ctx, "volume.describe", ToArgs(*a), true); }; });
+
+  auto* del = vol->add_subcommand("delete", "delete a volume and its data");
+  del->add_option("name", a->name, "volume name")->required();
+  del->add_flag("--force", a->force, "delete even while clients are connected (their connections end)");
+  del->callback([=] {
+    *action = [=] {
+      auto args = ToArgs(*a);
+      if (args.ok()) (*args)["force"] = a->force;
+      int rc = Run(*ctx, "volume.delete", args, false);
+      if (rc == 0 && !ctx->json) fmt::print("deleted {}\n", a->name);
+      return rc;
+    };
+  });
+
+  auto* modify = vol->add_subcommand("modify", "change size (grow), type, IOPS or throughput, also while in use");
+  modify->add_option("name", a->name, "volume name")->required();
+  AddParams(modify, a.get(), false);
+  modify->callback([=] { *action = [=] { return Run(*ctx, "volume.modify", ToArgs(*a), true); }; });
+}
+
+}  // namespace ebs::cli

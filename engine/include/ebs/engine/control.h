@@ -1,0 +1,70 @@
+// The control channel. While `ebs serve` runs it owns the data directory, so
+// the other commands send it their requests over a Unix socket in the data
+// directory (DATA_DIR/control.sock, mode 0600); without a server they run
+// the same commands in-process. Either way a command is a JSON request
+//   {"cmd": "volume.create", "args": {...}}
+// answered by one JSON document
+//   {"ok": true, "result": ...} or {"ok": false, "code": errno, "error": "..."}.
+// Messages are single lines (JSON never needs a raw newline).
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "ebs/engine/status.h"
+
+namespace ebs {
+
+class VolumeManager;
+
+using CommandHandler = std::function<Result<nlohmann::json>(const nlohmann::json& args)>;
+
+// Maps command names to handlers. Register before use; then thread-safe.
+class CommandRegistry {
+ public:
+  void Register(const std::string& name, CommandHandler handler);
+  // Never throws: malformed requests and handler failures become error replies.
+  nlohmann::json Handle(const nlohmann::json& request) const;
+
+ private:
+  std::map<std::string, CommandHandler> handlers_;
+};
+
+// volume.create|list|describe|delete|modify over `manager`.
+void RegisterVolumeCommands(CommandRegistry* registry, VolumeManager* manager);
+
+// Listens on a Unix socket and answers each request line with the registry.
+class ControlServer {
+ public:
+  static Result<std::unique_ptr<ControlServer>> Start(const std::string& socket_path,
+                                                      const CommandRegistry* registry);
+  ~ControlServer();  // stops accepting, waits for requests being handled
+
+ private:
+  ControlServer() = default;
+  void AcceptLoop();
+  void Serve(int fd);
+
+  std::string path_;
+  int listen_fd_ = -1;
+  int stop_pipe_[2] = {-1, -1};
+  const CommandRegistry* registry_ = nullptr;
+  std::thread acceptor_;
+  std::atomic<int> active_{0};
+};
+
+// Sends one request to the server behind `socket_path`. ECONNREFUSED/ENOENT
+// mean no server is running there.
+Result<nlohmann::json> ControlCall(const std::string& socket_path, const nlohmann::json& request);
+
+// Turns a reply document back into a Result (the inverse of Handle()).
+Result<nlohmann::json> ReplyToResult(const nlohmann::json& reply);
+
+}  // namespace ebs

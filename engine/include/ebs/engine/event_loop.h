@@ -1,0 +1,83 @@
+// An event loop: one thread, one io_uring ring. Disk I/O and socket I/O are
+// both submitted to the ring of the loop that owns the request, and every
+// completion runs on that loop's thread.
+#pragma once
+
+#include <liburing.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "ebs/engine/status.h"
+
+namespace ebs {
+
+// Receives the completion of one io_uring operation. The address of the
+// IoCompletion is the SQE's user_data. Runs on the loop's thread.
+class IoCompletion {
+ public:
+  virtual ~IoCompletion() = default;
+  // `res` is the CQE result: >= 0 on success, -errno on failure.
+  virtual void OnComplete(int res, uint32_t cqe_flags) = 0;
+};
+
+class EventLoop {
+ public:
+  // `entries`: submission queue depth of the ring.
+  static Result<std::unique_ptr<EventLoop>> Create(unsigned entries = 1024);
+  ~EventLoop();
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  // Starts the loop's thread. Stop() asks it to return after the current
+  // batch of completions and joins it.
+  void Start(std::string name);
+  void Stop();
+
+  // Runs `fn` on the loop's thread. Safe to call from any thread.
+  void Post(std::function<void()> fn);
+
+  // True when called from this loop's thread.
+  bool InLoopThread() const { return std::this_thread::get_id() == thread_id_.load(); }
+
+  // REQUIRES: loop thread. Returns a zeroed SQE whose user_data is set to
+  // `completion`. Flushes the queue to the kernel when it is full, so it never
+  // fails while the ring works.
+  io_uring_sqe* GetSqe(IoCompletion* completion);
+
+  // Runs one iteration on the calling thread (tests that drive a loop by hand).
+  void RunOnce(bool wait);
+
+  // Number of operations submitted and not yet completed (loop thread only).
+  uint64_t inflight() const { return inflight_; }
+
+ private:
+  EventLoop() = default;
+  void Run();
+  void DrainPosted();
+  void ArmWakeup();
+
+  struct Wakeup : IoCompletion {
+    EventLoop* loop = nullptr;
+    uint64_t value = 0;
+    void OnComplete(int res, uint32_t flags) override;
+  };
+
+  io_uring ring_{};
+  int event_fd_ = -1;
+  Wakeup wakeup_;
+  std::thread thread_;
+  std::atomic<std::thread::id> thread_id_{};
+  std::atomic<bool> stop_{false};
+  uint64_t inflight_ = 0;
+  std::mutex mu_;
+  std::vector<std::function<void()>> posted_;  // GUARDED_BY(mu_)
+  std::vector<std::function<void()>> running_;
+};
+
+}  // namespace ebs

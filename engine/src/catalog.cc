@@ -1,0 +1,167 @@
+#include "ebs/engine/catalog.h"
+
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+
+#include <chrono>
+#include <ctime>
+
+#include <fmt/format.h>
+
+namespace ebs {
+namespace {
+
+constexpr char kVolumePrefix[] = "volume/";
+
+nlohmann::json ConfigToJson(const VolumeConfig& c) {
+  return {{"type", std::string(VolumeTypeName(c.type))},
+          {"size_bytes", c.size_bytes},
+          {"iops", c.iops},
+          {"throughput_mibps", c.throughput_mibps}};
+}
+
+Result<VolumeConfig> ConfigFromJson(const nlohmann::json& j) {
+  VolumeConfig c;
+  auto type = ParseVolumeType(j.at("type").get<std::string>());
+  if (!type.ok()) return type.status();
+  c.type = *type;
+  c.size_bytes = j.at("size_bytes").get<uint64_t>();
+  c.iops = j.at("iops").get<uint32_t>();
+  c.throughput_mibps = j.at("throughput_mibps").get<uint32_t>();
+  return c;
+}
+
+}  // namespace
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string FormatTime(int64_t unix_ms) {
+  if (unix_ms == 0) return "";
+  time_t secs = static_cast<time_t>(unix_ms / 1000);
+  struct tm tm {};
+  gmtime_r(&secs, &tm);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", tm.tm_year + 1900, tm.tm_mon + 1,
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, unix_ms % 1000);
+}
+
+nlohmann::json VolumeRecord::ToJson() const {
+  nlohmann::json mods = nlohmann::json::array();
+  for (const auto& m : modifications) {
+    mods.push_back({{"state", m.state},
+                    {"started_at_ms", m.started_at_ms},
+                    {"optimizing_at_ms", m.optimizing_at_ms},
+                    {"completed_at_ms", m.completed_at_ms},
+                    {"optimize_until_ms", m.optimize_until_ms},
+                    {"from", ConfigToJson(m.from)},
+                    {"to", ConfigToJson(m.to)}});
+  }
+  return {{"name", name},
+          {"id", id},
+          {"config", ConfigToJson(config)},
+          {"created_at_ms", created_at_ms},
+          {"state", state},
+          {"source_snapshot", source_snapshot},
+          {"modifications", mods}};
+}
+
+Result<VolumeRecord> VolumeRecord::FromJson(const nlohmann::json& j) {
+  try {
+    VolumeRecord r;
+    r.name = j.at("name").get<std::string>();
+    r.id = j.at("id").get<std::string>();
+    auto config = ConfigFromJson(j.at("config"));
+    if (!config.ok()) return config.status();
+    r.config = *config;
+    r.created_at_ms = j.at("created_at_ms").get<int64_t>();
+    r.state = j.at("state").get<std::string>();
+    r.source_snapshot = j.value("source_snapshot", "");
+    for (const auto& mj : j.at("modifications")) {
+      Modification m;
+      m.state = mj.at("state").get<std::string>();
+      m.started_at_ms = mj.at("started_at_ms").get<int64_t>();
+      m.optimizing_at_ms = mj.at("optimizing_at_ms").get<int64_t>();
+      m.completed_at_ms = mj.at("completed_at_ms").get<int64_t>();
+      m.optimize_until_ms = mj.at("optimize_until_ms").get<int64_t>();
+      auto from = ConfigFromJson(mj.at("from"));
+      auto to = ConfigFromJson(mj.at("to"));
+      if (!from.ok()) return from.status();
+      if (!to.ok()) return to.status();
+      m.from = *from;
+      m.to = *to;
+      r.modifications.push_back(m);
+    }
+    return r;
+  } catch (const nlohmann::json::exception& e) {
+    return Status::IoError(std::string("corrupt volume record in catalog: ") + e.what());
+  }
+}
+
+Result<std::unique_ptr<Catalog>> Catalog::Open(const std::string& path) {
+  rocksdb::Options options;
+  options.create_if_missing = true;
+  // The catalog is tiny: keep RocksDB's footprint small.
+  options.max_open_files = 64;
+  options.keep_log_file_num = 2;
+  options.max_background_jobs = 1;
+  options.IncreaseParallelism(1);
+  rocksdb::DB* db = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(options, path, &db);
+  if (!s.ok()) {
+    if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
+      return Status::Busy("catalog " + path + " is open in another process: " + s.ToString());
+    }
+    return Status::IoError("open catalog " + path + ": " + s.ToString());
+  }
+  return std::unique_ptr<Catalog>(new Catalog(db));
+}
+
+Catalog::~Catalog() {
+  db_->Close().PermitUncheckedError();
+  delete db_;
+}
+
+Status Catalog::Put(const VolumeRecord& record) {
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  rocksdb::Status s = db_->Put(wo, kVolumePrefix + record.name, record.ToJson().dump());
+  if (!s.ok()) return Status::IoError("catalog write: " + s.ToString());
+  return Status::Ok();
+}
+
+Result<VolumeRecord> Catalog::Get(const std::string& name) {
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), kVolumePrefix + name, &value);
+  if (s.IsNotFound()) return Status::NotFound("InvalidVolume.NotFound: volume '" + name + "' does not exist");
+  if (!s.ok()) return Status::IoError("catalog read: " + s.ToString());
+  auto j = nlohmann::json::parse(value, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return Status::IoError("corrupt volume record for " + name);
+  return VolumeRecord::FromJson(j);
+}
+
+Result<std::vector<VolumeRecord>> Catalog::List() {
+  std::vector<VolumeRecord> out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(kVolumePrefix); it->Valid() && it->key().starts_with(kVolumePrefix); it->Next()) {
+    auto j = nlohmann::json::parse(it->value().ToString(), nullptr, false);
+    if (j.is_discarded()) return Status::IoError("corrupt volume record " + it->key().ToString());
+    auto r = VolumeRecord::FromJson(j);
+    if (!r.ok()) return r.status();
+    out.push_back(std::move(*r));
+  }
+  if (!it->status().ok()) return Status::IoError("catalog scan: " + it->status().ToString());
+  return out;
+}
+
+Status Catalog::Delete(const std::string& name) {
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  rocksdb::Status s = db_->Delete(wo, kVolumePrefix + name);
+  if (!s.ok()) return Status::IoError("catalog delete: " + s.ToString());
+  return Status::Ok();
+}
+
+}  // namespace ebs

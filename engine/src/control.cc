@@ -1,0 +1,189 @@
+#include "ebs/engine/control.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace ebs {
+namespace {
+
+constexpr size_t kMaxRequestBytes = 1 << 20;
+
+nlohmann::json ErrorReply(int code, const std::string& message) {
+  return {{"ok", false}, {"code", code}, {"error", message}};
+}
+
+Status WriteAll(int fd, const std::string& data) {
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "control socket write");
+    }
+    off += static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+// Reads one newline-terminated line; EOF before any byte gives an empty string.
+Result<std::string> ReadLine(int fd) {
+  std::string line;
+  char buf[4096];
+  while (true) {
+    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "control socket read");
+    }
+    if (n == 0) return line;
+    line.append(buf, static_cast<size_t>(n));
+    size_t nl = line.find('\n');
+    if (nl != std::string::npos) {
+      line.resize(nl);
+      return line;
+    }
+    if (line.size() > kMaxRequestBytes) return Status::InvalidArgument("control request too large");
+  }
+}
+
+Result<sockaddr_un> UnixAddress(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) {
+    return Status::InvalidArgument("socket path too long (max " + std::to_string(sizeof(addr.sun_path) - 1) +
+                                   " bytes): " + path);
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  return addr;
+}
+
+}  // namespace
+
+void CommandRegistry::Register(const std::string& name, CommandHandler handler) {
+  handlers_[name] = std::move(handler);
+}
+
+nlohmann::json CommandRegistry::Handle(const nlohmann::json& request) const {
+  if (!request.is_object() || !request.contains("cmd") || !request["cmd"].is_string()) {
+    return ErrorReply(EINVAL, "malformed control request: expected {\"cmd\": NAME, \"args\": {...}}");
+  }
+  const std::string cmd = request["cmd"].get<std::string>();
+  auto it = handlers_.find(cmd);
+  if (it == handlers_.end()) return ErrorReply(EOPNOTSUPP, "unknown control command '" + cmd + "'");
+  nlohmann::json args = request.value("args", nlohmann::json::object());
+  if (!args.is_object()) return ErrorReply(EINVAL, "control request args must be an object");
+  try {
+    Result<nlohmann::json> r = it->second(args);
+    if (!r.ok()) return ErrorReply(r.status().code(), r.status().message());
+    return {{"ok", true}, {"result", *r}};
+  } catch (const nlohmann::json::exception& e) {
+    // A field of the wrong type: the request is bad, not the server.
+    return ErrorReply(EINVAL, std::string("malformed arguments for ") + cmd + ": " + e.what());
+  }
+}
+
+Result<nlohmann::json> ReplyToResult(const nlohmann::json& reply) {
+  if (!reply.is_object() || !reply.contains("ok")) return Status::IoError("malformed control reply");
+  if (reply["ok"].get<bool>()) return reply.value("result", nlohmann::json());
+  return Status::Error(reply.value("code", EIO), reply.value("error", std::string("unknown error")));
+}
+
+Result<std::unique_ptr<ControlServer>> ControlServer::Start(const std::string& socket_path,
+                                                            const CommandRegistry* registry) {
+  auto addr = UnixAddress(socket_path);
+  if (!addr.ok()) return addr.status();
+  std::unique_ptr<ControlServer> s(new ControlServer());
+  s->path_ = socket_path;
+  s->registry_ = registry;
+  s->listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s->listen_fd_ < 0) return Status::FromErrno(errno, "control socket");
+  // We hold the data directory lock, so a socket file left here is stale.
+  ::unlink(socket_path.c_str());
+  mode_t old = umask(0177);  // the socket is created 0600
+  int rc = ::bind(s->listen_fd_, reinterpret_cast<sockaddr*>(&*addr), sizeof(sockaddr_un));
+  umask(old);
+  if (rc != 0) return Status::FromErrno(errno, "bind " + socket_path);
+  if (::listen(s->listen_fd_, 16) != 0) return Status::FromErrno(errno, "listen " + socket_path);
+  if (pipe2(s->stop_pipe_, O_CLOEXEC) != 0) return Status::FromErrno(errno, "pipe");
+  s->acceptor_ = std::thread([srv = s.get()] { srv->AcceptLoop(); });
+  return s;
+}
+
+ControlServer::~ControlServer() {
+  if (acceptor_.joinable()) {
+    char c = 0;
+    (void)!::write(stop_pipe_[1], &c, 1);
+    acceptor_.join();
+  }
+  while (active_.load() > 0) usleep(1000);
+  if (listen_fd_ >= 0) {
+    ::close(listen_fd_);
+    ::unlink(path_.c_str());
+  }
+  for (int fd : stop_pipe_) {
+    if (fd >= 0) ::close(fd);
+  }
+}
+
+void ControlServer::AcceptLoop() {
+  while (true) {
+    pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {stop_pipe_[0], POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    if (fds[1].revents) return;
+    if (!(fds[0].revents & POLLIN)) continue;
+    int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) continue;
+    // Requests are rare and some (modify, later snapshots) take a while:
+    // each gets its own short-lived thread so one slow command blocks no other.
+    active_.fetch_add(1);
+    std::thread([this, fd] {
+      Serve(fd);
+      ::close(fd);
+      active_.fetch_sub(1);
+    }).detach();
+  }
+}
+
+void ControlServer::Serve(int fd) {
+  auto line = ReadLine(fd);
+  if (!line.ok() || line->empty()) return;
+  auto request = nlohmann::json::parse(*line, nullptr, /*allow_exceptions=*/false);
+  nlohmann::json reply = request.is_discarded() ? ErrorReply(EINVAL, "control request is not valid JSON")
+                                                : registry_->Handle(request);
+  (void)WriteAll(fd, reply.dump() + "\n");
+}
+
+Result<nlohmann::json> ControlCall(const std::string& socket_path, const nlohmann::json& request) {
+  auto addr = UnixAddress(socket_path);
+  if (!addr.ok()) return addr.status();
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Status::FromErrno(errno, "socket");
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&*addr), sizeof(sockaddr_un)) != 0) {
+    int err = errno;
+    ::close(fd);
+    return Status::FromErrno(err, "connect " + socket_path);
+  }
+  Status st = WriteAll(fd, request.dump() + "\n");
+  if (!st.ok()) {
+    ::close(fd);
+    return st;
+  }
+  auto line = ReadLine(fd);
+  ::close(fd);
+  if (!line.ok()) return line.status();
+  if (line->empty()) return Status::IoError("the server closed the control connection without a reply");
+  auto reply = nlohmann::json::parse(*line, nullptr, false);
+  if (reply.is_discarded()) return Status::IoError("malformed control reply");
+  return reply;
+}
+
+}  // namespace ebs

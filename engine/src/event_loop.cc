@@ -1,0 +1,119 @@
+#include "ebs/engine/event_loop.h"
+
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+namespace ebs {
+
+Result<std::unique_ptr<EventLoop>> EventLoop::Create(unsigned entries) {
+  std::unique_ptr<EventLoop> loop(new EventLoop());
+  io_uring_params params{};
+  // The completion queue is sized well beyond the submission queue: a
+  // connection keeps many operations in flight and the kernel must never drop
+  // a completion.
+  params.flags = IORING_SETUP_CQSIZE;
+  params.cq_entries = entries * 8;
+  int rc = io_uring_queue_init_params(entries, &loop->ring_, &params);
+  if (rc < 0) return Status::FromErrno(rc, "io_uring_queue_init");
+  loop->event_fd_ = eventfd(0, EFD_CLOEXEC);
+  if (loop->event_fd_ < 0) {
+    io_uring_queue_exit(&loop->ring_);
+    return Status::FromErrno(errno, "eventfd");
+  }
+  loop->wakeup_.loop = loop.get();
+  loop->thread_id_ = std::this_thread::get_id();
+  loop->ArmWakeup();
+  return loop;
+}
+
+EventLoop::~EventLoop() {
+  Stop();
+  io_uring_queue_exit(&ring_);
+  if (event_fd_ >= 0) close(event_fd_);
+}
+
+void EventLoop::ArmWakeup() {
+  io_uring_sqe* sqe = GetSqe(&wakeup_);
+  io_uring_prep_read(sqe, event_fd_, &wakeup_.value, sizeof(wakeup_.value), 0);
+}
+
+void EventLoop::Wakeup::OnComplete(int, uint32_t) {
+  if (!loop->stop_.load()) loop->ArmWakeup();
+}
+
+void EventLoop::Start(std::string name) {
+  thread_ = std::thread([this, name = std::move(name)] {
+    pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+    thread_id_ = std::this_thread::get_id();
+    Run();
+  });
+}
+
+void EventLoop::Stop() {
+  if (!thread_.joinable()) return;
+  stop_ = true;
+  uint64_t one = 1;
+  (void)!write(event_fd_, &one, sizeof(one));
+  thread_.join();
+}
+
+void EventLoop::Post(std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    posted_.push_back(std::move(fn));
+  }
+  uint64_t one = 1;
+  (void)!write(event_fd_, &one, sizeof(one));
+}
+
+io_uring_sqe* EventLoop::GetSqe(IoCompletion* completion) {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  while (sqe == nullptr) {
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  io_uring_sqe_set_data(sqe, completion);
+  ++inflight_;
+  return sqe;
+}
+
+void EventLoop::DrainPosted() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (posted_.empty()) return;
+    running_.swap(posted_);
+  }
+  for (auto& fn : running_) fn();
+  running_.clear();
+}
+
+void EventLoop::RunOnce(bool wait) {
+  DrainPosted();
+  if (wait) {
+    io_uring_submit_and_wait(&ring_, 1);
+  } else {
+    io_uring_submit(&ring_);
+  }
+  io_uring_cqe* cqe;
+  unsigned head;
+  unsigned seen = 0;
+  // Completions may submit new work; GetSqe flushes if the queue fills.
+  io_uring_for_each_cqe(&ring_, head, cqe) {
+    ++seen;
+    auto* c = static_cast<IoCompletion*>(io_uring_cqe_get_data(cqe));
+    int res = cqe->res;
+    uint32_t flags = cqe->flags;
+    if (!(flags & IORING_CQE_F_MORE)) --inflight_;
+    if (c != nullptr) c->OnComplete(res, flags);
+  }
+  io_uring_cq_advance(&ring_, seen);
+  DrainPosted();
+}
+
+void EventLoop::Run() {
+  while (!stop_.load()) RunOnce(true);
+  DrainPosted();
+}
+
+}  // namespace ebs

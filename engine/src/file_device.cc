@@ -1,0 +1,181 @@
+#include "ebs/engine/file_device.h"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace ebs {
+namespace {
+
+// Stages of a request inside FileDevice.
+enum Stage : uint8_t {
+  kMain = 0,      // the operation itself
+  kPunchForZero,  // ZERO_RANGE unsupported here (tmpfs): punch first,
+  kAllocateZero,  // then allocate the punched range
+  kSyncAfter,     // FUA on trim/zeroes: fdatasync after the operation
+};
+
+}  // namespace
+
+Result<std::shared_ptr<FileDevice>> FileDevice::Open(const std::string& path, uint64_t size,
+                                                     bool create) {
+  int flags = O_RDWR | O_CLOEXEC;
+  if (create) flags |= O_CREAT | O_EXCL;
+  int fd = ::open(path.c_str(), flags, 0600);
+  if (fd < 0) return Status::FromErrno(errno, "open " + path);
+  struct stat st {};
+  if (fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    return Status::FromErrno(err, "stat " + path);
+  }
+  if (static_cast<uint64_t>(st.st_size) < size && ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    int err = errno;
+    ::close(fd);
+    return Status::FromErrno(err, "truncate " + path);
+  }
+  return std::shared_ptr<FileDevice>(new FileDevice(fd, size));
+}
+
+FileDevice::~FileDevice() { ::close(fd_); }
+
+void FileDevice::Submit(EventLoop& loop, IoRequest* req) {
+  req->loop = &loop;
+  req->on_cqe = &FileDevice::Continue;
+  req->layer = this;
+  req->done = 0;
+  req->stage = kMain;
+  Issue(req);
+}
+
+void FileDevice::Issue(IoRequest* req) {
+  io_uring_sqe* sqe = req->loop->GetSqe(req);
+  if (req->stage == kSyncAfter) {
+    io_uring_prep_fsync(sqe, fd_, IORING_FSYNC_DATASYNC);
+    return;
+  }
+  if (req->stage == kPunchForZero) {
+    io_uring_prep_fallocate(sqe, fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, req->offset,
+                            req->length);
+    return;
+  }
+  if (req->stage == kAllocateZero) {
+    io_uring_prep_fallocate(sqe, fd_, FALLOC_FL_KEEP_SIZE, req->offset, req->length);
+    return;
+  }
+  switch (req->kind) {
+    case IoKind::kRead:
+      io_uring_prep_read(sqe, fd_, req->buf + req->done, static_cast<unsigned>(req->length - req->done),
+                         req->offset + req->done);
+      break;
+    case IoKind::kWrite:
+      io_uring_prep_write(sqe, fd_, req->buf + req->done, static_cast<unsigned>(req->length - req->done),
+                          req->offset + req->done);
+      if (req->flags & kIoFua) sqe->rw_flags = RWF_DSYNC;
+      break;
+    case IoKind::kFlush:
+      io_uring_prep_fsync(sqe, fd_, IORING_FSYNC_DATASYNC);
+      break;
+    case IoKind::kTrim:
+      io_uring_prep_fallocate(sqe, fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, req->offset,
+                              req->length);
+      break;
+    case IoKind::kWriteZeroes:
+      io_uring_prep_fallocate(sqe, fd_,
+                              (req->flags & kIoNoHole) ? (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)
+                                                       : (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE),
+                              req->offset, req->length);
+      break;
+    case IoKind::kCache:
+      io_uring_prep_fadvise(sqe, fd_, req->offset, static_cast<off_t>(req->length), POSIX_FADV_WILLNEED);
+      break;
+  }
+}
+
+void FileDevice::Continue(IoRequest* req, int res) {
+  auto* self = static_cast<FileDevice*>(req->layer);
+  if (res == -EINTR || res == -EAGAIN) {
+    self->Issue(req);
+    return;
+  }
+  if (req->stage == kMain && (req->kind == IoKind::kRead || req->kind == IoKind::kWrite)) {
+    if (res < 0) {
+      req->Finish(res);
+      return;
+    }
+    if (res == 0) {
+      if (req->kind == IoKind::kWrite) {
+        req->Finish(-EIO);
+        return;
+      }
+      // Past the end of the file (a concurrent grow not yet visible): zeros.
+      std::memset(req->buf + req->done, 0, req->length - req->done);
+      req->done = req->length;
+    } else {
+      req->done += static_cast<uint64_t>(res);
+    }
+    if (req->done < req->length) {
+      self->Issue(req);  // short transfer: resubmit the rest
+      return;
+    }
+    req->Finish(0);
+    return;
+  }
+  if (req->stage == kMain && req->kind == IoKind::kWriteZeroes && res == -EOPNOTSUPP &&
+      (req->flags & kIoNoHole)) {
+    req->stage = kPunchForZero;
+    self->Issue(req);
+    return;
+  }
+  if (res < 0 && req->kind != IoKind::kCache) {  // CACHE is advisory only
+    req->Finish(res);
+    return;
+  }
+  if (req->stage == kPunchForZero) {
+    req->stage = kAllocateZero;
+    self->Issue(req);
+    return;
+  }
+  if (req->stage != kSyncAfter && (req->flags & kIoFua) &&
+      (req->kind == IoKind::kTrim || req->kind == IoKind::kWriteZeroes)) {
+    req->stage = kSyncAfter;
+    self->Issue(req);
+    return;
+  }
+  req->Finish(0);
+}
+
+Status FileDevice::Map(uint64_t offset, uint64_t length, std::vector<Extent>* out) {
+  uint64_t end = offset + length;
+  uint64_t pos = offset;
+  while (pos < end) {
+    off_t data = lseek(fd_, static_cast<off_t>(pos), SEEK_DATA);
+    if (data < 0 && errno != ENXIO) return Status::FromErrno(errno, "lseek SEEK_DATA");
+    uint64_t data_start = data < 0 ? end : std::min<uint64_t>(static_cast<uint64_t>(data), end);
+    if (data_start > pos) {
+      out->push_back({pos, data_start - pos, true});
+      pos = data_start;
+      if (pos >= end) break;
+    }
+    off_t hole = lseek(fd_, static_cast<off_t>(pos), SEEK_HOLE);
+    if (hole < 0) return Status::FromErrno(errno, "lseek SEEK_HOLE");
+    uint64_t hole_start = std::min<uint64_t>(static_cast<uint64_t>(hole), end);
+    out->push_back({pos, hole_start - pos, false});
+    pos = hole_start;
+  }
+  return Status::Ok();
+}
+
+Status FileDevice::Resize(uint64_t new_size) {
+  if (new_size < size()) return Status::InvalidArgument("a volume cannot shrink");
+  if (ftruncate(fd_, static_cast<off_t>(new_size)) != 0) {
+    return Status::FromErrno(errno, "grow data file");
+  }
+  size_.store(new_size, std::memory_order_release);
+  return Status::Ok();
+}
+
+}  // namespace ebs

@@ -1,0 +1,338 @@
+#include "ebs/engine/volume_manager.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <random>
+#include <set>
+#include <regex>
+
+#include <fmt/format.h>
+
+#include "ebs/engine/file_device.h"
+#include "ebs/engine/size.h"
+
+namespace ebs {
+namespace {
+
+std::string NewVolumeId() {
+  std::random_device rd;
+  std::mt19937_64 gen((static_cast<uint64_t>(rd()) << 32) ^ rd() ^ static_cast<uint64_t>(NowMs()));
+  // AWS volume ids carry 17 hex digits.
+  uint64_t high = gen() & 0xf;
+  return fmt::format("vol-{:01x}{:016x}", high, gen());
+}
+
+Status SyncDir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno(errno, "open " + dir);
+  int rc = fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) return Status::FromErrno(err, "fsync " + dir);
+  return Status::Ok();
+}
+
+Status MakeDir(const std::string& dir, mode_t mode) {
+  if (mkdir(dir.c_str(), mode) != 0 && errno != EEXIST) return Status::FromErrno(errno, "mkdir " + dir);
+  struct stat st {};
+  if (stat(dir.c_str(), &st) != 0) return Status::FromErrno(errno, "stat " + dir);
+  if (!S_ISDIR(st.st_mode)) return Status::InvalidArgument(dir + " exists and is not a directory");
+  return Status::Ok();
+}
+
+nlohmann::json ConfigJson(const VolumeConfig& c) {
+  nlohmann::json j = {{"type", std::string(VolumeTypeName(c.type))},
+                      {"size_bytes", c.size_bytes},
+                      {"size", FormatSize(c.size_bytes)}};
+  j["iops"] = c.iops ? nlohmann::json(c.iops) : nlohmann::json(nullptr);
+  j["throughput_mibps"] = c.throughput_mibps ? nlohmann::json(c.throughput_mibps) : nlohmann::json(nullptr);
+  return j;
+}
+
+}  // namespace
+
+nlohmann::json VolumeInfo::ToJson() const {
+  const VolumeConfig& c = record.config;
+  PerformanceLimits limits = ComputeLimits(c);
+  nlohmann::json j = ConfigJson(c);
+  j["name"] = record.name;
+  j["id"] = record.id;
+  j["state"] = attachments > 0 ? "in-use" : record.state;
+  j["attachments"] = attachments;
+  j["created"] = FormatTime(record.created_at_ms);
+  j["source_snapshot"] = record.source_snapshot.empty() ? nlohmann::json(nullptr)
+                                                        : nlohmann::json(record.source_snapshot);
+  j["performance"] = {{"baseline_iops", limits.baseline_iops},
+                      {"burst_iops", limits.burst_iops},
+                      {"baseline_throughput_mibps", limits.baseline_throughput_mibps},
+                      {"burst_throughput_mibps", limits.burst_throughput_mibps},
+                      {"io_credit_bucket", limits.io_credit_bucket},
+                      {"throughput_credit_bucket_mib", limits.throughput_credit_bucket_mib},
+                      {"io_unit_bytes", limits.io_unit_bytes}};
+  nlohmann::json mods = nlohmann::json::array();
+  for (const auto& m : record.modifications) {
+    mods.push_back({{"state", m.state},
+                    {"started", FormatTime(m.started_at_ms)},
+                    {"optimizing_since", FormatTime(m.optimizing_at_ms)},
+                    {"completed", FormatTime(m.completed_at_ms)},
+                    {"from", ConfigJson(m.from)},
+                    {"to", ConfigJson(m.to)}});
+  }
+  j["modifications"] = mods;
+  j["modification_state"] = record.modifications.empty() ? nlohmann::json(nullptr)
+                                                         : nlohmann::json(record.modifications.back().state);
+  return j;
+}
+
+VolumeAttachment::VolumeAttachment(VolumeManager* manager, std::shared_ptr<Volume> volume)
+    : manager_(manager), volume_(std::move(volume)) {}
+
+VolumeAttachment::~VolumeAttachment() { manager_->Detach(volume_.get()); }
+
+VolumeManager::VolumeManager(std::string data_dir, int lock_fd, std::unique_ptr<Catalog> catalog,
+                             ManagerOptions options)
+    : data_dir_(std::move(data_dir)), lock_fd_(lock_fd), options_(options), catalog_(std::move(catalog)) {}
+
+VolumeManager::~VolumeManager() {
+  catalog_.reset();
+  ::close(lock_fd_);  // releases the flock
+}
+
+Result<std::unique_ptr<VolumeManager>> VolumeManager::Open(const std::string& data_dir,
+                                                           ManagerOptions options) {
+  EBS_RETURN_IF_ERROR(MakeDir(data_dir, 0700));
+  EBS_RETURN_IF_ERROR(MakeDir(data_dir + "/volumes", 0700));
+  std::string lock_path = data_dir + "/LOCK";
+  int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return Status::FromErrno(errno, "open " + lock_path);
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int err = errno;
+    char pid[32] = {0};
+    ssize_t n = pread(fd, pid, sizeof(pid) - 1, 0);
+    ::close(fd);
+    if (err == EWOULDBLOCK) {
+      std::string holder = n > 0 ? std::string(pid, strnlen(pid, sizeof(pid))) : "unknown";
+      while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+      return Status::Busy("data directory " + data_dir + " is in use by another ebs process (pid " +
+                          holder + ")");
+    }
+    return Status::FromErrno(err, "lock " + lock_path);
+  }
+  std::string pid = std::to_string(getpid()) + "\n";
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, pid.data(), pid.size(), 0) < 0) {
+    int err = errno;
+    ::close(fd);
+    return Status::FromErrno(err, "write " + lock_path);
+  }
+  auto catalog = Catalog::Open(data_dir + "/catalog");
+  if (!catalog.ok()) {
+    ::close(fd);
+    return catalog.status();
+  }
+  std::unique_ptr<VolumeManager> m(new VolumeManager(data_dir, fd, std::move(*catalog), options));
+  EBS_RETURN_IF_ERROR(m->CleanOrphanFiles());
+  return m;
+}
+
+std::string VolumeManager::DataFilePath(const std::string& id) const {
+  return data_dir_ + "/volumes/" + id + ".img";
+}
+
+Status VolumeManager::ValidateName(const std::string& name) {
+  static const std::regex kName("[A-Za-z0-9][A-Za-z0-9._-]{0,63}");
+  if (!std::regex_match(name, kName)) {
+    return Status::InvalidArgument("InvalidParameterValue: volume name '" + name +
+                                   "' must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}");
+  }
+  return Status::Ok();
+}
+
+// A crash between creating a data file and recording it in the catalog (or
+// between removing the record and the file) leaves a file nobody names.
+Status VolumeManager::CleanOrphanFiles() {
+  auto records = catalog_->List();
+  if (!records.ok()) return records.status();
+  std::set<std::string> known;
+  for (const auto& r : *records) known.insert(r.id + ".img");
+  std::string dir = data_dir_ + "/volumes";
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return Status::FromErrno(errno, "opendir " + dir);
+  std::vector<std::string> orphans;
+  while (dirent* e = readdir(d)) {
+    std::string n = e->d_name;
+    if (n.size() > 4 && n.ends_with(".img") && !known.count(n)) orphans.push_back(n);
+  }
+  closedir(d);
+  for (const auto& n : orphans) unlink((dir + "/" + n).c_str());
+  return Status::Ok();
+}
+
+VolumeInfo VolumeManager::InfoLocked(VolumeRecord record) {
+  VolumeInfo info;
+  auto it = open_.find(record.name);
+  info.attachments = it == open_.end() ? 0 : it->second->attachments();
+  info.record = std::move(record);
+  return info;
+}
+
+Status VolumeManager::AdvanceModifications(VolumeRecord* record) {
+  if (record->modifications.empty()) return Status::Ok();
+  Modification& m = record->modifications.back();
+  if (m.state != "optimizing" || NowMs() < m.optimize_until_ms) return Status::Ok();
+  m.state = "completed";
+  m.completed_at_ms = std::max(NowMs(), m.optimize_until_ms);
+  return catalog_->Put(*record);
+}
+
+Result<VolumeInfo> VolumeManager::Create(const std::string& name, const VolumeParams& params,
+                                         const std::string& source_snapshot) {
+  EBS_RETURN_IF_ERROR(ValidateName(name));
+  auto config = ValidateCreate(params);
+  if (!config.ok()) return config.status();
+  std::lock_guard<std::mutex> lock(mu_);
+  auto existing = catalog_->Get(name);
+  if (existing.ok()) {
+    return Status::AlreadyExists("InvalidParameterValue: volume '" + name + "' already exists");
+  }
+  if (existing.status().code() != ENOENT) return existing.status();
+  VolumeRecord r;
+  r.name = name;
+  r.id = NewVolumeId();
+  r.config = *config;
+  r.created_at_ms = NowMs();
+  r.state = "available";
+  r.source_snapshot = source_snapshot;
+  // The file first, durable, then the record that names it: a crash in
+  // between leaves an orphan file that the next Open removes.
+  auto dev = FileDevice::Open(DataFilePath(r.id), r.config.size_bytes, /*create=*/true);
+  if (!dev.ok()) return dev.status();
+  dev->reset();
+  EBS_RETURN_IF_ERROR(SyncDir(data_dir_ + "/volumes"));
+  Status st = catalog_->Put(r);
+  if (!st.ok()) {
+    unlink(DataFilePath(r.id).c_str());
+    return st;
+  }
+  return InfoLocked(std::move(r));
+}
+
+Result<std::vector<VolumeInfo>> VolumeManager::List() {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto records = catalog_->List();
+  if (!records.ok()) return records.status();
+  std::vector<VolumeInfo> out;
+  for (auto& r : *records) {
+    EBS_RETURN_IF_ERROR(AdvanceModifications(&r));
+    out.push_back(InfoLocked(std::move(r)));
+  }
+  return out;
+}
+
+Result<VolumeInfo> VolumeManager::Describe(const std::string& name) {
+  EBS_RETURN_IF_ERROR(ValidateName(name));
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = catalog_->Get(name);
+  if (!r.ok()) return r.status();
+  EBS_RETURN_IF_ERROR(AdvanceModifications(&*r));
+  return InfoLocked(std::move(*r));
+}
+
+Status VolumeManager::Delete(const std::string& name, bool force) {
+  EBS_RETURN_IF_ERROR(ValidateName(name));
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = catalog_->Get(name);
+  if (!r.ok()) return r.status();
+  auto it = open_.find(name);
+  if (it != open_.end() && it->second->attachments() > 0) {
+    if (!force) {
+      return Status::Busy(fmt::format(
+          "VolumeInUse: volume '{}' has {} open connection(s); disconnect them first or delete with --force",
+          name, it->second->attachments()));
+    }
+    it->second->deleted_.store(true, std::memory_order_release);
+    open_.erase(it);  // attachments keep the device open until they end
+  }
+  EBS_RETURN_IF_ERROR(catalog_->Delete(name));
+  if (unlink(DataFilePath(r->id).c_str()) != 0 && errno != ENOENT) {
+    return Status::FromErrno(errno, "remove data file of " + name);
+  }
+  return SyncDir(data_dir_ + "/volumes");
+}
+
+Result<VolumeInfo> VolumeManager::Modify(const std::string& name, const VolumeParams& params) {
+  EBS_RETURN_IF_ERROR(ValidateName(name));
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = catalog_->Get(name);
+  if (!r.ok()) return r.status();
+  EBS_RETURN_IF_ERROR(AdvanceModifications(&*r));
+  auto next = ValidateModify(r->config, params);
+  if (!next.ok()) return next.status();
+  Modification m;
+  m.state = "modifying";
+  m.started_at_ms = NowMs();
+  m.from = r->config;
+  m.to = *next;
+  r->modifications.push_back(m);
+  EBS_RETURN_IF_ERROR(catalog_->Put(*r));
+
+  // Apply: grow the data file (through the open device when attached so its
+  // users see the new size), then the new configuration is in effect.
+  Status applied = Status::Ok();
+  if (next->size_bytes > r->config.size_bytes) {
+    auto it = open_.find(name);
+    if (it != open_.end()) {
+      applied = it->second->device().Resize(next->size_bytes);
+    } else if (truncate(DataFilePath(r->id).c_str(), static_cast<off_t>(next->size_bytes)) != 0) {
+      applied = Status::FromErrno(errno, "grow data file of " + name);
+    }
+  }
+  Modification& cur = r->modifications.back();
+  if (!applied.ok()) {
+    cur.state = "failed";
+    cur.completed_at_ms = NowMs();
+    EBS_RETURN_IF_ERROR(catalog_->Put(*r));
+    return applied;
+  }
+  r->config = *next;
+  cur.state = "optimizing";
+  cur.optimizing_at_ms = NowMs();
+  cur.optimize_until_ms = cur.optimizing_at_ms + options_.optimize_ms;
+  EBS_RETURN_IF_ERROR(catalog_->Put(*r));
+  EBS_RETURN_IF_ERROR(AdvanceModifications(&*r));
+  return InfoLocked(std::move(*r));
+}
+
+Result<std::unique_ptr<VolumeAttachment>> VolumeManager::Attach(const std::string& name) {
+  EBS_RETURN_IF_ERROR(ValidateName(name));
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = open_.find(name);
+  std::shared_ptr<Volume> vol;
+  if (it != open_.end()) {
+    vol = it->second;
+  } else {
+    auto r = catalog_->Get(name);
+    if (!r.ok()) return r.status();
+    auto dev = FileDevice::Open(DataFilePath(r->id), r->config.size_bytes, /*create=*/false);
+    if (!dev.ok()) return dev.status();
+    vol = std::make_shared<Volume>();
+    vol->name_ = name;
+    vol->device_ = std::move(*dev);
+    open_[name] = vol;
+  }
+  vol->attachments_.fetch_add(1);
+  return std::make_unique<VolumeAttachment>(this, std::move(vol));
+}
+
+void VolumeManager::Detach(Volume* volume) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (volume->attachments_.fetch_sub(1) != 1) return;
+  auto it = open_.find(volume->name());
+  if (it != open_.end() && it->second.get() == volume) open_.erase(it);
+}
+
+}  // namespace ebs

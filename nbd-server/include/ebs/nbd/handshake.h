@@ -1,0 +1,77 @@
+// The fixed-newstyle handshake as a pure state machine: bytes in, bytes out.
+// It owns no socket, so the connection, the unit tests and the fuzzer drive
+// the same code. Not thread-safe (one per connection).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ebs::nbd {
+
+struct ExportInfo {
+  std::string name;
+  std::string description;
+  uint64_t size = 0;
+  bool read_only = false;
+};
+
+// What the handshake asks of the server.
+class ExportDirectory {
+ public:
+  virtual ~ExportDirectory() = default;
+  virtual std::vector<ExportInfo> List() = 0;
+  // Describes an export without opening it (NBD_OPT_INFO, LIST_META_CONTEXT).
+  virtual std::optional<ExportInfo> Find(const std::string& name) = 0;
+  // Opens an export for transmission (NBD_OPT_GO, EXPORT_NAME). The
+  // returned size is fixed for the connection.
+  virtual std::optional<ExportInfo> Open(const std::string& name) = 0;
+};
+
+class Handshake {
+ public:
+  enum class State { kClientFlags, kOptions, kTransmission, kClosed };
+
+  explicit Handshake(ExportDirectory* directory) : dir_(directory) {}
+
+  // Appends the server greeting to `out`.
+  void Start(std::string* out);
+  // Consumes whole messages from data[0, len) and appends replies to `out`.
+  // Returns the bytes consumed; stop feeding once state() leaves kOptions.
+  size_t Consume(const char* data, size_t len, std::string* out);
+  State state() const { return state_; }
+  // Why the handshake closed (for the log).
+  const std::string& close_reason() const { return close_reason_; }
+
+  // Valid in kTransmission.
+  const ExportInfo& export_info() const { return export_; }
+  bool structured_replies() const { return structured_; }
+  bool base_allocation() const { return meta_base_allocation_ && meta_export_ == export_.name; }
+  // The client asked for block size constraints, so it honours them.
+  bool block_size_negotiated() const { return block_size_requested_; }
+  uint16_t transmission_flags() const;
+
+ private:
+  void HandleOption(uint32_t option, const char* data, uint32_t len, std::string* out);
+  void HandleInfoOrGo(uint32_t option, const char* data, uint32_t len, std::string* out);
+  void HandleMetaContext(uint32_t option, const char* data, uint32_t len, std::string* out);
+  void Reply(std::string* out, uint32_t option, uint32_t type, const std::string& payload);
+  void ReplyError(std::string* out, uint32_t option, uint32_t type, const std::string& message);
+  void Close(std::string reason);
+
+  ExportDirectory* dir_;
+  State state_ = State::kClientFlags;
+  std::string close_reason_;
+  bool no_zeroes_ = false;
+  bool structured_ = false;
+  bool meta_base_allocation_ = false;
+  std::string meta_export_;
+  bool block_size_requested_ = false;
+  ExportInfo export_;
+  // Bytes of an oversized option still to skip, and that option's code.
+  uint64_t discard_ = 0;
+  uint32_t discard_option_ = 0;
+};
+
+}  // namespace ebs::nbd

@@ -1,0 +1,66 @@
+// The NBD server: listeners on TCP and a Unix socket, connections spread over
+// the engine's event loops, every volume of the data directory exported under
+// its name. Sockets and disk I/O share each loop's io_uring ring.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ebs/engine/event_loop.h"
+#include "ebs/engine/status.h"
+#include "ebs/engine/volume_manager.h"
+
+namespace ebs::nbd {
+
+struct ServerOptions {
+  std::vector<std::string> tcp_listen;  // "HOST:PORT"; empty: no TCP
+  std::string unix_socket;              // empty: no Unix socket
+  std::string default_export = "vol0";  // served for the empty export name
+  bool read_only = false;
+};
+
+class Connection;
+struct LoopState;
+
+class Server {
+ public:
+  // Binds every listener (failing without side effects if one cannot be
+  // bound) and starts accepting on the loops. `loops` must be running and
+  // outlive the server.
+  static Result<std::unique_ptr<Server>> Start(const ServerOptions& options, VolumeManager* volumes,
+                                               std::vector<EventLoop*> loops);
+  // REQUIRES: the loops have been stopped (their pending operations point
+  // into the server).
+  ~Server();
+
+  // Stops accepting, lets each connection finish the requests it has read,
+  // send their replies and close, waiting up to `timeout_ms`.
+  void Shutdown(int timeout_ms = 30000);
+
+  // Addresses actually bound (port 0 resolved), for logs and tests.
+  const std::vector<std::string>& addresses() const { return addresses_; }
+
+  VolumeManager* volumes() { return volumes_; }
+  const ServerOptions& options() const { return options_; }
+  // Called by a connection (on its loop) when it has closed.
+  void ConnectionClosed(LoopState* loop, Connection* c);
+
+ private:
+  struct Listener;
+  Server() = default;
+  void Accepted(Listener* l, int fd);
+
+  ServerOptions options_;
+  VolumeManager* volumes_ = nullptr;
+  std::vector<EventLoop*> loops_;
+  std::vector<std::unique_ptr<LoopState>> loop_states_;
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::vector<std::string> addresses_;
+  std::atomic<size_t> next_loop_{0};
+  std::atomic<int> connections_{0};
+  std::atomic<bool> stopping_{false};
+};
+
+}  // namespace ebs::nbd

@@ -1,0 +1,143 @@
+// One NBD client connection, living on one event loop: the handshake, then
+// the transmission phase with many requests in flight. All methods run on the
+// loop's thread.
+#pragma once
+
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ebs/engine/block_device.h"
+#include "ebs/engine/event_loop.h"
+#include "ebs/engine/volume_manager.h"
+#include "ebs/nbd/handshake.h"
+#include "ebs/nbd/protocol.h"
+
+namespace ebs::nbd {
+
+class Server;
+struct LoopState;
+
+class Connection final : public ExportDirectory {
+ public:
+  Connection(Server* server, LoopState* loop, int fd);
+  ~Connection() override;
+  void Start();
+  // Stops reading; requests already read finish and are answered, then the
+  // connection closes.
+  // May delete this (from the loop's own context only).
+  void RequestClose();
+  // The volume was deleted underneath: close.
+  bool VolumeGone() const;
+
+  // ExportDirectory (handshake).
+  std::vector<ExportInfo> List() override;
+  std::optional<ExportInfo> Find(const std::string& name) override;
+  std::optional<ExportInfo> Open(const std::string& name) override;
+
+ private:
+  // One request in flight. Slots are preallocated per connection; their
+  // buffers grow to the largest request seen and are reused, so the hot path
+  // does not allocate.
+  struct Slot {
+    Connection* conn = nullptr;
+    RequestHeader req{};
+    IoRequest io;
+    std::unique_ptr<char[]> buf;
+    size_t buf_cap = 0;
+    char reply[32];
+    size_t reply_len = 0;
+    const char* data = nullptr;  // payload sent after the reply header
+    size_t data_len = 0;
+    std::vector<char> extra;     // block status payload
+    Slot* next_free = nullptr;
+  };
+
+  struct RecvOp : IoCompletion {
+    Connection* c;
+    void OnComplete(int res, uint32_t) override { c->OnRecv(res); }
+  };
+  struct SendOp : IoCompletion {
+    Connection* c;
+    void OnComplete(int res, uint32_t) override { c->OnSend(res); }
+  };
+
+  void PostRecv();
+  void OnRecv(int res);
+  void OnSend(int res);
+  void Process();
+  bool ProcessHandshake();
+  bool ProcessRequests();
+  void StartTransmission();
+  // Validates a decoded header; returns 0 or a wire error.
+  uint32_t Validate(const RequestHeader& h) const;
+  void Execute(Slot* s);
+  static void IoDone(IoRequest* io, int result);
+  void CompleteRead(Slot* s);
+  void BlockStatus(Slot* s);
+  void ReplySimple(Slot* s, uint32_t error);
+  void ReplyError(Slot* s, uint32_t error);
+  void Enqueue(Slot* s);
+  void FlushSends();
+  Slot* AllocSlot();
+  void ReleaseSlot(Slot* s);
+  bool EnsureBuffer(Slot* s, size_t n);
+  void StopReading();
+  // Deletes this once closing and nothing is outstanding; call it last.
+  void MaybeFinish();
+
+  Server* const server_;
+  LoopState* const loop_state_;
+  EventLoop* const loop_;
+  const int fd_;
+
+  Handshake handshake_;
+  std::string hs_out_;
+  size_t hs_out_off_ = 0;
+  bool transmission_ = false;
+
+  std::unique_ptr<VolumeAttachment> attachment_;
+  BlockDevice* device_ = nullptr;
+  uint64_t size_ = 0;
+  bool structured_ = false;
+  bool base_allocation_ = false;
+  bool enforce_alignment_ = false;
+  bool read_only_ = false;
+
+  // Receive buffer: bytes [rpos_, rend_) are unparsed.
+  std::unique_ptr<char[]> rbuf_;
+  size_t rcap_ = 0;
+  size_t rpos_ = 0;
+  size_t rend_ = 0;
+  RecvOp recv_op_;
+  bool recv_pending_ = false;
+  bool recv_direct_ = false;  // the pending recv targets payload_slot_'s buffer
+
+  // A WRITE whose payload is still arriving (or being discarded).
+  Slot* payload_slot_ = nullptr;
+  size_t payload_have_ = 0;
+  uint32_t payload_error_ = 0;  // nonzero: discard the payload, then reply this
+
+  std::vector<Slot> slots_;
+  Slot* free_slots_ = nullptr;
+  size_t slots_in_use_ = 0;
+
+  // Replies waiting to be sent, in a ring of slot pointers.
+  std::vector<Slot*> sendq_;
+  size_t sq_head_ = 0;
+  size_t sq_count_ = 0;
+  size_t send_off_ = 0;  // bytes of sendq_[sq_head_] already sent
+  SendOp send_op_;
+  bool send_pending_ = false;
+  msghdr msg_{};
+  iovec iov_[128];
+
+  bool closing_ = false;  // read no more requests
+  bool dead_ = false;     // the socket failed: drop replies
+  bool finished_ = false;
+};
+
+}  // namespace ebs::nbd

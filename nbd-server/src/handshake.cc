@@ -1,0 +1,275 @@
+#include "ebs/nbd/handshake.h"
+
+#include "ebs/nbd/protocol.h"
+
+namespace ebs::nbd {
+namespace {
+
+constexpr size_t kOptionHeaderSize = 16;  // IHAVEOPT, option, length
+
+}  // namespace
+
+void Handshake::Start(std::string* out) {
+  Append64(out, kNbdMagic);
+  Append64(out, kIHaveOpt);
+  Append16(out, kFlagFixedNewstyle | kFlagNoZeroes);
+}
+
+void Handshake::Close(std::string reason) {
+  state_ = State::kClosed;
+  close_reason_ = std::move(reason);
+}
+
+uint16_t Handshake::transmission_flags() const {
+  uint16_t f = kFlagHasFlags | kFlagSendFlush | kFlagSendFua | kFlagSendTrim | kFlagSendWriteZeroes |
+               kFlagCanMultiConn | kFlagSendCache | kFlagSendFastZero;
+  if (structured_) f |= kFlagSendDf;  // DF only means something with structured replies
+  if (export_.read_only) f |= kFlagReadOnly;
+  return f;
+}
+
+void Handshake::Reply(std::string* out, uint32_t option, uint32_t type, const std::string& payload) {
+  Append64(out, kOptReplyMagic);
+  Append32(out, option);
+  Append32(out, type);
+  Append32(out, static_cast<uint32_t>(payload.size()));
+  out->append(payload);
+}
+
+void Handshake::ReplyError(std::string* out, uint32_t option, uint32_t type, const std::string& message) {
+  Reply(out, option, type, message);
+}
+
+size_t Handshake::Consume(const char* data, size_t len, std::string* out) {
+  size_t used = 0;
+  while (state_ == State::kClientFlags || state_ == State::kOptions) {
+    const char* p = data + used;
+    size_t avail = len - used;
+    if (state_ == State::kClientFlags) {
+      if (avail < 4) break;
+      uint32_t flags = Load32(p);
+      used += 4;
+      if (flags & ~(kClientFixedNewstyle | kClientNoZeroes)) {
+        Close("client sent unknown handshake flags");
+        break;
+      }
+      no_zeroes_ = flags & kClientNoZeroes;
+      state_ = State::kOptions;
+      continue;
+    }
+    if (discard_ > 0) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(discard_, avail));
+      used += n;
+      discard_ -= n;
+      if (discard_ > 0) break;
+      ReplyError(out, discard_option_, kRepErrTooBig, "option data too long");
+      continue;
+    }
+    if (avail < kOptionHeaderSize) break;
+    if (Load64(p) != kIHaveOpt) {
+      Close("bad option magic");
+      break;
+    }
+    uint32_t option = Load32(p + 8);
+    uint32_t olen = Load32(p + 12);
+    if (olen > kMaxOptionLength) {
+      if (option == kOptExportName) {  // no error reply exists for it
+        Close("export name too long");
+        break;
+      }
+      used += kOptionHeaderSize;
+      discard_ = olen;
+      discard_option_ = option;
+      continue;
+    }
+    if (avail < kOptionHeaderSize + olen) break;
+    used += kOptionHeaderSize + olen;
+    HandleOption(option, p + kOptionHeaderSize, olen, out);
+  }
+  return used;
+}
+
+void Handshake::HandleOption(uint32_t option, const char* data, uint32_t len, std::string* out) {
+  switch (option) {
+    case kOptExportName: {
+      auto info = dir_->Open(std::string(data, len));
+      if (!info) {
+        Close("unknown export '" + std::string(data, len) + "'");
+        return;
+      }
+      export_ = *info;
+      Append64(out, export_.size);
+      Append16(out, transmission_flags());
+      if (!no_zeroes_) out->append(124, '\0');
+      state_ = State::kTransmission;
+      return;
+    }
+    case kOptAbort:
+      Reply(out, option, kRepAck, "");
+      Close("client aborted");
+      return;
+    case kOptList: {
+      if (len != 0) {
+        ReplyError(out, option, kRepErrInvalid, "LIST takes no data");
+        return;
+      }
+      for (const auto& e : dir_->List()) {
+        std::string payload;
+        Append32(&payload, static_cast<uint32_t>(e.name.size()));
+        payload += e.name;
+        payload += e.description;
+        Reply(out, option, kRepServer, payload);
+      }
+      Reply(out, option, kRepAck, "");
+      return;
+    }
+    case kOptStructuredReply:
+      if (len != 0) {
+        ReplyError(out, option, kRepErrInvalid, "STRUCTURED_REPLY takes no data");
+        return;
+      }
+      structured_ = true;
+      Reply(out, option, kRepAck, "");
+      return;
+    case kOptInfo:
+    case kOptGo:
+      HandleInfoOrGo(option, data, len, out);
+      return;
+    case kOptListMetaContext:
+    case kOptSetMetaContext:
+      HandleMetaContext(option, data, len, out);
+      return;
+    case kOptStartTls:
+      ReplyError(out, option, kRepErrUnsup, "TLS is not supported by this server yet");
+      return;
+    default:
+      ReplyError(out, option, kRepErrUnsup, "option " + std::to_string(option) + " is not supported");
+      return;
+  }
+}
+
+void Handshake::HandleInfoOrGo(uint32_t option, const char* data, uint32_t len, std::string* out) {
+  if (len < 6) {
+    ReplyError(out, option, kRepErrInvalid, "INFO/GO request too short");
+    return;
+  }
+  uint32_t name_len = Load32(data);
+  if (name_len > len - 6) {
+    ReplyError(out, option, kRepErrInvalid, "INFO/GO export name overruns the option");
+    return;
+  }
+  std::string name(data + 4, name_len);
+  uint16_t n = Load16(data + 4 + name_len);
+  if (static_cast<uint64_t>(name_len) + 6 + 2ull * n != len) {
+    ReplyError(out, option, kRepErrInvalid, "INFO/GO request length does not match its contents");
+    return;
+  }
+  bool want_name = false, want_description = false, want_block_size = false;
+  for (uint16_t i = 0; i < n; ++i) {
+    uint16_t info = Load16(data + 6 + name_len + 2 * i);
+    if (info == kInfoName) want_name = true;
+    if (info == kInfoDescription) want_description = true;
+    if (info == kInfoBlockSize) want_block_size = true;
+  }
+  std::optional<ExportInfo> info = option == kOptGo ? dir_->Open(name) : dir_->Find(name);
+  if (!info) {
+    ReplyError(out, option, kRepErrUnknown, "no volume named '" + name + "'");
+    return;
+  }
+  ExportInfo saved = export_;
+  export_ = *info;  // transmission_flags() reads it
+  std::string p;
+  Append16(&p, kInfoExport);
+  Append64(&p, export_.size);
+  Append16(&p, transmission_flags());
+  Reply(out, option, kRepInfo, p);
+  if (want_name) {
+    p.clear();
+    Append16(&p, kInfoName);
+    p += export_.name;
+    Reply(out, option, kRepInfo, p);
+  }
+  if (want_description && !export_.description.empty()) {
+    p.clear();
+    Append16(&p, kInfoDescription);
+    p += export_.description;
+    Reply(out, option, kRepInfo, p);
+  }
+  // Always sent: a client that ignores it still gets byte-granular service.
+  p.clear();
+  Append16(&p, kInfoBlockSize);
+  Append32(&p, kMinBlockSize);
+  Append32(&p, kPreferredBlockSize);
+  Append32(&p, kMaxPayload);
+  Reply(out, option, kRepInfo, p);
+  Reply(out, option, kRepAck, "");
+  if (option == kOptGo) {
+    block_size_requested_ = want_block_size;
+    state_ = State::kTransmission;
+  } else {
+    export_ = saved;
+  }
+}
+
+void Handshake::HandleMetaContext(uint32_t option, const char* data, uint32_t len, std::string* out) {
+  if (option == kOptSetMetaContext && !structured_) {
+    ReplyError(out, option, kRepErrInvalid, "SET_META_CONTEXT needs structured replies first");
+    return;
+  }
+  if (len < 8) {
+    ReplyError(out, option, kRepErrInvalid, "meta context request too short");
+    return;
+  }
+  uint32_t name_len = Load32(data);
+  if (name_len > len - 8) {
+    ReplyError(out, option, kRepErrInvalid, "meta context export name overruns the option");
+    return;
+  }
+  std::string name(data + 4, name_len);
+  uint32_t nq = Load32(data + 4 + name_len);
+  size_t pos = 8 + name_len;
+  std::vector<std::string> queries;
+  for (uint32_t i = 0; i < nq; ++i) {
+    if (pos + 4 > len) {
+      ReplyError(out, option, kRepErrInvalid, "meta context query overruns the option");
+      return;
+    }
+    uint32_t ql = Load32(data + pos);
+    pos += 4;
+    if (ql > len - pos) {
+      ReplyError(out, option, kRepErrInvalid, "meta context query overruns the option");
+      return;
+    }
+    queries.emplace_back(data + pos, ql);
+    pos += ql;
+  }
+  if (pos != len) {
+    ReplyError(out, option, kRepErrInvalid, "meta context request has trailing bytes");
+    return;
+  }
+  auto info = dir_->Find(name);
+  if (!info) {
+    ReplyError(out, option, kRepErrUnknown, "no volume named '" + name + "'");
+    return;
+  }
+  bool match = false;
+  if (queries.empty()) {
+    match = option == kOptListMetaContext;  // LIST with no query lists all; SET selects none
+  }
+  for (const auto& q : queries) {
+    if (q == kBaseAllocation || (option == kOptListMetaContext && (q == "base:" || q == "base"))) match = true;
+  }
+  if (option == kOptSetMetaContext) {
+    meta_base_allocation_ = match;
+    meta_export_ = info->name;
+  }
+  if (match) {
+    std::string p;
+    Append32(&p, option == kOptSetMetaContext ? kBaseAllocationId : 0);
+    p += kBaseAllocation;
+    Reply(out, option, kRepMetaContext, p);
+  }
+  Reply(out, option, kRepAck, "");
+}
+
+}  // namespace ebs::nbd

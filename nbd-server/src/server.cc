@@ -1,0 +1,254 @@
+#include "ebs/nbd/server.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "connection.h"
+#include "loop_state.h"
+
+namespace ebs::nbd {
+
+struct Server::Listener : IoCompletion {
+  Server* server = nullptr;
+  int fd = -1;
+  bool tcp = false;
+  std::string unix_path;
+  void Arm() {
+    io_uring_sqe* sqe = server->loops_[0]->GetSqe(this);
+    io_uring_prep_accept(sqe, fd, nullptr, nullptr, SOCK_CLOEXEC);
+  }
+  void OnComplete(int res, uint32_t) override {
+    if (server->stopping_.load()) {
+      if (res >= 0) ::close(res);
+      return;
+    }
+    if (res >= 0) server->Accepted(this, res);
+    Arm();  // also after EMFILE and friends: the next accept may succeed
+  }
+  ~Listener() override {
+    if (fd >= 0) ::close(fd);
+    if (!unix_path.empty()) ::unlink(unix_path.c_str());
+  }
+};
+
+void LoopState::Tick::Arm() {
+  io_uring_sqe* sqe = state->loop->GetSqe(this);
+  io_uring_prep_timeout(sqe, &ts, 0, 0);
+}
+
+void LoopState::Tick::OnComplete(int, uint32_t) {
+  if (state->stopping) return;
+  std::vector<Connection*> gone;
+  for (Connection* c : state->connections) {
+    if (c->VolumeGone()) gone.push_back(c);
+  }
+  for (Connection* c : gone) c->RequestClose();
+  Arm();
+}
+
+namespace {
+
+Result<std::pair<std::string, std::string>> SplitHostPort(const std::string& spec) {
+  std::string host, port;
+  if (!spec.empty() && spec[0] == '[') {
+    size_t close = spec.find(']');
+    if (close == std::string::npos || close + 1 >= spec.size() || spec[close + 1] != ':') {
+      return Status::InvalidArgument("bad listen address '" + spec + "': expected [IPv6]:PORT");
+    }
+    host = spec.substr(1, close - 1);
+    port = spec.substr(close + 2);
+  } else {
+    size_t colon = spec.rfind(':');
+    if (colon == std::string::npos) {
+      return Status::InvalidArgument("bad listen address '" + spec + "': expected HOST:PORT");
+    }
+    host = spec.substr(0, colon);
+    port = spec.substr(colon + 1);
+  }
+  if (port.empty()) return Status::InvalidArgument("bad listen address '" + spec + "': no port");
+  return std::make_pair(host, port);
+}
+
+Result<int> ListenTcp(const std::string& spec, std::string* bound) {
+  auto hp = SplitHostPort(spec);
+  if (!hp.ok()) return hp.status();
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  int rc = getaddrinfo(hp->first.empty() ? nullptr : hp->first.c_str(), hp->second.c_str(), &hints, &res);
+  if (rc != 0) return Status::InvalidArgument("listen address '" + spec + "': " + gai_strerror(rc));
+  Status last = Status::InvalidArgument("no usable address for " + spec);
+  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0) {
+      last = Status::FromErrno(errno, "socket");
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (::bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(fd, 128) != 0) {
+      last = Status::FromErrno(errno, "listen on " + spec);
+      ::close(fd);
+      continue;
+    }
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+    char host[NI_MAXHOST], serv[NI_MAXSERV];
+    getnameinfo(reinterpret_cast<sockaddr*>(&ss), len, host, sizeof(host), serv, sizeof(serv),
+                NI_NUMERICHOST | NI_NUMERICSERV);
+    *bound = ss.ss_family == AF_INET6 ? "[" + std::string(host) + "]:" + serv : std::string(host) + ":" + serv;
+    freeaddrinfo(res);
+    return fd;
+  }
+  freeaddrinfo(res);
+  return last;
+}
+
+Result<int> ListenUnix(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) return Status::InvalidArgument("socket path too long: " + path);
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Status::FromErrno(errno, "socket");
+  // A socket file left behind by a server that died is useless; one that a
+  // live server still listens on is not ours to take.
+  struct stat st {};
+  if (lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      ::close(fd);
+      return Status::AlreadyExists(path + " exists and is not a socket");
+    }
+    int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    bool live = ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    ::close(probe);
+    if (live) {
+      ::close(fd);
+      return Status::Busy("another server is listening on " + path);
+    }
+    ::unlink(path.c_str());
+  }
+  mode_t old = umask(0177);  // 0600: only the owner may connect
+  int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  umask(old);
+  if (rc != 0 || ::listen(fd, 128) != 0) {
+    int err = errno;
+    ::close(fd);
+    return Status::FromErrno(err, "listen on " + path);
+  }
+  return fd;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options, VolumeManager* volumes,
+                                              std::vector<EventLoop*> loops) {
+  std::unique_ptr<Server> s(new Server());
+  s->options_ = options;
+  s->volumes_ = volumes;
+  s->loops_ = std::move(loops);
+  if (s->loops_.empty()) return Status::InvalidArgument("the server needs at least one event loop");
+  for (const auto& spec : options.tcp_listen) {
+    std::string bound;
+    auto fd = ListenTcp(spec, &bound);
+    if (!fd.ok()) return fd.status();
+    auto l = std::make_unique<Listener>();
+    l->server = s.get();
+    l->fd = *fd;
+    l->tcp = true;
+    s->listeners_.push_back(std::move(l));
+    s->addresses_.push_back(bound);
+  }
+  if (!options.unix_socket.empty()) {
+    auto fd = ListenUnix(options.unix_socket);
+    if (!fd.ok()) return fd.status();
+    auto l = std::make_unique<Listener>();
+    l->server = s.get();
+    l->fd = *fd;
+    l->unix_path = options.unix_socket;
+    s->listeners_.push_back(std::move(l));
+    s->addresses_.push_back("unix:" + options.unix_socket);
+  }
+  if (s->listeners_.empty()) return Status::InvalidArgument("nothing to listen on: give --listen or --socket");
+  for (EventLoop* loop : s->loops_) {
+    auto st = std::make_unique<LoopState>();
+    st->server = s.get();
+    st->loop = loop;
+    st->tick.state = st.get();
+    s->loop_states_.push_back(std::move(st));
+  }
+  Server* raw = s.get();
+  for (auto& st : s->loop_states_) {
+    LoopState* ls = st.get();
+    ls->loop->Post([ls] { ls->tick.Arm(); });
+  }
+  raw->loops_[0]->Post([raw] {
+    for (auto& l : raw->listeners_) l->Arm();
+  });
+  return s;
+}
+
+void Server::Accepted(Listener* l, int fd) {
+  if (l->tcp) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  }
+  connections_.fetch_add(1);
+  LoopState* ls = loop_states_[next_loop_.fetch_add(1) % loop_states_.size()].get();
+  ls->loop->Post([ls, fd] {
+    if (ls->stopping) {  // accepted just as the server began to stop
+      ::close(fd);
+      ls->server->connections_.fetch_sub(1);
+      return;
+    }
+    auto* c = new Connection(ls->server, ls, fd);
+    ls->connections.insert(c);
+    c->Start();
+  });
+}
+
+void Server::ConnectionClosed(LoopState* loop, Connection* c) {
+  loop->connections.erase(c);
+  delete c;
+  connections_.fetch_sub(1);
+}
+
+void Server::Shutdown(int timeout_ms) {
+  if (stopping_.exchange(true)) return;
+  // Wakes the pending accepts; their completions see stopping_ and stop.
+  for (auto& l : listeners_) ::shutdown(l->fd, SHUT_RDWR);
+  for (auto& st : loop_states_) {
+    LoopState* ls = st.get();
+    ls->loop->Post([ls] {
+      ls->stopping = true;
+      std::vector<Connection*> all(ls->connections.begin(), ls->connections.end());
+      for (Connection* c : all) c->RequestClose();
+    });
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (connections_.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+Server::~Server() {
+  Shutdown();
+  // Connections that did not finish in time are abandoned to the loops,
+  // which are stopped by their owner after this.
+  listeners_.clear();
+}
+
+}  // namespace ebs::nbd

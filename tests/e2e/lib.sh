@@ -1,0 +1,58 @@
+# Shared by the end-to-end tests: each test sources this, gets a fresh data
+# directory under a temporary folder, starts its own server, and everything
+# is torn down on exit. Requires EBS (path to the ebs binary).
+set -euo pipefail
+
+: "${EBS:?EBS must point to the ebs binary}"
+T=$(mktemp -d /tmp/ebs-e2e.XXXXXX)
+export EBS_DATA_DIR="$T/data"
+SOCK="$T/data/nbd.sock"
+SERVER_PID=""
+CLEANUP_CMDS=()
+
+cleanup() {
+  local rc=$?
+  for ((i=${#CLEANUP_CMDS[@]}-1; i>=0; i--)); do eval "${CLEANUP_CMDS[$i]}" >/dev/null 2>&1 || true; done
+  stop_server >/dev/null 2>&1 || true
+  if [ $rc -ne 0 ] && [ -f "$T/server.log" ]; then
+    echo "--- server log"; tail -n 50 "$T/server.log"
+  fi
+  rm -rf "$T"
+  exit $rc
+}
+trap cleanup EXIT
+
+on_exit() { CLEANUP_CMDS+=("$1"); }
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+pass() { echo "ok: $*"; }
+
+# start_server [serve args...]: serves $EBS_DATA_DIR on $SOCK and a free
+# loopback TCP port (exported as PORT), waits until it is ready.
+start_server() {
+  "$EBS" serve --listen 127.0.0.1:0 "$@" >"$T/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 200); do
+    if grep -q "ebs: ready" "$T/server.log" 2>/dev/null; then
+      PORT=$(sed -n 's/^ebs: listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$T/server.log" | head -n1)
+      export PORT
+      return 0
+    fi
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$T/server.log"; fail "server exited at start"; }
+    sleep 0.05
+  done
+  cat "$T/server.log"
+  fail "server did not become ready"
+}
+
+# stop_server: SIGTERM, and check that it exits 0.
+stop_server() {
+  [ -n "$SERVER_PID" ] || return 0
+  kill -TERM "$SERVER_PID"
+  local rc=0
+  wait "$SERVER_PID" || rc=$?
+  SERVER_PID=""
+  [ $rc -eq 0 ] || fail "server exited with status $rc after SIGTERM"
+}
+
+uri() { echo "nbd+unix:///$1?socket=$SOCK"; }

@@ -1,0 +1,494 @@
+#include "ebs/engine/volume_type.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ebs {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+using T = VolumeType;
+constexpr std::optional<uint32_t> kNone = std::nullopt;
+
+VolumeParams Params(T type, uint64_t size, std::optional<uint32_t> iops = kNone,
+                    std::optional<uint32_t> throughput = kNone) {
+  VolumeParams p;
+  p.type = type;
+  p.size_bytes = size;
+  p.iops = iops;
+  p.throughput_mibps = throughput;
+  return p;
+}
+
+VolumeConfig Config(T type, uint64_t size, uint32_t iops = 0, uint32_t throughput = 0) {
+  return VolumeConfig{type, size, iops, throughput};
+}
+
+// One row of the create table: a request and either the config it yields or
+// a piece of the error that names the limit.
+struct CreateCase {
+  std::string name;
+  VolumeParams params;
+  std::optional<VolumeConfig> want;  // set: must be accepted with exactly this
+  std::string error;                 // want unset: must be refused with this substring
+};
+
+CreateCase Ok(std::string name, VolumeParams p, VolumeConfig want) {
+  return {std::move(name), p, want, ""};
+}
+CreateCase Bad(std::string name, VolumeParams p, std::string error) {
+  return {std::move(name), p, std::nullopt, std::move(error)};
+}
+
+std::vector<CreateCase> CreateCases() {
+  const uint64_t G = kGiB, TB = kTiB;
+  return {
+      // gp2
+      Ok("gp2_min_size", Params(T::kGp2, 1 * G), Config(T::kGp2, 1 * G)),
+      Bad("gp2_below_min_size", Params(T::kGp2, 0), "below the 1 GiB minimum for gp2"),
+      Ok("gp2_max_size", Params(T::kGp2, 16 * TB), Config(T::kGp2, 16 * TB)),
+      Bad("gp2_above_max_size", Params(T::kGp2, 16 * TB + G),
+          "size 16385 GiB is above the 16 TiB maximum for gp2"),
+      Bad("gp2_20tib", Params(T::kGp2, 20 * TB), "size 20 TiB is above the 16 TiB maximum for gp2"),
+      Bad("gp2_partial_gib", Params(T::kGp2, G + 1), "1073741825 bytes is not a whole number of GiB"),
+      Bad("gp2_iops", Params(T::kGp2, 100 * G, 3000),
+          "InvalidParameterCombination: iops is not supported for gp2"),
+      Bad("gp2_throughput", Params(T::kGp2, 100 * G, kNone, 125),
+          "InvalidParameterCombination: throughput is not supported for gp2"),
+
+      // gp3
+      Ok("gp3_min_size_defaults", Params(T::kGp3, 1 * G), Config(T::kGp3, 1 * G, 3000, 125)),
+      Bad("gp3_below_min_size", Params(T::kGp3, 0), "below the 1 GiB minimum for gp3"),
+      Ok("gp3_max_size", Params(T::kGp3, 64 * TB), Config(T::kGp3, 64 * TB, 3000, 125)),
+      Bad("gp3_above_max_size", Params(T::kGp3, 64 * TB + G), "above the 64 TiB maximum for gp3"),
+      Ok("gp3_min_iops", Params(T::kGp3, 1 * G, 3000), Config(T::kGp3, 1 * G, 3000, 125)),
+      Bad("gp3_below_min_iops", Params(T::kGp3, 100 * G, 2999),
+          "iops 2999 is below the 3000 minimum for gp3"),
+      Ok("gp3_max_iops_at_exact_ratio", Params(T::kGp3, 160 * G, 80000),
+         Config(T::kGp3, 160 * G, 80000, 125)),
+      Bad("gp3_above_max_iops", Params(T::kGp3, 1000 * G, 80001),
+          "iops 80001 is above the 80000 maximum for gp3"),
+      Bad("gp3_max_iops_one_gib_short", Params(T::kGp3, 159 * G, 80000),
+          "iops 80000 exceeds 500 IOPS per GiB for a 159 GiB gp3 volume (at most 79500)"),
+      Ok("gp3_ratio_exact", Params(T::kGp3, 7 * G, 3500), Config(T::kGp3, 7 * G, 3500, 125)),
+      Bad("gp3_ratio_past", Params(T::kGp3, 7 * G, 3501), "exceeds 500 IOPS per GiB"),
+      Bad("gp3_small_volume_above_included", Params(T::kGp3, 1 * G, 3001),
+          "iops 3001 exceeds 500 IOPS per GiB for a 1 GiB gp3 volume (at most 3000)"),
+      Ok("gp3_min_throughput", Params(T::kGp3, 1 * G, kNone, 125),
+         Config(T::kGp3, 1 * G, 3000, 125)),
+      Bad("gp3_below_min_throughput", Params(T::kGp3, 1 * G, kNone, 124),
+          "throughput 124 MiB/s is below the 125 MiB/s minimum for gp3"),
+      Ok("gp3_max_throughput", Params(T::kGp3, 100 * G, 8000, 2000),
+         Config(T::kGp3, 100 * G, 8000, 2000)),
+      Bad("gp3_above_max_throughput", Params(T::kGp3, 1000 * G, 80000, 2001),
+          "throughput 2001 MiB/s is above the 2000 MiB/s maximum for gp3"),
+      Ok("gp3_throughput_ratio_exact", Params(T::kGp3, 10 * G, 3000, 750),
+         Config(T::kGp3, 10 * G, 3000, 750)),
+      Bad("gp3_throughput_ratio_past", Params(T::kGp3, 10 * G, 3000, 751),
+          "throughput 751 MiB/s exceeds 0.25 MiB/s per provisioned IOPS for a gp3 volume with "
+          "3000 IOPS (at most 750 MiB/s)"),
+      Bad("gp3_max_throughput_needs_8000_iops", Params(T::kGp3, 100 * G, 7999, 2000),
+          "exceeds 0.25 MiB/s per provisioned IOPS"),
+
+      // io1
+      Ok("io1_min_size_min_iops", Params(T::kIo1, 4 * G, 100), Config(T::kIo1, 4 * G, 100)),
+      Bad("io1_below_min_size", Params(T::kIo1, 3 * G, 100), "size 3 GiB is below the 4 GiB minimum for io1"),
+      Ok("io1_max_size", Params(T::kIo1, 16 * TB, 64000), Config(T::kIo1, 16 * TB, 64000)),
+      Bad("io1_above_max_size", Params(T::kIo1, 16 * TB + G, 100), "above the 16 TiB maximum for io1"),
+      Bad("io1_iops_missing", Params(T::kIo1, 100 * G),
+          "InvalidParameterCombination: iops must be specified for io1 volumes"),
+      Bad("io1_below_min_iops", Params(T::kIo1, 100 * G, 99), "iops 99 is below the 100 minimum for io1"),
+      Ok("io1_max_iops_at_exact_ratio", Params(T::kIo1, 1280 * G, 64000),
+         Config(T::kIo1, 1280 * G, 64000)),
+      Bad("io1_above_max_iops", Params(T::kIo1, 16 * TB, 64001), "above the 64000 maximum for io1"),
+      Bad("io1_max_iops_one_gib_short", Params(T::kIo1, 1279 * G, 64000), "exceeds 50 IOPS per GiB"),
+      Ok("io1_ratio_exact", Params(T::kIo1, 10 * G, 500), Config(T::kIo1, 10 * G, 500)),
+      Bad("io1_ratio_past", Params(T::kIo1, 10 * G, 501),
+          "iops 501 exceeds 50 IOPS per GiB for a 10 GiB io1 volume (at most 500)"),
+      Bad("io1_throughput", Params(T::kIo1, 100 * G, 1000, 200), "throughput is not supported for io1"),
+
+      // io2
+      Ok("io2_min_size_min_iops", Params(T::kIo2, 4 * G, 100), Config(T::kIo2, 4 * G, 100)),
+      Bad("io2_below_min_size", Params(T::kIo2, 3 * G, 100), "below the 4 GiB minimum for io2"),
+      Ok("io2_max_size", Params(T::kIo2, 64 * TB, 256000), Config(T::kIo2, 64 * TB, 256000)),
+      Bad("io2_above_max_size", Params(T::kIo2, 64 * TB + G, 100), "above the 64 TiB maximum for io2"),
+      Bad("io2_iops_missing", Params(T::kIo2, 100 * G), "iops must be specified for io2 volumes"),
+      Bad("io2_below_min_iops", Params(T::kIo2, 100 * G, 99), "below the 100 minimum for io2"),
+      Ok("io2_max_iops_at_exact_ratio", Params(T::kIo2, 256 * G, 256000),
+         Config(T::kIo2, 256 * G, 256000)),
+      Bad("io2_above_max_iops", Params(T::kIo2, 64 * TB, 256001), "above the 256000 maximum for io2"),
+      Bad("io2_ratio_past", Params(T::kIo2, 255 * G, 256000),
+          "exceeds 1000 IOPS per GiB for a 255 GiB io2 volume (at most 255000)"),
+      Bad("io2_throughput", Params(T::kIo2, 100 * G, 1000, 200), "throughput is not supported for io2"),
+
+      // st1
+      Ok("st1_min_size", Params(T::kSt1, 125 * G), Config(T::kSt1, 125 * G)),
+      Bad("st1_below_min_size", Params(T::kSt1, 124 * G), "below the 125 GiB minimum for st1"),
+      Ok("st1_max_size", Params(T::kSt1, 16 * TB), Config(T::kSt1, 16 * TB)),
+      Bad("st1_above_max_size", Params(T::kSt1, 16 * TB + G), "above the 16 TiB maximum for st1"),
+      Bad("st1_iops", Params(T::kSt1, 500 * G, 500), "iops is not supported for st1"),
+      Bad("st1_throughput", Params(T::kSt1, 500 * G, kNone, 250), "throughput is not supported for st1"),
+
+      // sc1
+      Ok("sc1_min_size", Params(T::kSc1, 125 * G), Config(T::kSc1, 125 * G)),
+      Bad("sc1_below_min_size", Params(T::kSc1, 124 * G), "below the 125 GiB minimum for sc1"),
+      Ok("sc1_max_size", Params(T::kSc1, 16 * TB), Config(T::kSc1, 16 * TB)),
+      Bad("sc1_above_max_size", Params(T::kSc1, 16 * TB + G), "above the 16 TiB maximum for sc1"),
+      Bad("sc1_iops", Params(T::kSc1, 500 * G, 250), "iops is not supported for sc1"),
+      Bad("sc1_throughput", Params(T::kSc1, 500 * G, kNone, 80), "throughput is not supported for sc1"),
+
+      // standard
+      Ok("standard_min_size", Params(T::kStandard, 1 * G), Config(T::kStandard, 1 * G)),
+      Bad("standard_below_min_size", Params(T::kStandard, 0), "below the 1 GiB minimum for standard"),
+      Ok("standard_max_size", Params(T::kStandard, 1 * TB), Config(T::kStandard, 1 * TB)),
+      Bad("standard_above_max_size", Params(T::kStandard, 1 * TB + G),
+          "size 1025 GiB is above the 1 TiB maximum for standard"),
+      Bad("standard_iops", Params(T::kStandard, 100 * G, 100), "iops is not supported for standard"),
+      Bad("standard_throughput", Params(T::kStandard, 100 * G, kNone, 40),
+          "throughput is not supported for standard"),
+  };
+}
+
+class CreateTableTest : public ::testing::TestWithParam<CreateCase> {};
+
+TEST_P(CreateTableTest, EdgesAcceptedAndOnePastRefused) {
+  const CreateCase& c = GetParam();
+  Result<VolumeConfig> r = ValidateCreate(c.params);
+  if (c.want) {
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(r.value(), *c.want);
+  } else {
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), EINVAL);
+    EXPECT_THAT(r.status().message(), StartsWith("InvalidParameter"));
+    EXPECT_THAT(r.status().message(), HasSubstr(c.error));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, CreateTableTest, ::testing::ValuesIn(CreateCases()),
+                         [](const ::testing::TestParamInfo<CreateCase>& param_info) {
+                           return param_info.param.name;
+                         });
+
+TEST(ValidateCreateTest, ReferenceMessageVerbatim) {
+  Result<VolumeConfig> r = ValidateCreate(Params(T::kIo1, 10 * kGiB, 3000));
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(),
+              StartsWith("InvalidParameterValue: iops 3000 exceeds 50 IOPS per GiB for a 10 GiB io1 volume"));
+}
+
+TEST(ValidateCreateTest, TypeAndSizeRequired) {
+  VolumeParams no_type;
+  no_type.size_bytes = 10 * kGiB;
+  Result<VolumeConfig> r = ValidateCreate(no_type);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("MissingParameter: volume type"));
+
+  VolumeParams no_size;
+  no_size.type = T::kGp3;
+  r = ValidateCreate(no_size);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("MissingParameter: size"));
+}
+
+TEST(VolumeTypeNamesTest, RoundTripAndSsd) {
+  const T all[] = {T::kGp2, T::kGp3, T::kIo1, T::kIo2, T::kSt1, T::kSc1, T::kStandard};
+  for (T t : all) {
+    Result<VolumeType> parsed = ParseVolumeType(VolumeTypeName(t));
+    ASSERT_TRUE(parsed.ok());
+    EXPECT_EQ(parsed.value(), t);
+  }
+  EXPECT_EQ(VolumeTypeName(T::kStandard), "standard");
+  EXPECT_TRUE(IsSsd(T::kGp2));
+  EXPECT_TRUE(IsSsd(T::kIo2));
+  EXPECT_FALSE(IsSsd(T::kSt1));
+  EXPECT_FALSE(IsSsd(T::kStandard));
+
+  Result<VolumeType> bad = ParseVolumeType("gp4");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), EINVAL);
+  EXPECT_THAT(bad.status().message(), HasSubstr("'gp4'"));
+  EXPECT_FALSE(ParseVolumeType("GP3").ok());
+  EXPECT_FALSE(ParseVolumeType("").ok());
+}
+
+// ---- ValidateModify ----
+
+VolumeParams Modify(std::optional<T> type = std::nullopt, std::optional<uint64_t> size = std::nullopt,
+                    std::optional<uint32_t> iops = kNone, std::optional<uint32_t> throughput = kNone) {
+  VolumeParams p;
+  p.type = type;
+  p.size_bytes = size;
+  p.iops = iops;
+  p.throughput_mibps = throughput;
+  return p;
+}
+
+void ExpectModified(const VolumeConfig& current, const VolumeParams& p, const VolumeConfig& want) {
+  Result<VolumeConfig> r = ValidateModify(current, p);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r.value(), want);
+}
+
+void ExpectRefused(const VolumeConfig& current, const VolumeParams& p, const std::string& error) {
+  Result<VolumeConfig> r = ValidateModify(current, p);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), EINVAL);
+  EXPECT_THAT(r.status().message(), HasSubstr(error));
+}
+
+const uint64_t G = kGiB;
+
+TEST(ValidateModifyTest, GrowKeepsPerformance) {
+  ExpectModified(Config(T::kGp3, 10 * G, 4000, 500), Modify(std::nullopt, 20 * G),
+                 Config(T::kGp3, 20 * G, 4000, 500));
+  ExpectModified(Config(T::kGp2, 10 * G), Modify(std::nullopt, 16 * kTiB), Config(T::kGp2, 16 * kTiB));
+}
+
+TEST(ValidateModifyTest, GrowPastTypeMaximumRefused) {
+  ExpectRefused(Config(T::kGp2, 10 * G), Modify(std::nullopt, 16 * kTiB + G),
+                "above the 16 TiB maximum for gp2");
+}
+
+TEST(ValidateModifyTest, ShrinkRefused) {
+  Result<VolumeConfig> r = ValidateModify(Config(T::kGp2, 30 * G), Modify(std::nullopt, 20 * G));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), EINVAL);
+  EXPECT_EQ(r.status().message(),
+            "InvalidParameterValue: size can only grow: 20 GiB is smaller than the current 30 GiB");
+}
+
+TEST(ValidateModifyTest, NoOpRefused) {
+  const VolumeConfig gp3 = Config(T::kGp3, 10 * G, 3000, 125);
+  ExpectRefused(gp3, Modify(), "changes nothing");
+  ExpectRefused(gp3, Modify(T::kGp3), "changes nothing");
+  ExpectRefused(gp3, Modify(T::kGp3, 10 * G, 3000, 125),
+                "already a 10 GiB gp3 volume with 3000 IOPS and 125 MiB/s");
+  ExpectRefused(Config(T::kGp2, 10 * G), Modify(std::nullopt, 10 * G), "already a 10 GiB gp2 volume");
+}
+
+TEST(ValidateModifyTest, ChangeIopsAndThroughputInPlace) {
+  ExpectModified(Config(T::kIo1, 100 * G, 1000), Modify(std::nullopt, std::nullopt, 5000),
+                 Config(T::kIo1, 100 * G, 5000));
+  ExpectRefused(Config(T::kIo1, 100 * G, 1000), Modify(std::nullopt, std::nullopt, 5001),
+                "exceeds 50 IOPS per GiB for a 100 GiB io1 volume");
+  ExpectModified(Config(T::kGp3, 100 * G, 8000, 125), Modify(std::nullopt, std::nullopt, kNone, 2000),
+                 Config(T::kGp3, 100 * G, 8000, 2000));
+  // Lowering IOPS while the carried throughput needs them is refused, not adjusted.
+  ExpectRefused(Config(T::kGp3, 100 * G, 8000, 2000), Modify(std::nullopt, std::nullopt, 4000),
+                "exceeds 0.25 MiB/s per provisioned IOPS");
+  ExpectRefused(Config(T::kGp2, 100 * G), Modify(std::nullopt, std::nullopt, 3000),
+                "iops is not supported for gp2");
+  ExpectRefused(Config(T::kIo2, 100 * G, 1000), Modify(std::nullopt, std::nullopt, kNone, 200),
+                "throughput is not supported for io2");
+}
+
+TEST(ValidateModifyTest, Gp3ToIo1CarriesIopsAndValidates) {
+  ExpectModified(Config(T::kGp3, 60 * G, 3000, 125), Modify(T::kIo1), Config(T::kIo1, 60 * G, 3000));
+  // 3000 IOPS on 10 GiB breaks io1's 50/GiB: refused rather than silently lowered.
+  ExpectRefused(Config(T::kGp3, 10 * G, 3000, 125), Modify(T::kIo1),
+                "iops 3000 exceeds 50 IOPS per GiB for a 10 GiB io1 volume");
+  // Growing in the same request makes it fit.
+  ExpectModified(Config(T::kGp3, 10 * G, 3000, 125), Modify(T::kIo1, 60 * G),
+                 Config(T::kIo1, 60 * G, 3000));
+  ExpectModified(Config(T::kGp3, 10 * G, 3000, 125), Modify(T::kIo1, std::nullopt, 500),
+                 Config(T::kIo1, 10 * G, 500));
+}
+
+TEST(ValidateModifyTest, Gp2ToGp3GetsDefaults) {
+  ExpectModified(Config(T::kGp2, 100 * G), Modify(T::kGp3), Config(T::kGp3, 100 * G, 3000, 125));
+  ExpectModified(Config(T::kGp2, 100 * G), Modify(T::kGp3, std::nullopt, 6000, 500),
+                 Config(T::kGp3, 100 * G, 6000, 500));
+}
+
+TEST(ValidateModifyTest, Gp3ToGp2ClearsIopsAndThroughput) {
+  ExpectModified(Config(T::kGp3, 100 * G, 6000, 500), Modify(T::kGp2), Config(T::kGp2, 100 * G));
+  ExpectRefused(Config(T::kGp3, 100 * G, 6000, 500), Modify(T::kGp2, std::nullopt, 6000),
+                "iops is not supported for gp2");
+}
+
+TEST(ValidateModifyTest, ProvisionedToGp3KeepsIopsOnlyWhenValidForGp3) {
+  // In gp3's range at this size: kept.
+  ExpectModified(Config(T::kIo1, 100 * G, 5000), Modify(T::kGp3), Config(T::kGp3, 100 * G, 5000, 125));
+  // Below gp3's included 3000: default.
+  ExpectModified(Config(T::kIo1, 100 * G, 200), Modify(T::kGp3), Config(T::kGp3, 100 * G, 3000, 125));
+  // Above gp3's 80,000 maximum: default, not clamped.
+  ExpectModified(Config(T::kIo2, 200 * G, 100000), Modify(T::kGp3), Config(T::kGp3, 200 * G, 3000, 125));
+  // Beyond gp3's 500/GiB at this size: default.
+  ExpectModified(Config(T::kIo2, 10 * G, 10000), Modify(T::kGp3), Config(T::kGp3, 10 * G, 3000, 125));
+  // Explicit iops wins.
+  ExpectModified(Config(T::kIo2, 200 * G, 100000), Modify(T::kGp3, std::nullopt, 80000),
+                 Config(T::kGp3, 200 * G, 80000, 125));
+}
+
+TEST(ValidateModifyTest, ToProvisionedFromTypeWithoutIopsNeedsIops) {
+  ExpectRefused(Config(T::kGp2, 100 * G), Modify(T::kIo1), "iops must be specified for io1 volumes");
+  ExpectRefused(Config(T::kSt1, 500 * G), Modify(T::kIo2), "iops must be specified for io2 volumes");
+  ExpectModified(Config(T::kGp2, 100 * G), Modify(T::kIo1, std::nullopt, 5000),
+                 Config(T::kIo1, 100 * G, 5000));
+  ExpectModified(Config(T::kIo1, 100 * G, 5000), Modify(T::kIo2), Config(T::kIo2, 100 * G, 5000));
+}
+
+TEST(ValidateModifyTest, TypeChangeRespectsNewSizeRange) {
+  ExpectRefused(Config(T::kGp2, 100 * G), Modify(T::kSt1), "below the 125 GiB minimum for st1");
+  ExpectModified(Config(T::kGp2, 100 * G), Modify(T::kSt1, 125 * G), Config(T::kSt1, 125 * G));
+  ExpectRefused(Config(T::kGp3, 2 * kTiB, 3000, 125), Modify(T::kStandard),
+                "above the 1 TiB maximum for standard");
+  ExpectModified(Config(T::kSc1, 500 * G), Modify(T::kGp2), Config(T::kGp2, 500 * G));
+}
+
+// ---- ComputeLimits ----
+
+TEST(ComputeLimitsTest, Gp2Iops) {
+  PerformanceLimits l = ComputeLimits(Config(T::kGp2, 1 * G));
+  EXPECT_EQ(l.baseline_iops, 100u);
+  EXPECT_EQ(l.burst_iops, 3000u);
+  EXPECT_EQ(l.io_credit_bucket, 5'400'000u);
+
+  l = ComputeLimits(Config(T::kGp2, 100 * G));
+  EXPECT_EQ(l.baseline_iops, 300u);
+  EXPECT_EQ(l.burst_iops, 3000u);
+  EXPECT_EQ(l.io_credit_bucket, 5'400'000u);
+
+  l = ComputeLimits(Config(T::kGp2, 999 * G));
+  EXPECT_EQ(l.baseline_iops, 2997u);
+  EXPECT_EQ(l.burst_iops, 3000u);
+  EXPECT_EQ(l.io_credit_bucket, 5'400'000u);
+
+  l = ComputeLimits(Config(T::kGp2, 1000 * G));
+  EXPECT_EQ(l.baseline_iops, 3000u);
+  EXPECT_EQ(l.burst_iops, 3000u);
+  EXPECT_EQ(l.io_credit_bucket, 0u);
+
+  l = ComputeLimits(Config(T::kGp2, 5333 * G));
+  EXPECT_EQ(l.baseline_iops, 15999u);
+
+  l = ComputeLimits(Config(T::kGp2, 5334 * G));
+  EXPECT_EQ(l.baseline_iops, 16000u);
+  EXPECT_EQ(l.burst_iops, 16000u);
+
+  l = ComputeLimits(Config(T::kGp2, 16 * kTiB));
+  EXPECT_EQ(l.baseline_iops, 16000u);
+  EXPECT_EQ(l.io_unit_bytes, 256 * kKiB);
+  EXPECT_EQ(l.throughput_credit_bucket_mib, 0u);
+}
+
+TEST(ComputeLimitsTest, Gp2Throughput) {
+  PerformanceLimits l = ComputeLimits(Config(T::kGp2, 170 * G));
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 128);
+  EXPECT_DOUBLE_EQ(l.burst_throughput_mibps, 128);
+
+  l = ComputeLimits(Config(T::kGp2, 171 * G));
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 128);
+  EXPECT_DOUBLE_EQ(l.burst_throughput_mibps, 250);
+
+  l = ComputeLimits(Config(T::kGp2, 200 * G));
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 128);
+  EXPECT_DOUBLE_EQ(l.burst_throughput_mibps, 250);
+
+  l = ComputeLimits(Config(T::kGp2, 333 * G));
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 128);
+  EXPECT_DOUBLE_EQ(l.burst_throughput_mibps, 250);
+
+  l = ComputeLimits(Config(T::kGp2, 334 * G));
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 250);
+  EXPECT_DOUBLE_EQ(l.burst_throughput_mibps, 250);
+}
+
+TEST(ComputeLimitsTest, Gp3AsProvisioned) {
+  PerformanceLimits l = ComputeLimits(Config(T::kGp3, 100 * G, 8000, 2000));
+  EXPECT_EQ(l.baseline_iops, 8000u);
+  EXPECT_EQ(l.burst_iops, 8000u);
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 2000);
+  EXPECT_DOUBLE_EQ(l.burst_throughput_mibps, 2000);
+  EXPECT_EQ(l.io_credit_bucket, 0u);
+  EXPECT_EQ(l.io_unit_bytes, 256 * kKiB);
+}
+
+TEST(ComputeLimitsTest, Io1Throughput) {
+  PerformanceLimits l = ComputeLimits(Config(T::kIo1, 100 * G, 1000));
+  EXPECT_EQ(l.baseline_iops, 1000u);
+  EXPECT_EQ(l.burst_iops, 1000u);
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 250);  // 1000 x 256 KiB
+
+  l = ComputeLimits(Config(T::kIo1, 100 * G, 2000));
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 500);
+
+  l = ComputeLimits(Config(T::kIo1, 1000 * G, 32000));
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 500);
+
+  l = ComputeLimits(Config(T::kIo1, 1000 * G, 48000));
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 750);
+
+  l = ComputeLimits(Config(T::kIo1, 1280 * G, 64000));
+  EXPECT_EQ(l.baseline_iops, 64000u);
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 1000);
+  EXPECT_DOUBLE_EQ(l.burst_throughput_mibps, 1000);
+  EXPECT_EQ(l.io_unit_bytes, 256 * kKiB);
+}
+
+TEST(ComputeLimitsTest, Io2Throughput) {
+  PerformanceLimits l = ComputeLimits(Config(T::kIo2, 100 * G, 1000));
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 256);
+
+  l = ComputeLimits(Config(T::kIo2, 256 * G, 256000));
+  EXPECT_EQ(l.baseline_iops, 256000u);
+  EXPECT_EQ(l.burst_iops, 256000u);
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 4000);
+  EXPECT_DOUBLE_EQ(l.burst_throughput_mibps, 4000);
+}
+
+TEST(ComputeLimitsTest, St1) {
+  PerformanceLimits l = ComputeLimits(Config(T::kSt1, 1 * kTiB));
+  EXPECT_EQ(l.baseline_iops, 500u);
+  EXPECT_EQ(l.burst_iops, 500u);
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 40);
+  EXPECT_DOUBLE_EQ(l.burst_throughput_mibps, 250);
+  EXPECT_EQ(l.throughput_credit_bucket_mib, 1024u * 1024u);
+  EXPECT_EQ(l.io_credit_bucket, 0u);
+  EXPECT_EQ(l.io_unit_bytes, kMiB);
+
+  l = ComputeLimits(Config(T::kSt1, 16 * kTiB));
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 500);
+  EXPECT_DOUBLE_EQ(l.burst_throughput_mibps, 500);
+  EXPECT_EQ(l.throughput_credit_bucket_mib, 16u * 1024u * 1024u);
+
+  l = ComputeLimits(Config(T::kSt1, 512 * G));
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 20);
+  EXPECT_DOUBLE_EQ(l.burst_throughput_mibps, 125);
+}
+
+TEST(ComputeLimitsTest, Sc1) {
+  PerformanceLimits l = ComputeLimits(Config(T::kSc1, 1 * kTiB));
+  EXPECT_EQ(l.baseline_iops, 250u);
+  EXPECT_EQ(l.burst_iops, 250u);
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 12);
+  EXPECT_DOUBLE_EQ(l.burst_throughput_mibps, 80);
+  EXPECT_EQ(l.throughput_credit_bucket_mib, 1024u * 1024u);
+  EXPECT_EQ(l.io_unit_bytes, kMiB);
+
+  l = ComputeLimits(Config(T::kSc1, 16 * kTiB));
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 192);
+  EXPECT_DOUBLE_EQ(l.burst_throughput_mibps, 250);
+}
+
+TEST(ComputeLimitsTest, Standard) {
+  PerformanceLimits l = ComputeLimits(Config(T::kStandard, 100 * G));
+  EXPECT_EQ(l.baseline_iops, 100u);
+  EXPECT_EQ(l.burst_iops, 300u);
+  EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 40);
+  EXPECT_DOUBLE_EQ(l.burst_throughput_mibps, 90);
+  EXPECT_EQ(l.io_credit_bucket, 0u);
+  EXPECT_EQ(l.throughput_credit_bucket_mib, 0u);
+  EXPECT_EQ(l.io_unit_bytes, kMiB);
+}
+
+}  // namespace
+}  // namespace ebs
