@@ -339,7 +339,7 @@ void Connection::Execute(Slot* s) {
   IoRequest& io = s->io;
   io.offset = h.offset;
   io.length = h.length;
-  io.flags = (h.flags & kCmdFlagFua) ? uint32_t{kIoFua} : 0u;
+  io.flags = (h.flags & kCmdFlagFua) ? kIoFua : 0u;
   io.buf = nullptr;
   switch (h.type) {
     case kCmdRead:

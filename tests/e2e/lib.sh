@@ -56,3 +56,25 @@ stop_server() {
 }
 
 uri() { echo "nbd+unix:///$1?socket=$SOCK"; }
+
+# Python with the libnbd bindings (python3-libnbd lives in the system Python;
+# a python3 earlier in PATH, e.g. pyenv, may not have it).
+PY=/usr/bin/python3
+E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# nbdsh runs "python3 -m nbd" from PATH: pin it to the system Python.
+nbdsh() { "$PY" -m nbd "$@"; }
+
+# need CMD...: print SKIP and exit 0 when a client tool is missing.
+need() {
+  local c
+  for c in "$@"; do
+    command -v "$c" >/dev/null 2>&1 || { echo "SKIP: $c not installed"; exit 0; }
+  done
+}
+
+# tcp_uri NAME: the same export over TCP.
+tcp_uri() { echo "nbd://127.0.0.1:$PORT/$1"; }
+
+# ebs ARGS...: the CLI on this test's data directory.
+ebs() { "$EBS" --data-dir "$EBS_DATA_DIR" "$@"; }

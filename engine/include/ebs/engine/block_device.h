@@ -15,14 +15,13 @@ namespace ebs {
 
 enum class IoKind : uint8_t { kRead, kWrite, kFlush, kTrim, kWriteZeroes, kCache };
 
-enum IoFlags : uint32_t {
-  kIoFua = 1u << 0,     // durable when completed
-  kIoNoHole = 1u << 1,  // write-zeroes must allocate (no punch)
-  // write-zeroes: fail with EOPNOTSUPP rather than be slower than writing
-  // zeros. Every zeroing path of FileDevice is a metadata operation, so it
-  // never fails for this; a layer that would copy data must honour it.
-  kIoFastZero = 1u << 2,
-};
+// IoRequest::flags.
+inline constexpr uint32_t kIoFua = 1u << 0;     // durable when completed
+inline constexpr uint32_t kIoNoHole = 1u << 1;  // write-zeroes must allocate (no punch)
+// write-zeroes: fail with EOPNOTSUPP rather than be slower than writing
+// zeros. Every zeroing path of FileDevice is a metadata operation, so it
+// never fails for this; a layer that would copy data must honour it.
+inline constexpr uint32_t kIoFastZero = 1u << 2;
 
 struct IoRequest;
 // Called once per request on the thread of the loop it was submitted on.

@@ -1,0 +1,262 @@
+// The NBD handshake state machine, byte for byte against the protocol.
+#include "ebs/nbd/handshake.h"
+
+#include <gtest/gtest.h>
+
+#include "ebs/nbd/protocol.h"
+
+namespace ebs::nbd {
+namespace {
+
+// A directory of fixed exports: the handshake's only collaborator.
+class FixedDirectory : public ExportDirectory {
+ public:
+  std::vector<ExportInfo> List() override { return exports; }
+  std::optional<ExportInfo> Find(const std::string& name) override {
+    for (auto& e : exports) {
+      if (e.name == name || (name.empty() && e.name == "vol0")) return e;
+    }
+    return std::nullopt;
+  }
+  std::optional<ExportInfo> Open(const std::string& name) override {
+    ++opened;
+    return Find(name);
+  }
+  std::vector<ExportInfo> exports = {{"vol0", "gp3 1 GiB", 1 << 30, false}, {"db", "io2", 4ull << 30, false}};
+  int opened = 0;
+};
+
+struct OptReply {
+  uint32_t option;
+  uint32_t type;
+  std::string data;
+};
+
+// Splits server output into option replies.
+std::vector<OptReply> ParseReplies(const std::string& out) {
+  std::vector<OptReply> r;
+  size_t pos = 0;
+  while (pos + 20 <= out.size()) {
+    EXPECT_EQ(kOptReplyMagic, Load64(out.data() + pos));
+    uint32_t len = Load32(out.data() + pos + 16);
+    r.push_back({Load32(out.data() + pos + 8), Load32(out.data() + pos + 12), out.substr(pos + 20, len)});
+    pos += 20 + len;
+  }
+  EXPECT_EQ(pos, out.size());
+  return r;
+}
+
+std::string Option(uint32_t opt, const std::string& data) {
+  std::string s;
+  Append64(&s, kIHaveOpt);
+  Append32(&s, opt);
+  Append32(&s, static_cast<uint32_t>(data.size()));
+  return s + data;
+}
+
+std::string InfoRequest(const std::string& name, std::vector<uint16_t> infos) {
+  std::string s;
+  Append32(&s, static_cast<uint32_t>(name.size()));
+  s += name;
+  Append16(&s, static_cast<uint16_t>(infos.size()));
+  for (auto i : infos) Append16(&s, i);
+  return s;
+}
+
+std::string MetaRequest(const std::string& name, std::vector<std::string> queries) {
+  std::string s;
+  Append32(&s, static_cast<uint32_t>(name.size()));
+  s += name;
+  Append32(&s, static_cast<uint32_t>(queries.size()));
+  for (auto& q : queries) {
+    Append32(&s, static_cast<uint32_t>(q.size()));
+    s += q;
+  }
+  return s;
+}
+
+class HandshakeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    hs_.Start(&out_);
+    ASSERT_EQ(18u, out_.size());
+    EXPECT_EQ(kNbdMagic, Load64(out_.data()));
+    EXPECT_EQ(kIHaveOpt, Load64(out_.data() + 8));
+    EXPECT_EQ(kFlagFixedNewstyle | kFlagNoZeroes, Load16(out_.data() + 16));
+    out_.clear();
+  }
+  // Feeds bytes; checks that everything was consumed.
+  void Feed(const std::string& bytes) {
+    size_t used = hs_.Consume(bytes.data(), bytes.size(), &out_);
+    EXPECT_EQ(bytes.size(), used);
+  }
+  void ClientFlags(uint32_t flags) {
+    std::string s;
+    Append32(&s, flags);
+    Feed(s);
+  }
+  FixedDirectory dir_;
+  Handshake hs_{&dir_};
+  std::string out_;
+};
+
+TEST_F(HandshakeTest, UnknownClientFlagsClose) {
+  ClientFlags(1u << 7);
+  EXPECT_EQ(Handshake::State::kClosed, hs_.state());
+}
+
+TEST_F(HandshakeTest, ListShowsEveryExportThenAck) {
+  ClientFlags(kClientFixedNewstyle | kClientNoZeroes);
+  Feed(Option(kOptList, ""));
+  auto r = ParseReplies(out_);
+  ASSERT_EQ(3u, r.size());
+  EXPECT_EQ(kRepServer, r[0].type);
+  EXPECT_EQ(4u, Load32(r[0].data.data()));
+  EXPECT_EQ("vol0", r[0].data.substr(4, 4));
+  EXPECT_EQ(kRepServer, r[1].type);
+  EXPECT_EQ(kRepAck, r[2].type);
+  EXPECT_EQ(Handshake::State::kOptions, hs_.state());
+}
+
+TEST_F(HandshakeTest, UnknownOptionIsUnsupportedAndNegotiationContinues) {
+  ClientFlags(kClientFixedNewstyle | kClientNoZeroes);
+  Feed(Option(99, "xyz") + Option(kOptStartTls, ""));
+  auto r = ParseReplies(out_);
+  ASSERT_EQ(2u, r.size());
+  EXPECT_EQ(kRepErrUnsup, r[0].type);
+  EXPECT_EQ(kRepErrUnsup, r[1].type);
+  EXPECT_EQ(Handshake::State::kOptions, hs_.state());
+}
+
+TEST_F(HandshakeTest, InfoOnUnknownExportIsErrUnknown) {
+  ClientFlags(kClientFixedNewstyle | kClientNoZeroes);
+  Feed(Option(kOptInfo, InfoRequest("nope", {})));
+  auto r = ParseReplies(out_);
+  ASSERT_EQ(1u, r.size());
+  EXPECT_EQ(kRepErrUnknown, r[0].type);
+}
+
+TEST_F(HandshakeTest, GoEntersTransmissionWithExportAndBlockSizes) {
+  ClientFlags(kClientFixedNewstyle | kClientNoZeroes);
+  Feed(Option(kOptStructuredReply, "") + Option(kOptGo, InfoRequest("db", {kInfoName, kInfoBlockSize})));
+  auto r = ParseReplies(out_);
+  ASSERT_EQ(5u, r.size());
+  EXPECT_EQ(kRepAck, r[0].type);  // structured reply
+  EXPECT_EQ(kRepInfo, r[1].type);
+  EXPECT_EQ(kInfoExport, Load16(r[1].data.data()));
+  EXPECT_EQ(4ull << 30, Load64(r[1].data.data() + 2));
+  uint16_t flags = Load16(r[1].data.data() + 10);
+  EXPECT_TRUE(flags & kFlagCanMultiConn);
+  EXPECT_TRUE(flags & kFlagSendDf);
+  EXPECT_TRUE(flags & kFlagSendFastZero);
+  EXPECT_FALSE(flags & kFlagReadOnly);
+  EXPECT_EQ(kInfoName, Load16(r[2].data.data()));
+  EXPECT_EQ("db", r[2].data.substr(2));
+  EXPECT_EQ(kInfoBlockSize, Load16(r[3].data.data()));
+  EXPECT_EQ(512u, Load32(r[3].data.data() + 2));
+  EXPECT_EQ(4096u, Load32(r[3].data.data() + 6));
+  EXPECT_EQ(32u << 20, Load32(r[3].data.data() + 10));
+  EXPECT_EQ(kRepAck, r[4].type);
+  EXPECT_EQ(Handshake::State::kTransmission, hs_.state());
+  EXPECT_TRUE(hs_.structured_replies());
+  EXPECT_TRUE(hs_.block_size_negotiated());
+  EXPECT_EQ("db", hs_.export_info().name);
+}
+
+TEST_F(HandshakeTest, ExportNameWithoutNoZeroesPads) {
+  ClientFlags(kClientFixedNewstyle);
+  Feed(Option(kOptExportName, ""));  // empty name: the default export
+  ASSERT_EQ(8u + 2 + 124, out_.size());
+  EXPECT_EQ(1ull << 30, Load64(out_.data()));
+  EXPECT_FALSE(Load16(out_.data() + 8) & kFlagSendDf) << "DF needs structured replies";
+  EXPECT_EQ(std::string(124, '\0'), out_.substr(10));
+  EXPECT_EQ(Handshake::State::kTransmission, hs_.state());
+}
+
+TEST_F(HandshakeTest, ExportNameOfUnknownExportCloses) {
+  ClientFlags(kClientFixedNewstyle | kClientNoZeroes);
+  Feed(Option(kOptExportName, "missing"));
+  EXPECT_EQ(Handshake::State::kClosed, hs_.state());
+  EXPECT_TRUE(out_.empty());
+}
+
+TEST_F(HandshakeTest, MetaContextNeedsStructuredRepliesThenSelectsBaseAllocation) {
+  ClientFlags(kClientFixedNewstyle | kClientNoZeroes);
+  Feed(Option(kOptSetMetaContext, MetaRequest("vol0", {kBaseAllocation})));
+  auto r = ParseReplies(out_);
+  ASSERT_EQ(1u, r.size());
+  EXPECT_EQ(kRepErrInvalid, r[0].type);
+  out_.clear();
+  Feed(Option(kOptListMetaContext, MetaRequest("vol0", {})));
+  r = ParseReplies(out_);
+  ASSERT_EQ(2u, r.size());
+  EXPECT_EQ(kRepMetaContext, r[0].type);
+  EXPECT_EQ(kBaseAllocation, r[0].data.substr(4));
+  out_.clear();
+  Feed(Option(kOptStructuredReply, "") +
+       Option(kOptSetMetaContext, MetaRequest("vol0", {"qemu:dirty-bitmap:x", kBaseAllocation})) +
+       Option(kOptGo, InfoRequest("vol0", {})));
+  r = ParseReplies(out_);
+  ASSERT_GE(r.size(), 3u);
+  EXPECT_EQ(kRepMetaContext, r[1].type);
+  EXPECT_EQ(kBaseAllocationId, Load32(r[1].data.data()));
+  EXPECT_EQ(Handshake::State::kTransmission, hs_.state());
+  EXPECT_TRUE(hs_.base_allocation());
+  EXPECT_FALSE(hs_.block_size_negotiated());
+}
+
+TEST_F(HandshakeTest, MetaContextForAnotherExportDoesNotCarryOver) {
+  ClientFlags(kClientFixedNewstyle | kClientNoZeroes);
+  Feed(Option(kOptStructuredReply, "") + Option(kOptSetMetaContext, MetaRequest("db", {kBaseAllocation})) +
+       Option(kOptGo, InfoRequest("vol0", {})));
+  EXPECT_EQ(Handshake::State::kTransmission, hs_.state());
+  EXPECT_FALSE(hs_.base_allocation());
+}
+
+TEST_F(HandshakeTest, MalformedOptionsGetErrInvalid) {
+  ClientFlags(kClientFixedNewstyle | kClientNoZeroes);
+  std::string bad_info = InfoRequest("vol0", {1});
+  bad_info.pop_back();  // truncated info list
+  Feed(Option(kOptList, "x") + Option(kOptStructuredReply, "x") + Option(kOptGo, bad_info) +
+       Option(kOptInfo, "\xff\xff\xff\xff\0\0"));
+  auto r = ParseReplies(out_);
+  ASSERT_EQ(4u, r.size());
+  for (const auto& x : r) EXPECT_EQ(kRepErrInvalid, x.type);
+  EXPECT_EQ(Handshake::State::kOptions, hs_.state());
+}
+
+TEST_F(HandshakeTest, OversizedOptionIsSkippedAndRefused) {
+  ClientFlags(kClientFixedNewstyle | kClientNoZeroes);
+  std::string big(kMaxOptionLength + 1, 'x');
+  Feed(Option(kOptInfo, big) + Option(kOptList, ""));
+  auto r = ParseReplies(out_);
+  ASSERT_EQ(4u, r.size());
+  EXPECT_EQ(kRepErrTooBig, r[0].type);
+  EXPECT_EQ(kRepAck, r[3].type);
+}
+
+TEST_F(HandshakeTest, PartialMessagesWaitForMoreBytes) {
+  std::string flags;
+  Append32(&flags, kClientFixedNewstyle | kClientNoZeroes);
+  std::string all = flags + Option(kOptList, "");
+  size_t used = hs_.Consume(all.data(), 3, &out_);
+  EXPECT_EQ(0u, used);
+  used = hs_.Consume(all.data(), 10, &out_);
+  EXPECT_EQ(4u, used);
+  EXPECT_TRUE(out_.empty());
+  used = hs_.Consume(all.data() + 4, all.size() - 4, &out_);
+  EXPECT_EQ(all.size() - 4, used);
+  EXPECT_EQ(3u, ParseReplies(out_).size());
+}
+
+TEST_F(HandshakeTest, AbortAcksAndCloses) {
+  ClientFlags(kClientFixedNewstyle | kClientNoZeroes);
+  Feed(Option(kOptAbort, ""));
+  auto r = ParseReplies(out_);
+  ASSERT_EQ(1u, r.size());
+  EXPECT_EQ(kRepAck, r[0].type);
+  EXPECT_EQ(Handshake::State::kClosed, hs_.state());
+}
+
+}  // namespace
+}  // namespace ebs::nbd

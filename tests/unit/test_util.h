@@ -1,0 +1,52 @@
+// Helpers shared by the unit tests: temporary directories and synchronous
+// I/O through a running event loop.
+#pragma once
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <future>
+#include <string>
+
+#include "ebs/engine/block_device.h"
+#include "ebs/engine/event_loop.h"
+
+namespace ebs::testing {
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "ebs-test.XXXXXX").string();
+    path_ = mkdtemp(tmpl.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Runs one request on `loop` (started) and waits for it; returns 0 or -errno.
+inline int RunIo(EventLoop& loop, BlockDevice& dev, IoKind kind, uint64_t offset, uint64_t length,
+                 char* buf = nullptr, uint32_t flags = 0) {
+  struct Waiter {
+    IoRequest req;
+    std::promise<int> done;
+  } w;
+  w.req.kind = kind;
+  w.req.offset = offset;
+  w.req.length = length;
+  w.req.buf = buf;
+  w.req.flags = flags;
+  w.req.owner = &w;
+  w.req.callback = [](IoRequest* r, int result) { static_cast<Waiter*>(r->owner)->done.set_value(result); };
+  auto f = w.done.get_future();
+  loop.Post([&] { dev.Submit(loop, &w.req); });
+  return f.get();
+}
+
+}  // namespace ebs::testing

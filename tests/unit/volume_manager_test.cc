@@ -1,0 +1,210 @@
+// The catalog and the volume operations on a real data directory (RocksDB,
+// real files): persistence, the data-directory lock, in-use rules, modify.
+#include "ebs/engine/volume_manager.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "ebs/engine/control.h"
+#include "test_util.h"
+
+namespace ebs {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::TempDir;
+
+VolumeParams Gp3(uint64_t gib) {
+  VolumeParams p;
+  p.type = VolumeType::kGp3;
+  p.size_bytes = gib * kGiB;
+  return p;
+}
+
+TEST(VolumeManagerTest, CatalogSurvivesReopen) {
+  TempDir dir;
+  std::string id;
+  {
+    auto m = VolumeManager::Open(dir.path());
+    ASSERT_TRUE(m.ok()) << m.status().message();
+    auto v = (*m)->Create("data-1", Gp3(10));
+    ASSERT_TRUE(v.ok()) << v.status().message();
+    id = v->record.id;
+    VolumeParams io2;
+    io2.type = VolumeType::kIo2;
+    io2.size_bytes = 100 * kGiB;
+    io2.iops = 20000;
+    ASSERT_TRUE((*m)->Create("db", io2).ok());
+  }
+  auto m = VolumeManager::Open(dir.path());
+  ASSERT_TRUE(m.ok());
+  auto list = (*m)->List();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(2u, list->size());
+  auto v = (*m)->Describe("data-1");
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(id, v->record.id);
+  EXPECT_EQ(10 * kGiB, v->record.config.size_bytes);
+  EXPECT_EQ(3000u, v->record.config.iops);
+  EXPECT_EQ(125u, v->record.config.throughput_mibps);
+  auto db = (*m)->Describe("db");
+  ASSERT_TRUE(db.ok());
+  EXPECT_EQ(VolumeType::kIo2, db->record.config.type);
+  EXPECT_EQ(20000u, db->record.config.iops);
+  struct stat st {};
+  ASSERT_EQ(0, stat((*m)->DataFilePath(id).c_str(), &st));
+  EXPECT_EQ(static_cast<off_t>(10 * kGiB), st.st_size);
+  EXPECT_LT(st.st_blocks, 64) << "the data file must be sparse";
+}
+
+TEST(VolumeManagerTest, SecondOpenerGetsClearError) {
+  TempDir dir;
+  auto m = VolumeManager::Open(dir.path());
+  ASSERT_TRUE(m.ok());
+  auto second = VolumeManager::Open(dir.path());
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(EBUSY, second.status().code());
+  EXPECT_THAT(second.status().message(), HasSubstr("in use by another ebs process"));
+  EXPECT_THAT(second.status().message(), HasSubstr(std::to_string(getpid())));
+  // Still usable by the first, and free once it closes.
+  EXPECT_TRUE((*m)->Create("v", Gp3(1)).ok());
+  m->reset();
+  EXPECT_TRUE(VolumeManager::Open(dir.path()).ok());
+}
+
+TEST(VolumeManagerTest, RefusesBadNamesAndDuplicates) {
+  TempDir dir;
+  auto m = VolumeManager::Open(dir.path());
+  ASSERT_TRUE(m.ok());
+  for (const std::string& bad : std::vector<std::string>{"", "../x", "a/b", ".hidden", "-x", std::string(65, 'a'), "sp ace"}) {
+    auto r = (*m)->Create(bad, Gp3(1));
+    EXPECT_FALSE(r.ok()) << "accepted name '" << bad << "'";
+  }
+  EXPECT_TRUE((*m)->Create(std::string(64, 'a'), Gp3(1)).ok());
+  ASSERT_TRUE((*m)->Create("v", Gp3(1)).ok());
+  auto dup = (*m)->Create("v", Gp3(1));
+  ASSERT_FALSE(dup.ok());
+  EXPECT_EQ(EEXIST, dup.status().code());
+}
+
+TEST(VolumeManagerTest, DeleteRefusesVolumeInUseUnlessForced) {
+  TempDir dir;
+  auto m = VolumeManager::Open(dir.path());
+  ASSERT_TRUE(m.ok());
+  auto v = (*m)->Create("busy", Gp3(1));
+  ASSERT_TRUE(v.ok());
+  auto att = (*m)->Attach("busy");
+  ASSERT_TRUE(att.ok());
+  auto info = (*m)->Describe("busy");
+  EXPECT_EQ("in-use", info->ToJson()["state"]);
+  Status st = (*m)->Delete("busy", false);
+  EXPECT_EQ(EBUSY, st.code());
+  EXPECT_THAT(st.message(), HasSubstr("VolumeInUse"));
+  EXPECT_FALSE((*att)->volume().deleted());
+  ASSERT_TRUE((*m)->Delete("busy", true).ok());
+  EXPECT_TRUE((*att)->volume().deleted()) << "attachments must learn the volume is gone";
+  EXPECT_EQ(ENOENT, (*m)->Describe("busy").status().code());
+  EXPECT_FALSE(std::filesystem::exists((*m)->DataFilePath(v->record.id)));
+  att->reset();
+  // Deleting after detaching needs no force.
+  ASSERT_TRUE((*m)->Create("idle", Gp3(1)).ok());
+  { auto a = (*m)->Attach("idle"); }
+  EXPECT_TRUE((*m)->Delete("idle", false).ok());
+}
+
+TEST(VolumeManagerTest, ModifyGrowsAndRecordsStates) {
+  TempDir dir;
+  ManagerOptions opts;
+  opts.optimize_ms = 300;
+  auto m = VolumeManager::Open(dir.path(), opts);
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE((*m)->Create("v", Gp3(10)).ok());
+  auto att = (*m)->Attach("v");
+  ASSERT_TRUE(att.ok());
+
+  VolumeParams shrink;
+  shrink.size_bytes = 5 * kGiB;
+  auto r = (*m)->Modify("v", shrink);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("only grow"));
+
+  VolumeParams grow;
+  grow.size_bytes = 20 * kGiB;
+  grow.iops = 6000;
+  r = (*m)->Modify("v", grow);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(20 * kGiB, r->record.config.size_bytes);
+  EXPECT_EQ(6000u, r->record.config.iops);
+  ASSERT_EQ(1u, r->record.modifications.size());
+  EXPECT_EQ("optimizing", r->record.modifications[0].state);
+  EXPECT_EQ(20 * kGiB, (*att)->volume().device().size()) << "the open device sees the new size";
+  usleep(400 * 1000);
+  auto d = (*m)->Describe("v");
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ("completed", d->record.modifications[0].state);
+  EXPECT_GE(d->record.modifications[0].completed_at_ms, d->record.modifications[0].optimizing_at_ms);
+
+  VolumeParams to_io1;
+  to_io1.type = VolumeType::kIo1;
+  r = (*m)->Modify("v", to_io1);
+  ASSERT_FALSE(r.ok()) << "6000 IOPS exceed 50 per GiB on 20 GiB io1";
+  EXPECT_THAT(r.status().message(), HasSubstr("50 IOPS per GiB"));
+  to_io1.iops = 1000;
+  r = (*m)->Modify("v", to_io1);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(VolumeType::kIo1, r->record.config.type);
+
+  att->reset();
+  m->reset();
+  auto again = VolumeManager::Open(dir.path());
+  ASSERT_TRUE(again.ok());
+  auto after = (*again)->Describe("v");
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(2u, after->record.modifications.size()) << "history survives a restart";
+  EXPECT_EQ(VolumeType::kIo1, after->record.config.type);
+}
+
+TEST(VolumeManagerTest, OrphanDataFilesAreRemovedOnOpen) {
+  TempDir dir;
+  { ASSERT_TRUE(VolumeManager::Open(dir.path()).ok()); }
+  std::string orphan = dir.path() + "/volumes/vol-0123456789abcdef0.img";
+  std::ofstream(orphan) << "left by a crash between file and catalog";
+  auto m = VolumeManager::Open(dir.path());
+  ASSERT_TRUE(m.ok());
+  EXPECT_FALSE(std::filesystem::exists(orphan));
+}
+
+TEST(ControlTest, RegistryTurnsBadRequestsIntoErrors) {
+  TempDir dir;
+  auto m = VolumeManager::Open(dir.path());
+  ASSERT_TRUE(m.ok());
+  CommandRegistry reg;
+  RegisterVolumeCommands(&reg, m->get());
+  EXPECT_FALSE(reg.Handle(nlohmann::json::array())["ok"].get<bool>());
+  EXPECT_FALSE(reg.Handle({{"cmd", "volume.nope"}})["ok"].get<bool>());
+  auto wrong_type = reg.Handle({{"cmd", "volume.create"}, {"args", {{"name", 5}, {"size_bytes", kGiB}}}});
+  EXPECT_FALSE(wrong_type["ok"].get<bool>());
+  EXPECT_EQ(EINVAL, wrong_type["code"].get<int>());
+  auto ok = reg.Handle({{"cmd", "volume.create"}, {"args", {{"name", "v"}, {"size_bytes", kGiB}}}});
+  ASSERT_TRUE(ok["ok"].get<bool>()) << ok.dump();
+  EXPECT_EQ("gp3", ok["result"]["type"]);
+
+  // Over the socket, the same answers.
+  auto server = ControlServer::Start(dir.path() + "/control.sock", &reg);
+  ASSERT_TRUE(server.ok()) << server.status().message();
+  auto reply = ControlCall(dir.path() + "/control.sock", {{"cmd", "volume.describe"}, {"args", {{"name", "v"}}}});
+  ASSERT_TRUE(reply.ok());
+  auto result = ReplyToResult(*reply);
+  ASSERT_TRUE(result.ok());
+  EXPECT_EQ(kGiB, (*result)["size_bytes"].get<uint64_t>());
+  struct stat st {};
+  ASSERT_EQ(0, stat((dir.path() + "/control.sock").c_str(), &st));
+  EXPECT_EQ(0600u, st.st_mode & 0777);
+}
+
+}  // namespace
+}  // namespace ebs
