@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus of nbd_stream_fuzzer: valid client streams for the
+main paths (list, info, go with structured replies and base:allocation,
+export-name, every command). Run from this folder: ./make_seeds.py"""
+import os
+import struct
+
+IHAVEOPT = 0x49484156454F5054
+REQ = 0x25609513
+
+
+def opt(code, data=b""):
+    return struct.pack(">QII", IHAVEOPT, code, len(data)) + data
+
+
+def info_req(name, infos=()):
+    n = name.encode()
+    return struct.pack(">I", len(n)) + n + struct.pack(">H", len(infos)) + b"".join(struct.pack(">H", i) for i in infos)
+
+
+def meta_req(name, queries):
+    n = name.encode()
+    out = struct.pack(">I", len(n)) + n + struct.pack(">I", len(queries))
+    for q in queries:
+        out += struct.pack(">I", len(q)) + q.encode()
+    return out
+
+
+def cmd(typ, offset=0, length=0, flags=0, cookie=1, payload=b""):
+    return struct.pack(">IHHQQI", REQ, flags, typ, cookie, offset, length) + payload
+
+
+FLAGS = struct.pack(">I", 3)
+GO_STRUCTURED = FLAGS + opt(8) + opt(10, meta_req("vol0", ["base:allocation"])) + opt(7, info_req("vol0", [1, 2, 3]))
+commands = (
+    cmd(1, 0, 4096, 1, 1, b"\xab" * 4096) + cmd(0, 0, 4096, 0, 2) + cmd(0, 8192, 512, 4, 3) +
+    cmd(6, 4096, 8192, 2, 4) + cmd(4, 65536, 4096, 0, 5) + cmd(3, cookie=6) + cmd(5, 0, 4096, cookie=7) +
+    cmd(7, 0, 1 << 20, 0, 8) + cmd(7, 0, 1 << 20, 8, 9) + cmd(0, 1 << 40, 512, cookie=10) +
+    cmd(1, 1 << 30, 512, 0, 11, b"\0" * 512) + cmd(99, cookie=12) + cmd(0, 1, 3, cookie=13) + cmd(2))
+seeds = {
+    "list": FLAGS + opt(3) + opt(2),
+    "info": FLAGS + opt(6, info_req("vol0", [0, 1, 2, 3])) + opt(6, info_req("nope")) + opt(2),
+    "meta": FLAGS + opt(9, meta_req("vol0", [])) + opt(8) + opt(10, meta_req("vol0", ["base:allocation"])) + opt(2),
+    "go_commands": GO_STRUCTURED + commands,
+    "export_name_simple": struct.pack(">I", 1) + opt(1, b"vol0") + commands,
+    "unknown_options": FLAGS + opt(99, b"xx") + opt(5) + opt(11) + opt(4, b"vol0") + opt(2),
+}
+os.makedirs("corpus", exist_ok=True)
+for name, data in seeds.items():
+    with open(os.path.join("corpus", name), "wb") as f:
+        f.write(data)
