@@ -50,15 +50,14 @@ class EventLoop {
   // fails while the ring works.
   io_uring_sqe* GetSqe(IoCompletion* completion);
 
-  // Runs one iteration on the calling thread (tests that drive a loop by hand).
-  void RunOnce(bool wait);
-
   // Number of operations submitted and not yet completed (loop thread only).
   uint64_t inflight() const { return inflight_; }
 
  private:
   EventLoop() = default;
   void Run();
+  // Submits, waits for at least one completion, runs every completion ready.
+  void RunOnce();
   void DrainPosted();
   void ArmWakeup();
 
@@ -70,6 +69,7 @@ class EventLoop {
 
   io_uring ring_{};
   int event_fd_ = -1;
+  bool disabled_ = false;  // created disabled; the loop thread enables it
   Wakeup wakeup_;
   std::thread thread_;
   std::atomic<std::thread::id> thread_id_{};
