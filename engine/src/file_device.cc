@@ -40,7 +40,12 @@ Result<std::shared_ptr<FileDevice>> FileDevice::Open(const std::string& path, ui
   return std::shared_ptr<FileDevice>(new FileDevice(fd, size));
 }
 
-FileDevice::~FileDevice() { ::close(fd_); }
+FileDevice::~FileDevice() {
+  // The last user is gone (server stopping, last connection closed): make
+  // what clients wrote durable even if they never flushed.
+  fdatasync(fd_);
+  ::close(fd_);
+}
 
 void FileDevice::Submit(EventLoop& loop, IoRequest* req) {
   req->loop = &loop;

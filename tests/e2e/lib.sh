@@ -12,8 +12,13 @@ CLEANUP_CMDS=()
 
 cleanup() {
   local rc=$?
-  for ((i=${#CLEANUP_CMDS[@]}-1; i>=0; i--)); do eval "${CLEANUP_CMDS[$i]}" >/dev/null 2>&1 || true; done
-  stop_server >/dev/null 2>&1 || true
+  # Whatever happens below (a closed stdout, a failing command), the
+  # temporary directory is removed and the test's status is kept.
+  set +e
+  trap '' PIPE
+  IN_CLEANUP=1
+  for ((i=${#CLEANUP_CMDS[@]}-1; i>=0; i--)); do eval "${CLEANUP_CMDS[$i]}" >/dev/null 2>&1; done
+  stop_server >/dev/null || [ $rc -ne 0 ] || rc=1
   if [ $rc -ne 0 ] && [ -f "$T/server.log" ]; then
     echo "--- server log"; tail -n 50 "$T/server.log"
   fi
@@ -38,22 +43,40 @@ start_server() {
       export PORT
       return 0
     fi
-    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$T/server.log"; fail "server exited at start"; }
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+      wait "$SERVER_PID" 2>/dev/null || true
+      SERVER_PID=""
+      cat "$T/server.log"
+      fail "server exited at start"
+    fi
     sleep 0.05
   done
   cat "$T/server.log"
   fail "server did not become ready"
 }
 
-# stop_server: SIGTERM, and check that it exits 0.
+# stop_server: SIGTERM, and check that it exits 0 (within STOP_TIMEOUT
+# seconds, default 20; after that it is killed and the test fails).
 stop_server() {
   [ -n "$SERVER_PID" ] || return 0
-  kill -TERM "$SERVER_PID"
-  local rc=0
-  wait "$SERVER_PID" || rc=$?
+  local pid=$SERVER_PID rc=0 state
   SERVER_PID=""
-  [ $rc -eq 0 ] || fail "server exited with status $rc after SIGTERM"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 $((${STOP_TIMEOUT:-20} * 20))); do
+    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || break
+    [ "$state" != Z ] || break
+    sleep 0.05
+  done
+  if [ -e "/proc/$pid" ] && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]; then
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    _stop_failed "server did not exit within ${STOP_TIMEOUT:-20} s of SIGTERM (killed)"
+    return 1
+  fi
+  wait "$pid" || rc=$?
+  [ $rc -eq 0 ] || { _stop_failed "server exited with status $rc after SIGTERM"; return 1; }
 }
+_stop_failed() { if [ -n "${IN_CLEANUP:-}" ]; then echo "FAIL: $*" >&2; else fail "$*"; fi; }
 
 uri() { echo "nbd+unix:///$1?socket=$SOCK"; }
 

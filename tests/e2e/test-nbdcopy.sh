@@ -48,7 +48,7 @@ pass "volume to volume copy identical"
 import nbd, sys
 h = nbd.NBD()
 h.connect_uri(sys.argv[1])
-chunk, zero = 32 << 20, bytes(32 << 20)
+chunk, zero = 4 << 20, bytes(4 << 20)
 for off in range(0, h.get_size(), chunk):
     assert h.pread(chunk, off) == zero, f"non-zero data at {off}"
 PYEOF
