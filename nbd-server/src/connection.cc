@@ -22,6 +22,9 @@ constexpr size_t kRecvBuffer = 256 * 1024;
 constexpr size_t kDirectRecvThreshold = 64 * 1024;
 // Buffers above this are freed after use rather than kept for reuse.
 constexpr size_t kKeepBufferMax = 4u << 20;
+// Read and write payloads in flight per connection: past this, requests wait
+// in the socket (at least one is always taken, whatever its size).
+constexpr uint64_t kMaxInflightBytes = 64u << 20;
 
 bool AllZero(const char* p, size_t n) {
   // Word at a time; real data usually differs in the first bytes.
@@ -134,6 +137,7 @@ void Connection::PostRecv() {
       rend_ -= rpos_;
       rpos_ = 0;
     }
+    if (rend_ == rcap_ && transmission_) return;  // full of requests waiting for slots
     if (rend_ == rcap_) {
       // The handshake needs a whole option in the buffer (bounded by
       // kMaxOptionLength); the transmission phase never does.
@@ -281,6 +285,8 @@ bool Connection::ProcessRequests() {
     if (rend_ - rpos_ < kRequestHeaderSize) return false;
     if (free_slots_ == nullptr) return false;
     RequestHeader h = DecodeRequest(rbuf_.get() + rpos_);
+    uint64_t charge = (h.type == kCmdRead || h.type == kCmdWrite) && h.length <= kMaxPayload ? h.length : 0;
+    if (charge > 0 && slots_in_use_ > 0 && inflight_bytes_ + charge > kMaxInflightBytes) return false;
     if (h.magic != kRequestMagic) {
       // Framing is lost: nothing after this can be trusted.
       std::fprintf(stderr, "ebs: closing connection: bad request magic 0x%08x\n", h.magic);
@@ -290,6 +296,8 @@ bool Connection::ProcessRequests() {
     rpos_ += kRequestHeaderSize;
     Slot* s = AllocSlot();
     s->req = h;
+    s->charge = charge;
+    inflight_bytes_ += charge;
     if (h.type == kCmdDisc) {
       ReleaseSlot(s);
       StopReading();
@@ -594,6 +602,8 @@ void Connection::ReleaseSlot(Slot* s) {
     s->buf.reset();
     s->buf_cap = 0;
   }
+  inflight_bytes_ -= s->charge;
+  s->charge = 0;
   s->next_free = free_slots_;
   free_slots_ = s;
   --slots_in_use_;

@@ -54,6 +54,7 @@ class Connection final : public ExportDirectory {
     size_t data_len = 0;
     std::vector<char> extra;     // block status payload
     Slot* next_free = nullptr;
+    uint64_t charge = 0;  // bytes counted in inflight_bytes_
   };
 
   struct RecvOp : IoCompletion {
@@ -124,6 +125,7 @@ class Connection final : public ExportDirectory {
   std::vector<Slot> slots_;
   Slot* free_slots_ = nullptr;
   size_t slots_in_use_ = 0;
+  uint64_t inflight_bytes_ = 0;
 
   // Replies waiting to be sent, in a ring of slot pointers.
   std::vector<Slot*> sendq_;
