@@ -20,8 +20,9 @@ constexpr size_t kSlots = 128;
 constexpr size_t kRecvBuffer = 256 * 1024;
 // A WRITE payload at least this large is received straight into its buffer.
 constexpr size_t kDirectRecvThreshold = 64 * 1024;
-// Buffers above this are freed after use rather than kept for reuse.
-constexpr size_t kKeepBufferMax = 4u << 20;
+// Slot buffers are kept for reuse up to this many bytes per connection;
+// beyond it a released slot gives its buffer back.
+constexpr size_t kMaxRetainedBytes = 64u << 20;
 // Read and write payloads in flight per connection: past this, requests wait
 // in the socket (at least one is always taken, whatever its size).
 constexpr uint64_t kMaxInflightBytes = 64u << 20;
@@ -219,30 +220,28 @@ void Connection::StartTransmission() {
 }
 
 uint32_t Connection::Validate(const RequestHeader& h) const {
-  uint16_t allowed = 0;
+  // FUA is valid on every command once SEND_FUA is advertised (it always
+  // is); where it means nothing it is ignored.
+  uint16_t allowed = kCmdFlagFua;
   bool data_cmd = true;   // offset/length describe a range of the volume
   bool mutating = false;  // changes the volume
   switch (h.type) {
     case kCmdRead:
-      allowed = structured_ ? kCmdFlagDf : 0;
+      if (structured_) allowed |= kCmdFlagDf;
       break;
     case kCmdWrite:
-      allowed = kCmdFlagFua;
-      mutating = true;
-      break;
     case kCmdTrim:
-      allowed = kCmdFlagFua;
       mutating = true;
       break;
     case kCmdWriteZeroes:
-      allowed = kCmdFlagFua | kCmdFlagNoHole | kCmdFlagFastZero;
+      allowed |= kCmdFlagNoHole | kCmdFlagFastZero;
       mutating = true;
       break;
     case kCmdCache:
       break;
     case kCmdBlockStatus:
       if (!base_allocation_) return kEinval;  // no meta context negotiated
-      allowed = kCmdFlagReqOne;
+      allowed |= kCmdFlagReqOne;
       break;
     case kCmdFlush:
     case kCmdDisc:
@@ -256,8 +255,15 @@ uint32_t Connection::Validate(const RequestHeader& h) const {
   if (mutating && read_only_) return kEperm;
   if (h.length == 0) return kEinval;
   if (enforce_alignment_ && ((h.offset | h.length) & (kMinBlockSize - 1)) != 0) return kEinval;
-  if (h.offset > size_ || h.length > size_ - h.offset) return mutating ? kEnospc : kEinval;
-  if ((h.type == kCmdRead || h.type == kCmdWrite) && h.length > kMaxPayload) return kEoverflow;
+  if (h.offset > size_ || h.length > size_ - h.offset) {
+    // The spec: ENOSPC for writes past the end, EINVAL for the rest.
+    return h.type == kCmdWrite || h.type == kCmdWriteZeroes ? kEnospc : kEinval;
+  }
+  if ((h.type == kCmdRead || h.type == kCmdWrite) && h.length > kMaxPayload) {
+    // Beyond the advertised maximum payload. EOVERFLOW only where the spec
+    // allows it: a DF read, which cannot be split into chunks.
+    return h.type == kCmdRead && (h.flags & kCmdFlagDf) ? kEoverflow : kEinval;
+  }
   return 0;
 }
 
@@ -328,8 +334,10 @@ bool Connection::ProcessRequests() {
 
 bool Connection::EnsureBuffer(Slot* s, size_t n) {
   if (s->buf_cap >= n) return true;
+  retained_bytes_ -= s->buf_cap;
   s->buf.reset(new (std::nothrow) char[n]);
   s->buf_cap = s->buf ? n : 0;
+  retained_bytes_ += s->buf_cap;
   return s->buf != nullptr;
 }
 
@@ -598,7 +606,8 @@ Connection::Slot* Connection::AllocSlot() {
 }
 
 void Connection::ReleaseSlot(Slot* s) {
-  if (s->buf_cap > kKeepBufferMax) {
+  if (retained_bytes_ > kMaxRetainedBytes) {
+    retained_bytes_ -= s->buf_cap;
     s->buf.reset();
     s->buf_cap = 0;
   }

@@ -126,6 +126,7 @@ class Connection final : public ExportDirectory {
   Slot* free_slots_ = nullptr;
   size_t slots_in_use_ = 0;
   uint64_t inflight_bytes_ = 0;
+  uint64_t retained_bytes_ = 0;  // sum of slot buffer capacities
 
   // Replies waiting to be sent, in a ring of slot pointers.
   std::vector<Slot*> sendq_;

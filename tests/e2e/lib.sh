@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the end-to-end tests: each test sources this, gets a fresh data
 # directory under a temporary folder, starts its own server, and everything
 # is torn down on exit. Requires EBS (path to the ebs binary).

@@ -15,7 +15,6 @@ per check and exits 1 if any failed.
 """
 
 import errno
-import os
 import socket
 import struct
 import sys
@@ -135,7 +134,11 @@ OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_STARTTLS, OPT_INFO, OPT_GO = 1, 2, 3, 
 REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
 REP_ERR_UNSUP = (1 << 31) + 1
 REP_ERR_POLICY = (1 << 31) + 2
+REP_ERR_INVALID = (1 << 31) + 3
 REP_ERR_UNKNOWN = (1 << 31) + 6
+REP_META_CONTEXT = 4
+OPT_STRUCTURED_REPLY, OPT_SET_META_CONTEXT = 8, 10
+INFO_NAME, INFO_DESCRIPTION = 1, 2
 INFO_EXPORT, INFO_BLOCK_SIZE = 0, 3
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH = 0, 1, 2, 3
 CMD_BLOCK_STATUS = 7
@@ -428,12 +431,14 @@ def run_rw():
     run_err(S, "write straddling the end", lambda: h.pwrite(b"x" * 4096, DISK_SIZE - 512))
     run_err(S, "write with offset+length wrapping 2^64", lambda: h.pwrite(b"x" * 1024, (1 << 64) - 512))
     run_err(S, "zero past the end", lambda: h.zero(4096, DISK_SIZE - 512))
-    run_err(S, "trim past the end", lambda: h.trim(4096, DISK_SIZE - 512))
+    # The spec: EINVAL for a trim beyond the end (ENOSPC is for writes).
+    run_err(E, "trim past the end", lambda: h.trim(4096, DISK_SIZE - 512))
     run_err(E, "cache past the end", lambda: h.cache(4096, DISK_SIZE))
     run_err(E, "block status past the end", lambda: extents(h, 4096, DISK_SIZE))
-    # too large
-    run_err(O, "read of 32 MiB + 512", lambda: h.pread(MAX_BLOCK + 512, 0))
-    run_err(O, "write of 32 MiB + 512", lambda: h.pwrite(bytes(MAX_BLOCK + 512), 0))
+    # too large: EINVAL as the spec says, EOVERFLOW only for a DF read
+    run_err(E, "read of 32 MiB + 512", lambda: h.pread(MAX_BLOCK + 512, 0))
+    run_err(O, "DF read of 32 MiB + 512", lambda: h.pread(MAX_BLOCK + 512, 0, flags=nbd.CMD_FLAG_DF))
+    run_err(E, "write of 32 MiB + 512", lambda: h.pwrite(bytes(MAX_BLOCK + 512), 0))
     # flags not valid for the command
     run_err(E, "unknown flag bit 10 on read", lambda: h.pread(512, 0, flags=1 << 10))
     run_err(E, "unknown flag bit 15 on write", lambda: h.pwrite(b"x" * 512, 0, flags=1 << 15))
@@ -656,6 +661,63 @@ def run_rw():
         r.option(OPT_EXPORT_NAME, b"nosuch")
         assert r.closed_by_server(), "EXPORT_NAME of unknown export must end the session"
         r.close()
+
+    @check
+    def raw_handshake_edge_cases():
+        r = Raw()
+        # OPT_LIST with data is syntactically invalid.
+        r.option(OPT_LIST, b"junk")
+        _, rtype, _ = r.opt_reply()
+        assert rtype == REP_ERR_INVALID, f"OPT_LIST with data: {rtype:#x}"
+        # A name length running past the option is invalid; the session goes on.
+        r.option(OPT_GO, struct.pack(">I", 1000) + b"disk" + struct.pack(">H", 0))
+        _, rtype, _ = r.opt_reply()
+        assert rtype == REP_ERR_INVALID, f"OPT_GO with overrunning name: {rtype:#x}"
+        # SET_META_CONTEXT needs structured replies first.
+        q = b"base:allocation"
+        r.option(OPT_SET_META_CONTEXT, struct.pack(">I", 4) + b"disk" + struct.pack(">II", 1, len(q)) + q)
+        _, rtype, _ = r.opt_reply()
+        assert rtype == REP_ERR_INVALID, f"SET_META_CONTEXT before structured replies: {rtype:#x}"
+        # OPT_LIST still works, then INFO with name and description.
+        r.option(OPT_LIST)
+        names = []
+        while True:
+            _, rtype, data = r.opt_reply()
+            if rtype != REP_SERVER:
+                break
+            (n,) = struct.unpack(">I", data[:4])
+            names.append(data[4:4 + n].decode())
+        assert rtype == REP_ACK and sorted(names) == ["disk", "other", "vol0"], (hex(rtype), names)
+        rtype, info = r.go("", infos=(INFO_NAME, INFO_DESCRIPTION), opt=OPT_INFO)
+        assert rtype == REP_ACK, hex(rtype)
+        assert struct.unpack(">Q", info[INFO_EXPORT][:8])[0] == VOL0_SIZE
+        if INFO_NAME in info:
+            assert info[INFO_NAME] == b"vol0", info[INFO_NAME]
+        # OPT_ABORT is acknowledged (then the client drops the connection).
+        r.option(OPT_ABORT)
+        o, rtype, _ = r.opt_reply()
+        assert o == OPT_ABORT and rtype == REP_ACK, (o, hex(rtype))
+        r.close()
+
+    @check
+    def raw_broken_clients_do_not_hurt_the_server():
+        # A bad request magic ends that connection only.
+        r = raw_go()
+        r.s.sendall(b"\0" * 28)
+        assert r.closed_by_server(), "server kept a connection with a bad request magic"
+        r.close()
+        # A client vanishing in the middle of a write payload.
+        r = raw_go()
+        r.s.sendall(struct.pack(">IHHQQI", REQ_MAGIC, 0, CMD_WRITE, 1, 950 * MiB, MiB) + b"y" * 1000)
+        r.close()
+        # A client vanishing in the middle of the handshake.
+        r = Raw()
+        r.s.sendall(struct.pack(">QII", IHAVEOPT, OPT_GO, 100) + b"\0\0")
+        r.close()
+        g = connect()
+        assert g.pread(4096, 0) == ref
+        assert g.pread(MiB, 950 * MiB) == bytes(MiB), "partial write payload was applied"
+        g.shutdown()
 
     @check
     def raw_block_status_without_context_einval():
