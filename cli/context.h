@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ebs/engine/status.h"
+#include "ebs/engine/volume_manager.h"
 
 namespace ebs::cli {
 
@@ -18,6 +19,10 @@ struct Context {
 // Sends {"cmd": cmd, "args": args} to the server through DATA_DIR/control.sock
 // when one is running, else runs it in-process on the data directory.
 Result<nlohmann::json> Dispatch(const Context& ctx, const std::string& cmd, const nlohmann::json& args);
+
+// Manager settings that also apply to commands run without a server
+// (EBS_MODIFICATION_RATE_LIMIT=1).
+ManagerOptions ManagerOptionsFromEnv();
 
 // Prints an error to stderr and returns the process exit status (1).
 int Fail(const Status& status);

@@ -1,6 +1,7 @@
 #include <sys/stat.h>
 
 #include <cstdio>
+#include <cstdlib>
 
 #include "context.h"
 #include "ebs/engine/control.h"
@@ -19,11 +20,18 @@ Result<nlohmann::json> Dispatch(const Context& ctx, const std::string& cmd, cons
     // failure is real.
     if (reply.status().code() != ECONNREFUSED && reply.status().code() != ENOENT) return reply.status();
   }
-  auto manager = VolumeManager::Open(ctx.data_dir);
+  auto manager = VolumeManager::Open(ctx.data_dir, ManagerOptionsFromEnv());
   if (!manager.ok()) return manager.status();
   CommandRegistry registry;
   RegisterVolumeCommands(&registry, manager->get());
   return ReplyToResult(registry.Handle(request));
+}
+
+ManagerOptions ManagerOptionsFromEnv() {
+  ManagerOptions o;
+  const char* rate = std::getenv("EBS_MODIFICATION_RATE_LIMIT");
+  o.modification_rate_limit = rate != nullptr && (std::string(rate) == "1" || std::string(rate) == "on");
+  return o;
 }
 
 int Fail(const Status& status) {

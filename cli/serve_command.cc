@@ -12,6 +12,7 @@
 #include "context.h"
 #include "ebs/engine/control.h"
 #include "ebs/engine/event_loop.h"
+#include "ebs/engine/metrics_exporter.h"
 #include "ebs/engine/volume_manager.h"
 #include "ebs/nbd/server.h"
 
@@ -24,6 +25,10 @@ struct ServeArgs {
   unsigned threads = 0;
   bool read_only = false;
   std::string default_export = "vol0";
+  bool no_throttle = false;
+  std::string metrics;
+  double optimizing_seconds = 0;
+  bool modification_rate_limit = false;
 };
 
 int Serve(const Context& ctx, const ServeArgs& a) {
@@ -36,7 +41,11 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  auto manager = VolumeManager::Open(ctx.data_dir);
+  ManagerOptions mopts = ManagerOptionsFromEnv();
+  mopts.throttle = !a.no_throttle;
+  mopts.optimize_ms = static_cast<int64_t>(a.optimizing_seconds * 1000);
+  mopts.modification_rate_limit = mopts.modification_rate_limit || a.modification_rate_limit;
+  auto manager = VolumeManager::Open(ctx.data_dir, mopts);
   if (!manager.ok()) return Fail(manager.status());
 
   unsigned nloops = a.threads ? a.threads : std::max(1u, std::thread::hardware_concurrency());
@@ -64,11 +73,19 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   opts.default_export = a.default_export;
   auto server = nbd::Server::Start(opts, manager->get(), raw);
   if (!server.ok()) return Fail(server.status());
+  std::unique_ptr<MetricsExporter> exporter;
+  if (!a.metrics.empty()) {
+    auto e = MetricsExporter::Start(a.metrics, manager->get());
+    if (!e.ok()) return Fail(e.status());
+    exporter = std::move(*e);
+  }
 
   auto volumes = (*manager)->List();
   size_t count = volumes.ok() ? volumes->size() : 0;
   fmt::print("ebs: serving {} volume(s) from {} on {} event loop(s)\n", count, ctx.data_dir, nloops);
   for (const auto& addr : (*server)->addresses()) fmt::print("ebs: listening on {}\n", addr);
+  if (exporter) fmt::print("ebs: metrics on http://{}/metrics\n", exporter->address());
+  if (a.no_throttle) fmt::print("ebs: throttling is OFF (--no-throttle): volumes run unlimited\n");
   std::string example = volumes.ok() && !volumes->empty() ? volumes->front().record.name : "NAME";
   if (!opts.unix_socket.empty()) {
     fmt::print("ebs: connect:  nbdinfo 'nbd+unix:///{}?socket={}'\n", example, opts.unix_socket);
@@ -87,6 +104,7 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   fmt::print("ebs: {} received: finishing in-flight requests\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
   std::fflush(stdout);
   (*server)->Shutdown();
+  exporter.reset();
   control->reset();
   for (auto& loop : loops) loop->Stop();
   server->reset();
@@ -109,6 +127,15 @@ void AddServeCommand(CLI::App* app, Context* ctx, std::function<int()>* action) 
   serve->add_flag("--read-only", a->read_only, "export every volume read-only");
   serve->add_option("--default-export", a->default_export, "volume served for the empty export name")
       ->default_str("vol0");
+  serve->add_flag("--no-throttle", a->no_throttle,
+                  "do not enforce IOPS/throughput limits (for benchmarking the raw I/O path only)");
+  serve->add_option("--metrics", a->metrics, "serve Prometheus metrics at http://HOST:PORT/metrics");
+  serve->add_option("--optimizing-seconds", a->optimizing_seconds,
+                    "how long a modification stays 'optimizing' (performance never below the old "
+                    "configuration meanwhile); default 0");
+  serve->add_flag("--modification-rate-limit", a->modification_rate_limit,
+                  "enforce AWS's rule: at most 4 modifications per volume per 24 h, each after the previous "
+                  "completed (also EBS_MODIFICATION_RATE_LIMIT=1)");
   serve->callback([=] { *action = [=] { return Serve(*ctx, *a); }; });
 }
 

@@ -140,6 +140,27 @@ void AddVolumeCommands(CLI::App* app, Context* ctx, std::function<int()>* action
     };
   });
 
+  auto* stats = vol->add_subcommand("stats", "I/O counters (the CloudWatch AWS/EBS set), latency and throttle state");
+  stats->add_option("name", a->name, "volume name")->required();
+  stats->callback([=] {
+    *action = [=] {
+      auto r = Dispatch(*ctx, "volume.stats", {{"name", a->name}});
+      if (!r.ok()) return Fail(r.status());
+      if (ctx->json) {
+        fmt::print("{}\n", r->dump(2));
+        return 0;
+      }
+      for (const auto& [k, v] : r->items()) {
+        if (v.is_object()) {
+          for (const auto& [k2, v2] : v.items()) fmt::print("{:<32} {}\n", k + "." + k2, v2.dump());
+        } else {
+          fmt::print("{:<32} {}\n", k, v.is_string() ? v.get<std::string>() : v.dump());
+        }
+      }
+      return 0;
+    };
+  });
+
   auto* modify = vol->add_subcommand("modify", "change size (grow), type, IOPS or throughput, also while in use");
   modify->add_option("name", a->name, "volume name")->required();
   AddParams(modify, a.get(), false);

@@ -62,6 +62,9 @@ void RegisterVolumeCommands(CommandRegistry* registry, VolumeManager* manager) {
     if (!st.ok()) return st;
     return nlohmann::json{{"name", name}, {"deleted", true}};
   });
+  registry->Register("volume.stats", [manager](const nlohmann::json& args) -> Result<nlohmann::json> {
+    return manager->Stats(args.at("name").get<std::string>());
+  });
   registry->Register("volume.modify", [manager](const nlohmann::json& args) -> Result<nlohmann::json> {
     auto p = ParamsFromArgs(args);
     if (!p.ok()) return p.status();

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "ebs/engine/file_device.h"
+#include "ebs/engine/metrics_layer.h"
 #include "ebs/engine/size.h"
 
 namespace ebs {
@@ -98,6 +99,8 @@ VolumeManager::VolumeManager(std::string data_dir, int lock_fd, std::unique_ptr<
     : data_dir_(std::move(data_dir)), lock_fd_(lock_fd), options_(options), catalog_(std::move(catalog)) {}
 
 VolumeManager::~VolumeManager() {
+  open_.clear();  // volumes (and their throttles) go before the scheduler
+  scheduler_.reset();
   catalog_.reset();
   ::close(lock_fd_);  // releases the flock
 }
@@ -258,6 +261,8 @@ Status VolumeManager::Delete(const std::string& name, bool force) {
           "VolumeInUse: volume '{}' has {} open connection(s); disconnect them first or delete with --force",
           name, it->second->attachments()));
     }
+  }
+  if (it != open_.end()) {
     it->second->deleted_.store(true, std::memory_order_release);
     open_.erase(it);  // attachments keep the device open until they end
   }
@@ -276,6 +281,20 @@ Result<VolumeInfo> VolumeManager::Modify(const std::string& name, const VolumePa
   EBS_RETURN_IF_ERROR(AdvanceModifications(&*r));
   auto next = ValidateModify(r->config, params);
   if (!next.ok()) return next.status();
+  if (options_.modification_rate_limit && !r->modifications.empty()) {
+    const Modification& last = r->modifications.back();
+    if (last.state != "completed" && last.state != "failed") {
+      return Status::Busy("IncorrectModificationState: volume '" + name + "' is still " + last.state +
+                          " from its previous modification; wait until it is completed");
+    }
+    int64_t day_ago = NowMs() - 24 * 3600 * 1000;
+    int recent = 0;
+    for (const auto& m : r->modifications) recent += m.started_at_ms > day_ago ? 1 : 0;
+    if (recent >= 4) {
+      return Status::Busy("VolumeModificationRateExceeded: volume '" + name +
+                          "' has been modified 4 times in the last 24 hours (the limit)");
+    }
+  }
   Modification m;
   m.state = "modifying";
   m.started_at_ms = NowMs();
@@ -307,6 +326,7 @@ Result<VolumeInfo> VolumeManager::Modify(const std::string& name, const VolumePa
   cur.optimizing_at_ms = NowMs();
   cur.optimize_until_ms = cur.optimizing_at_ms + options_.optimize_ms;
   EBS_RETURN_IF_ERROR(catalog_->Put(*r));
+  if (auto it = open_.find(name); it != open_.end()) ApplyLimits(it->second.get(), cur);
   EBS_RETURN_IF_ERROR(AdvanceModifications(&*r));
   return InfoLocked(std::move(*r));
 }
@@ -321,11 +341,22 @@ Result<std::unique_ptr<VolumeAttachment>> VolumeManager::Attach(const std::strin
   } else {
     auto r = catalog_->Get(name);
     if (!r.ok()) return r.status();
+    EBS_RETURN_IF_ERROR(AdvanceModifications(&*r));
     auto dev = FileDevice::Open(DataFilePath(r->id), r->config.size_bytes, /*create=*/false);
     if (!dev.ok()) return dev.status();
     vol = std::make_shared<Volume>();
     vol->name_ = name;
-    vol->device_ = std::move(*dev);
+    vol->metrics_ = std::make_unique<VolumeMetrics>(options_.clock->NowNs());
+    std::shared_ptr<BlockDevice> stack = std::move(*dev);
+    if (options_.throttle) {
+      if (!scheduler_) scheduler_ = std::make_unique<ThrottleScheduler>(options_.clock);
+      auto throttle = std::make_shared<ThrottleLayer>(stack, ComputeLimits(r->config), scheduler_.get(),
+                                                      vol->metrics_.get(), options_.clock);
+      vol->throttle_ = throttle.get();
+      stack = std::move(throttle);
+      if (!r->modifications.empty()) ApplyLimits(vol.get(), r->modifications.back());
+    }
+    vol->device_ = std::make_shared<MetricsLayer>(std::move(stack), vol->metrics_.get(), options_.clock);
     open_[name] = vol;
   }
   vol->attachments_.fetch_add(1);
@@ -333,10 +364,93 @@ Result<std::unique_ptr<VolumeAttachment>> VolumeManager::Attach(const std::strin
 }
 
 void VolumeManager::Detach(Volume* volume) {
+  // The volume stays open (counters, credits) until deleted or shut down.
+  volume->attachments_.fetch_sub(1);
+}
+
+void VolumeManager::ApplyLimits(Volume* volume, const Modification& m) {
+  if (volume->throttle_ == nullptr) return;
+  PerformanceLimits target = ComputeLimits(m.to);
+  if (m.state != "optimizing") {
+    volume->throttle_->SetLimits(target);
+    return;
+  }
+  // While optimizing, never below the old configuration.
+  PerformanceLimits old = ComputeLimits(m.from);
+  PerformanceLimits best = target;
+  best.baseline_iops = std::max(old.baseline_iops, target.baseline_iops);
+  best.burst_iops = std::max(old.burst_iops, target.burst_iops);
+  best.baseline_throughput_mibps = std::max(old.baseline_throughput_mibps, target.baseline_throughput_mibps);
+  best.burst_throughput_mibps = std::max(old.burst_throughput_mibps, target.burst_throughput_mibps);
+  int64_t remaining_ns = std::max<int64_t>(0, m.optimize_until_ms - NowMs()) * 1'000'000;
+  volume->throttle_->SetLimits(best, target, options_.clock->NowNs() + remaining_ns);
+}
+
+nlohmann::json VolumeManager::StatsLocked(const VolumeRecord& record) {
+  nlohmann::json j = {{"name", record.name}, {"id", record.id}, {"type", std::string(VolumeTypeName(record.config.type))}};
+  auto it = open_.find(record.name);
+  Volume* v = it == open_.end() ? nullptr : it->second.get();
+  j["open"] = v != nullptr;
+  j["attachments"] = v ? v->attachments() : 0;
+  VolumeMetrics idle(options_.clock->NowNs());
+  VolumeMetrics::Sample s = (v ? v->metrics() : idle).Read(options_.clock->NowNs());
+  j["VolumeReadOps"] = s.read_ops;
+  j["VolumeWriteOps"] = s.write_ops;
+  j["VolumeReadBytes"] = s.read_bytes;
+  j["VolumeWriteBytes"] = s.write_bytes;
+  j["VolumeTotalReadTime"] = s.total_read_time_s;
+  j["VolumeTotalWriteTime"] = s.total_write_time_s;
+  j["VolumeIdleTime"] = s.idle_time_s;
+  j["VolumeQueueLength"] = s.queue_length;
+  j["VolumeConsumedReadWriteOps"] = s.consumed_ops;
+  j["VolumeIOPSExceededCheck"] = s.iops_exceeded_last_minute ? 1 : 0;
+  j["VolumeThroughputExceededCheck"] = s.throughput_exceeded_last_minute ? 1 : 0;
+  j["ThrottledTime"] = s.throttled_time_s;
+  j["ThrottledRequests"] = s.throttled_requests;
+  j["InFlight"] = s.in_flight;
+  j["Errors"] = s.errors;
+  j["ElapsedTime"] = s.elapsed_s;
+  j["LatencyMicroseconds"] = {{"p50", s.latency_p50_us}, {"p90", s.latency_p90_us}, {"p99", s.latency_p99_us},
+                              {"p99.9", s.latency_p999_us}};
+  PerformanceLimits limits = ComputeLimits(record.config);
+  double burst_balance = 100;
+  double tp_limit = limits.baseline_throughput_mibps;
+  if (v && v->throttle()) {
+    ThrottleLayer::State t = v->throttle()->Read();
+    burst_balance = t.burst_balance_percent;
+    tp_limit = t.current_throughput_mibps;
+    j["Throttle"] = {{"enabled", true},
+                     {"current_iops_limit", t.current_iops},
+                     {"current_throughput_limit_mibps", t.current_throughput_mibps},
+                     {"io_credits", t.io_credits},
+                     {"throughput_credits_mib", t.throughput_credits_mib},
+                     {"waiting", t.waiting}};
+  } else {
+    j["Throttle"] = {{"enabled", v ? false : options_.throttle}};
+  }
+  if (limits.io_credit_bucket > 0 || limits.throughput_credit_bucket_mib > 0) j["BurstBalance"] = burst_balance;
+  // Throughput delivered as a share of the limit (CloudWatch reports it for
+  // provisioned-IOPS types; we report it for every type).
+  double bytes_per_s = s.elapsed_s > 0 ? static_cast<double>(s.read_bytes + s.write_bytes) / s.elapsed_s : 0;
+  j["VolumeThroughputPercentage"] = tp_limit > 0 ? 100.0 * bytes_per_s / (tp_limit * kMiB) : 0;
+  return j;
+}
+
+Result<nlohmann::json> VolumeManager::Stats(const std::string& name) {
+  EBS_RETURN_IF_ERROR(ValidateName(name));
   std::lock_guard<std::mutex> lock(mu_);
-  if (volume->attachments_.fetch_sub(1) != 1) return;
-  auto it = open_.find(volume->name());
-  if (it != open_.end() && it->second.get() == volume) open_.erase(it);
+  auto r = catalog_->Get(name);
+  if (!r.ok()) return r.status();
+  return StatsLocked(*r);
+}
+
+Result<std::vector<nlohmann::json>> VolumeManager::AllStats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto records = catalog_->List();
+  if (!records.ok()) return records.status();
+  std::vector<nlohmann::json> out;
+  for (const auto& r : *records) out.push_back(StatsLocked(r));
+  return out;
 }
 
 }  // namespace ebs

@@ -335,8 +335,12 @@ PerformanceLimits ComputeLimits(const VolumeConfig& config) {
       break;
     }
     case VolumeType::kStandard:
+      // "About 100 IOPS on average, bursting to hundreds": modelled as gp2 is,
+      // on an I/O credit bucket of one hour at the baseline (360,000 credits),
+      // so a full bucket sustains the 300 IOPS burst for 30 minutes.
       limits.baseline_iops = 100;
       limits.burst_iops = 300;
+      limits.io_credit_bucket = 360'000;
       limits.baseline_throughput_mibps = 40;
       limits.burst_throughput_mibps = 90;
       break;

@@ -485,7 +485,7 @@ TEST(ComputeLimitsTest, Standard) {
   EXPECT_EQ(l.burst_iops, 300u);
   EXPECT_DOUBLE_EQ(l.baseline_throughput_mibps, 40);
   EXPECT_DOUBLE_EQ(l.burst_throughput_mibps, 90);
-  EXPECT_EQ(l.io_credit_bucket, 0u);
+  EXPECT_EQ(l.io_credit_bucket, 360000u);  // one hour at the baseline
   EXPECT_EQ(l.throughput_credit_bucket_mib, 0u);
   EXPECT_EQ(l.io_unit_bytes, kMiB);
 }

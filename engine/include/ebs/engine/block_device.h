@@ -47,6 +47,14 @@ struct IoRequest : IoCompletion {
   void* layer = nullptr;
   uint64_t done = 0;
   uint8_t stage = 0;
+  // For layers that hold a request back or watch it complete (throttle,
+  // metrics): a queue link, the start time and the caller's completion.
+  IoRequest* link = nullptr;
+  int64_t start_ns = 0;
+  int64_t queued_ns = 0;
+  double cost_ios = 0;
+  IoCallback upper_callback = nullptr;
+  void* upper_owner = nullptr;
   void OnComplete(int res, uint32_t) override { on_cqe(this, res); }
   void Finish(int result) { callback(this, result); }
 };

@@ -13,6 +13,9 @@
 
 #include "ebs/engine/block_device.h"
 #include "ebs/engine/catalog.h"
+#include "ebs/engine/clock.h"
+#include "ebs/engine/throttle_layer.h"
+#include "ebs/engine/volume_metrics.h"
 #include "ebs/engine/status.h"
 #include "ebs/engine/volume_type.h"
 
@@ -20,12 +23,16 @@ namespace ebs {
 
 class VolumeManager;
 
-// An open volume: its I/O stack and its live configuration. Shared by every
-// attachment (NBD connection) of the volume.
+// An open volume: its I/O stack (metrics -> throttle -> data file), its
+// counters and its throttle state. Shared by every attachment (NBD
+// connection); stays open while the manager runs, so counters and credit
+// balances outlive connections.
 class Volume {
  public:
   const std::string& name() const { return name_; }
   BlockDevice& device() { return *device_; }
+  VolumeMetrics& metrics() { return *metrics_; }
+  ThrottleLayer* throttle() { return throttle_; }  // null with throttling off
   // Set when the volume was deleted while attached: users must stop using it.
   bool deleted() const { return deleted_.load(std::memory_order_acquire); }
   int attachments() const { return attachments_.load(); }
@@ -34,6 +41,8 @@ class Volume {
   friend class VolumeManager;
   friend class VolumeAttachment;
   std::string name_;
+  std::unique_ptr<VolumeMetrics> metrics_;
+  ThrottleLayer* throttle_ = nullptr;  // owned by the device stack
   std::shared_ptr<BlockDevice> device_;
   std::atomic<bool> deleted_{false};
   std::atomic<int> attachments_{0};
@@ -62,6 +71,13 @@ struct VolumeInfo {
 struct ManagerOptions {
   // How long a modification stays `optimizing` (EBS takes minutes to hours).
   int64_t optimize_ms = 0;
+  // Enforce each volume's IOPS and throughput limits. Off only for
+  // benchmarks that measure the raw I/O path (`ebs serve --no-throttle`).
+  bool throttle = true;
+  // AWS's modification rate rule: at most 4 modifications per rolling 24 h,
+  // each only after the previous one completed. Off by default.
+  bool modification_rate_limit = false;
+  const Clock* clock = SteadyClock::Default();
 };
 
 class VolumeManager {
@@ -83,6 +99,11 @@ class VolumeManager {
   Result<VolumeInfo> Modify(const std::string& name, const VolumeParams& params);
   // Opens the volume for I/O.
   Result<std::unique_ptr<VolumeAttachment>> Attach(const std::string& name);
+  // The CloudWatch-style counters and the throttle's state (zeros for a
+  // volume not opened since the manager started).
+  Result<nlohmann::json> Stats(const std::string& name);
+  // Every volume's stats, for the metrics endpoint.
+  Result<std::vector<nlohmann::json>> AllStats();
 
   const std::string& data_dir() const { return data_dir_; }
   std::string DataFilePath(const std::string& id) const;
@@ -96,11 +117,15 @@ class VolumeManager {
   // Moves finished optimizations to completed. REQUIRES: mu_ held.
   Status AdvanceModifications(VolumeRecord* record);
   VolumeInfo InfoLocked(VolumeRecord record);
+  // Applies a configuration change to an open volume's throttle.
+  void ApplyLimits(Volume* volume, const Modification& m);
+  nlohmann::json StatsLocked(const VolumeRecord& record);
 
   const std::string data_dir_;
   const int lock_fd_;
   const ManagerOptions options_;
   std::mutex mu_;
+  std::unique_ptr<ThrottleScheduler> scheduler_;         // GUARDED_BY(mu_); started on first attach
   std::unique_ptr<Catalog> catalog_;                     // GUARDED_BY(mu_)
   std::map<std::string, std::shared_ptr<Volume>> open_;  // GUARDED_BY(mu_)
 };

@@ -1,0 +1,208 @@
+#include "ebs/engine/throttle_layer.h"
+
+#include <sys/prctl.h>
+
+#include <chrono>
+#include <pthread.h>
+
+namespace ebs {
+
+// --- ThrottleScheduler ----------------------------------------------------------
+
+ThrottleScheduler::ThrottleScheduler(const Clock* clock) : clock_(clock) {
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "ebs-throttle");
+    // Wake-ups are the throttle's precision: ask for the tightest timer slack.
+    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+    Run();
+  });
+}
+
+ThrottleScheduler::~ThrottleScheduler() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void ThrottleScheduler::Wake(ThrottleLayer* layer, int64_t when_ns) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto [it, inserted] = due_.emplace(layer, when_ns);
+    if (!inserted) {
+      if (it->second <= when_ns) return;
+      it->second = when_ns;
+    }
+  }
+  cv_.notify_all();
+}
+
+void ThrottleScheduler::Remove(ThrottleLayer* layer) {
+  std::unique_lock<std::mutex> lock(mu_);
+  due_.erase(layer);
+  cv_.wait(lock, [&] { return pumping_ != layer; });
+}
+
+void ThrottleScheduler::Run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    ThrottleLayer* next = nullptr;
+    int64_t when = INT64_MAX;
+    for (const auto& [layer, t] : due_) {
+      if (t < when) {
+        when = t;
+        next = layer;
+      }
+    }
+    int64_t now = clock_->NowNs();
+    if (next == nullptr) {
+      cv_.wait(lock);
+      continue;
+    }
+    if (when > now) {
+      cv_.wait_for(lock, std::chrono::nanoseconds(when - now));
+      continue;  // re-evaluate: something may have changed
+    }
+    due_.erase(next);
+    pumping_ = next;
+    lock.unlock();
+    int64_t again = next->Pump(now);
+    lock.lock();
+    pumping_ = nullptr;
+    cv_.notify_all();  // Remove() may be waiting
+    if (again > 0) {
+      auto [it, inserted] = due_.emplace(next, again);
+      if (!inserted && again < it->second) it->second = again;
+    }
+  }
+}
+
+// --- ThrottleLayer --------------------------------------------------------------
+
+ThrottleLayer::ThrottleLayer(std::shared_ptr<BlockDevice> next, const PerformanceLimits& limits,
+                             ThrottleScheduler* scheduler, VolumeMetrics* metrics, const Clock* clock)
+    : DeviceLayer(std::move(next)),
+      scheduler_(scheduler),
+      metrics_(metrics),
+      clock_(clock),
+      model_(limits, clock->NowNs()) {}
+
+ThrottleLayer::~ThrottleLayer() { scheduler_->Remove(this); }
+
+void ThrottleLayer::MaybeSwitch(int64_t now_ns) {
+  if (later_ && now_ns >= switch_at_ns_) {
+    model_.SetLimits(*later_, now_ns);
+    later_.reset();
+  }
+}
+
+void ThrottleLayer::Submit(EventLoop& loop, IoRequest* req) {
+  if (req->kind != IoKind::kRead && req->kind != IoKind::kWrite) {
+    next_->Submit(loop, req);  // flush, trim, zeroes, cache: not counted by EBS
+    return;
+  }
+  const int64_t now = clock_->NowNs();
+  int64_t wake = 0;
+  IoCost cost;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    MaybeSwitch(now);
+    cost = model_.Account(req->offset, req->length);
+    if (head_ == nullptr) {
+      int64_t wait = model_.WaitNs(cost, now);
+      if (wait == 0) {
+        model_.Consume(cost, now);
+      } else {
+        wake = now + wait;
+        metrics_->OnLimitReached(model_.last_wait_was_iops(), now);
+      }
+    }
+    if (head_ != nullptr || wake != 0) {
+      // Behind others, or over the limit: wait in line.
+      req->loop = &loop;
+      req->cost_ios = cost.ios;
+      req->queued_ns = now;
+      req->link = nullptr;
+      if (tail_ != nullptr) {
+        tail_->link = req;
+      } else {
+        head_ = req;
+      }
+      tail_ = req;
+      ++waiting_;
+      req = nullptr;
+    }
+  }
+  if (req != nullptr) {
+    metrics_->OnConsumed(cost.ios);
+    next_->Submit(loop, req);
+  } else if (wake != 0) {
+    scheduler_->Wake(this, wake);
+  }
+}
+
+int64_t ThrottleLayer::Pump(int64_t now_ns) {
+  IoRequest* admitted = nullptr;
+  IoRequest** admitted_tail = &admitted;
+  int64_t again = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    MaybeSwitch(now_ns);
+    while (head_ != nullptr) {
+      IoCost cost{head_->cost_ios, head_->length};
+      int64_t wait = model_.WaitNs(cost, now_ns);
+      if (wait > 0) {
+        again = now_ns + wait;
+        break;
+      }
+      model_.Consume(cost, now_ns);
+      IoRequest* r = head_;
+      head_ = r->link;
+      if (head_ == nullptr) tail_ = nullptr;
+      --waiting_;
+      r->link = nullptr;
+      *admitted_tail = r;
+      admitted_tail = &r->link;
+    }
+  }
+  while (admitted != nullptr) {
+    IoRequest* r = admitted;
+    admitted = r->link;
+    r->link = nullptr;
+    metrics_->OnThrottleWait(now_ns - r->queued_ns);
+    metrics_->OnConsumed(r->cost_ios);
+    EventLoop* loop = r->loop;
+    // The request continues on its own loop's thread.
+    loop->Post([this, loop, r] { next_->Submit(*loop, r); });
+  }
+  return again;
+}
+
+void ThrottleLayer::SetLimits(const PerformanceLimits& now, std::optional<PerformanceLimits> later,
+                              int64_t switch_at_ns) {
+  int64_t t = clock_->NowNs();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    model_.SetLimits(now, t);
+    later_ = later;
+    switch_at_ns_ = switch_at_ns;
+  }
+  scheduler_->Wake(this, t);  // waiting requests may go at the new rate
+}
+
+ThrottleLayer::State ThrottleLayer::Read() {
+  int64_t t = clock_->NowNs();
+  std::lock_guard<std::mutex> lock(mu_);
+  MaybeSwitch(t);
+  return {model_.limits(),
+          model_.BurstBalancePercent(t),
+          model_.io_credits(t),
+          model_.throughput_credits_bytes(t) / kMiB,
+          model_.CurrentIops(t),
+          model_.CurrentThroughputBytesPerSec(t) / kMiB,
+          waiting_};
+}
+
+}  // namespace ebs

@@ -1,0 +1,108 @@
+#include "ebs/engine/volume_metrics.h"
+
+#include <bit>
+#include <cmath>
+
+namespace ebs {
+namespace {
+constexpr int64_t kMinuteNs = 60'000'000'000;
+}
+
+int VolumeMetrics::BucketOf(uint64_t ns) {
+  if (ns < kSubBuckets) return static_cast<int>(ns);
+  int exp = 63 - std::countl_zero(ns);  // ns in [2^exp, 2^(exp+1))
+  int sub = static_cast<int>((ns >> (exp - 3)) & (kSubBuckets - 1));
+  int b = (exp - 2) * kSubBuckets + sub;
+  return b < kBuckets ? b : kBuckets - 1;
+}
+
+double VolumeMetrics::BucketValue(int b) {
+  if (b < kSubBuckets) return b;
+  int exp = b / kSubBuckets + 2;
+  int sub = b % kSubBuckets;
+  // Middle of the bucket.
+  return std::ldexp(1.0 + (sub + 0.5) / kSubBuckets, exp);
+}
+
+void VolumeMetrics::OnStart(int64_t now_ns) {
+  if (in_flight_.fetch_add(1, std::memory_order_relaxed) != 0) return;
+  // Only the idle -> busy transition takes the lock.
+  std::lock_guard<std::mutex> lock(idle_mu_);
+  if (!idle_) return;
+  idle_ = false;
+  if (now_ns > idle_since_ns_) idle_ns_ += static_cast<uint64_t>(now_ns - idle_since_ns_);
+}
+
+void VolumeMetrics::OnComplete(bool write, uint64_t bytes, int64_t latency_ns, bool failed, int64_t now_ns) {
+  uint64_t lat = latency_ns > 0 ? static_cast<uint64_t>(latency_ns) : 0;
+  if (failed) {
+    errors_.fetch_add(1, std::memory_order_relaxed);
+  } else if (write) {
+    write_ops_.fetch_add(1, std::memory_order_relaxed);
+    write_bytes_.fetch_add(bytes, std::memory_order_relaxed);
+  } else {
+    read_ops_.fetch_add(1, std::memory_order_relaxed);
+    read_bytes_.fetch_add(bytes, std::memory_order_relaxed);
+  }
+  (write ? write_time_ns_ : read_time_ns_).fetch_add(lat, std::memory_order_relaxed);
+  latency_[BucketOf(lat)].fetch_add(1, std::memory_order_relaxed);
+  if (in_flight_.fetch_sub(1, std::memory_order_relaxed) != 1) return;
+  std::lock_guard<std::mutex> lock(idle_mu_);
+  if (in_flight_.load(std::memory_order_relaxed) != 0 || idle_) return;  // busy again already
+  idle_ = true;
+  idle_since_ns_ = now_ns;
+}
+
+void VolumeMetrics::OnLimitReached(bool iops_limit, int64_t now_ns) {
+  (iops_limit ? iops_exceeded_ns_ : throughput_exceeded_ns_).store(now_ns, std::memory_order_relaxed);
+}
+
+void VolumeMetrics::OnThrottleWait(int64_t wait_ns) {
+  throttled_ns_.fetch_add(static_cast<uint64_t>(std::max<int64_t>(0, wait_ns)), std::memory_order_relaxed);
+  throttled_requests_.fetch_add(1, std::memory_order_relaxed);
+}
+
+double VolumeMetrics::Percentile(double p) const {
+  uint64_t total = 0;
+  for (const auto& b : latency_) total += b.load(std::memory_order_relaxed);
+  if (total == 0) return 0;
+  uint64_t rank = static_cast<uint64_t>(std::ceil(p * static_cast<double>(total)));
+  uint64_t seen = 0;
+  for (int i = 0; i < kBuckets; ++i) {
+    seen += latency_[i].load(std::memory_order_relaxed);
+    if (seen >= rank) return BucketValue(i);
+  }
+  return BucketValue(kBuckets - 1);
+}
+
+VolumeMetrics::Sample VolumeMetrics::Read(int64_t now_ns) const {
+  Sample s{};
+  s.read_ops = read_ops_.load();
+  s.write_ops = write_ops_.load();
+  s.read_bytes = read_bytes_.load();
+  s.write_bytes = write_bytes_.load();
+  s.errors = errors_.load();
+  s.total_read_time_s = static_cast<double>(read_time_ns_.load()) / 1e9;
+  s.total_write_time_s = static_cast<double>(write_time_ns_.load()) / 1e9;
+  s.elapsed_s = static_cast<double>(now_ns - created_ns_) / 1e9;
+  {
+    std::lock_guard<std::mutex> lock(idle_mu_);
+    s.in_flight = in_flight_.load();
+    uint64_t idle = idle_ns_;
+    if (idle_ && now_ns > idle_since_ns_) idle += static_cast<uint64_t>(now_ns - idle_since_ns_);
+    s.idle_time_s = static_cast<double>(idle) / 1e9;
+  }
+  s.queue_length = s.elapsed_s > 0 ? (s.total_read_time_s + s.total_write_time_s) / s.elapsed_s : 0;
+  s.consumed_ops = static_cast<double>(consumed_milli_ios_.load()) / 1000.0;
+  s.throttled_time_s = static_cast<double>(throttled_ns_.load()) / 1e9;
+  s.throttled_requests = throttled_requests_.load();
+  s.iops_exceeded_last_minute = now_ns - iops_exceeded_ns_.load() < kMinuteNs;
+  s.throughput_exceeded_last_minute = now_ns - throughput_exceeded_ns_.load() < kMinuteNs;
+  s.latency_p50_us = Percentile(0.50) / 1000;
+  s.latency_p90_us = Percentile(0.90) / 1000;
+  s.latency_p99_us = Percentile(0.99) / 1000;
+  s.latency_p999_us = Percentile(0.999) / 1000;
+  return s;
+}
+
+}  // namespace ebs

@@ -1,0 +1,55 @@
+// DirectoryObjectStore: an ObjectStore kept as one file per object under a
+// root directory (key "chunks/ab/cd/<hex>" is the file <root>/chunks/ab/cd/<hex>).
+//
+// How the ObjectStore contract is kept on a local filesystem:
+// - Put writes <dir>/.tmp.<name>.<pid>.<n> (created O_EXCL, so concurrent
+//   writers never share one), fsyncs it, renames it over the key, then
+//   fsyncs the directory so the rename itself is durable. Parent
+//   directories are created on demand and each new one is made durable by
+//   fsyncing its parent. On any failure (ENOSPC, EIO, ...) the temporary file
+//   is removed, so no partial object and no litter remain.
+// - Delete unlinks and fsyncs the directory. Empty directories are left in
+//   place: removing them would race with a concurrent Put into them.
+// - List skips dot-names, i.e. temporary files of Puts in flight or of a
+//   crashed process. Temporary files left by a crash are harmless; they are
+//   never returned as objects.
+// - A key cannot be both an object and the parent "directory" of other keys
+//   (S3 allows it; this backend returns ENOTDIR/EISDIR-style errors). The
+//   store's own layout never needs it.
+//
+// Safe for concurrent use, and by several processes on the same root.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "ebs/snapshot/object_store.h"
+
+namespace ebs::snapshot {
+
+class DirectoryObjectStore final : public ObjectStore {
+ public:
+  // Opens the store rooted at `root`, creating the directory (and its
+  // parents) when missing. ENOTDIR when `root` exists and is not a directory.
+  static Result<std::unique_ptr<DirectoryObjectStore>> Open(const std::string& root);
+
+  Status Put(std::string_view key, std::string_view bytes) override;
+  Result<std::string> Get(std::string_view key) override;
+  Status Delete(std::string_view key) override;
+  Result<bool> Exists(std::string_view key) override;
+  Result<std::vector<std::string>> List(std::string_view prefix) override;
+
+  const std::string& root() const { return root_; }
+
+ private:
+  explicit DirectoryObjectStore(std::string root) : root_(std::move(root)) {}
+  std::string PathOf(std::string_view key) const;
+  // Creates the directories on the way to `key` that do not exist yet.
+  Status CreateParents(std::string_view key);
+
+  const std::string root_;
+  std::atomic<uint64_t> temp_counter_{0};
+};
+
+}  // namespace ebs::snapshot

@@ -1,0 +1,209 @@
+#include "ebs/snapshot/chunk_codec.h"
+
+#include <xxhash.h>
+#include <zstd.h>
+#include <zstd_errors.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstring>
+
+#include "coding.h"
+
+namespace ebs::snapshot {
+namespace {
+
+constexpr char kMagic[4] = {'E', 'B', 'S', 'C'};
+
+Status Corrupt(const std::string& what) { return Status::IoError("corrupt chunk object: " + what); }
+
+// The first bytes of a damaged object, printable whatever they are.
+std::string HexBytes(const char* p, size_t n) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string s;
+  for (size_t i = 0; i < n; ++i) {
+    auto b = static_cast<unsigned char>(p[i]);
+    s += kDigits[b >> 4];
+    s += kDigits[b & 0xf];
+  }
+  return s;
+}
+
+std::string Hex64(uint64_t v) {
+  char buf[17];
+  snprintf(buf, sizeof buf, "%016" PRIx64, v);
+  return buf;
+}
+
+}  // namespace
+
+bool IsAllZero(const void* data, size_t len) {
+  auto p = static_cast<const unsigned char*>(data);
+  // OR 64 bytes at a time (the compiler vectorises this) and stop at the
+  // first non-zero block: real data almost always fails in the first block,
+  // zero chunks are scanned at memory speed.
+  while (len >= 64) {
+    uint64_t w[8];
+    std::memcpy(w, p, 64);
+    if ((w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) != 0) return false;
+    p += 64;
+    len -= 64;
+  }
+  unsigned char acc = 0;
+  for (size_t i = 0; i < len; ++i) acc |= p[i];
+  return acc == 0;
+}
+
+Result<ChunkHeader> ParseChunkHeader(std::string_view object) {
+  if (object.size() < kChunkHeaderSize) {
+    return Corrupt("truncated: " + std::to_string(object.size()) + " bytes, shorter than the " +
+                   std::to_string(kChunkHeaderSize) + "-byte header");
+  }
+  const char* p = object.data();
+  if (std::memcmp(p, kMagic, 4) != 0) {
+    return Corrupt("bad magic " + HexBytes(p, 4) + " (expected 45425343, \"EBSC\")");
+  }
+  uint8_t version = static_cast<uint8_t>(p[4]);
+  if (version != kChunkFormatVersion) {
+    return Corrupt("unsupported format version " + std::to_string(version) + " (this build reads version " +
+                   std::to_string(kChunkFormatVersion) + ")");
+  }
+  uint8_t codec = static_cast<uint8_t>(p[5]);
+  if (codec != static_cast<uint8_t>(ChunkCodecId::kRaw) && codec != static_cast<uint8_t>(ChunkCodecId::kZstd)) {
+    return Corrupt("unknown codec " + std::to_string(codec));
+  }
+  if (coding::DecodeFixed16(p + 6) != 0) return Corrupt("reserved header bits are set");
+  ChunkHeader h;
+  h.codec = static_cast<ChunkCodecId>(codec);
+  h.uncompressed_length = coding::DecodeFixed32(p + 8);
+  h.stored_length = coding::DecodeFixed32(p + 12);
+  h.stored_checksum = coding::DecodeFixed64(p + 16);
+  std::memcpy(h.content_hash.bytes.data(), p + 24, 16);
+  if (h.uncompressed_length > kMaxChunkObjectLength) {
+    return Corrupt("uncompressed length " + std::to_string(h.uncompressed_length) + " exceeds the maximum " +
+                   std::to_string(kMaxChunkObjectLength));
+  }
+  uint64_t want = kChunkHeaderSize + uint64_t{h.stored_length};
+  if (object.size() < want) {
+    return Corrupt("truncated: " + std::to_string(object.size()) + " bytes, header says " +
+                   std::to_string(kChunkHeaderSize) + " + " + std::to_string(h.stored_length));
+  }
+  if (object.size() > want) {
+    return Corrupt(std::to_string(object.size() - want) + " trailing bytes after the " +
+                   std::to_string(h.stored_length) + " stored bytes");
+  }
+  // Raw chunks store exactly their bytes; a zstd chunk is only written when
+  // strictly smaller. Either way a mismatch here is damage.
+  if (h.codec == ChunkCodecId::kRaw && h.stored_length != h.uncompressed_length) {
+    return Corrupt("raw chunk stores " + std::to_string(h.stored_length) + " bytes but its length is " +
+                   std::to_string(h.uncompressed_length));
+  }
+  if (h.codec == ChunkCodecId::kZstd && h.stored_length >= h.uncompressed_length) {
+    return Corrupt("zstd chunk stores " + std::to_string(h.stored_length) + " bytes for a " +
+                   std::to_string(h.uncompressed_length) + "-byte chunk");
+  }
+  return h;
+}
+
+ChunkCodec::ChunkCodec(int level) : level_(std::clamp(level, ZSTD_minCLevel(), ZSTD_maxCLevel())) {}
+
+ChunkCodec::~ChunkCodec() {
+  ZSTD_freeCCtx(cctx_);
+  ZSTD_freeDCtx(dctx_);
+}
+
+Status ChunkCodec::Encode(const void* data, size_t len, std::string* object, ContentHash* hash_out) {
+  if (len > kMaxChunkObjectLength) {
+    return Status::InvalidArgument("chunk of " + std::to_string(len) + " bytes exceeds the maximum " +
+                                   std::to_string(kMaxChunkObjectLength));
+  }
+  const ContentHash hash = ContentHash::Of(data, len);
+  if (hash_out != nullptr) *hash_out = hash;
+
+  // Room for the raw form; compression is given one byte less than that, so
+  // zstd itself stops (dstSize_tooSmall) as soon as it cannot win.
+  object->resize(kChunkHeaderSize + len);
+  char* stored = object->data() + kChunkHeaderSize;
+  size_t stored_len = len;
+  ChunkCodecId codec = ChunkCodecId::kRaw;
+  if (len > 1) {
+    if (cctx_ == nullptr && (cctx_ = ZSTD_createCCtx()) == nullptr) {
+      return Status::Error(ENOMEM, "cannot allocate a zstd compression context");
+    }
+    size_t r = ZSTD_compressCCtx(cctx_, stored, len - 1, data, len, level_);
+    if (!ZSTD_isError(r)) {
+      codec = ChunkCodecId::kZstd;
+      stored_len = r;
+    } else if (ZSTD_getErrorCode(r) != ZSTD_error_dstSize_tooSmall) {
+      return Status::IoError(std::string("zstd compression failed: ") + ZSTD_getErrorName(r));
+    }
+  }
+  if (codec == ChunkCodecId::kRaw && len > 0) std::memcpy(stored, data, len);
+  object->resize(kChunkHeaderSize + stored_len);
+  stored = object->data() + kChunkHeaderSize;
+
+  char* p = object->data();
+  std::memcpy(p, kMagic, 4);
+  p[4] = static_cast<char>(kChunkFormatVersion);
+  p[5] = static_cast<char>(codec);
+  p[6] = p[7] = 0;
+  coding::EncodeFixed32(p + 8, static_cast<uint32_t>(len));
+  coding::EncodeFixed32(p + 12, static_cast<uint32_t>(stored_len));
+  coding::EncodeFixed64(p + 16, XXH3_64bits(stored, stored_len));
+  std::memcpy(p + 24, hash.bytes.data(), 16);
+  return Status::Ok();
+}
+
+Status ChunkCodec::Decode(std::string_view object, const ContentHash& expected, std::string* data) {
+  auto header = ParseChunkHeader(object);
+  if (!header.ok()) return header.status();
+  const ChunkHeader& h = *header;
+  if (h.content_hash != expected) {
+    return Corrupt("header names content " + h.content_hash.ToHex() + ", expected " + expected.ToHex() +
+                   " (damaged header or object stored under the wrong key)");
+  }
+  const char* stored = object.data() + kChunkHeaderSize;
+  uint64_t checksum = XXH3_64bits(stored, h.stored_length);
+  if (checksum != h.stored_checksum) {
+    return Corrupt("checksum mismatch over " + std::to_string(h.stored_length) + " stored bytes: header " +
+                   Hex64(h.stored_checksum) + ", computed " + Hex64(checksum));
+  }
+  data->resize(h.uncompressed_length);
+  if (h.codec == ChunkCodecId::kRaw) {
+    if (h.stored_length > 0) std::memcpy(data->data(), stored, h.stored_length);
+  } else {
+    if (dctx_ == nullptr && (dctx_ = ZSTD_createDCtx()) == nullptr) {
+      return Status::Error(ENOMEM, "cannot allocate a zstd decompression context");
+    }
+    size_t r = ZSTD_decompressDCtx(dctx_, data->data(), data->size(), stored, h.stored_length);
+    if (ZSTD_isError(r)) {
+      return Corrupt(std::string("zstd decompression failed: ") + ZSTD_getErrorName(r));
+    }
+    if (r != h.uncompressed_length) {
+      return Corrupt("decompressed to " + std::to_string(r) + " bytes, header says " +
+                     std::to_string(h.uncompressed_length));
+    }
+  }
+  ContentHash actual = ContentHash::Of(data->data(), data->size());
+  if (actual != expected) {
+    return Corrupt("content hash mismatch: expected " + expected.ToHex() + ", content hashes to " +
+                   actual.ToHex());
+  }
+  return Status::Ok();
+}
+
+Result<std::string> EncodeChunk(const void* data, size_t len, int level) {
+  ChunkCodec codec(level);
+  std::string object;
+  EBS_RETURN_IF_ERROR(codec.Encode(data, len, &object));
+  return object;
+}
+
+Result<std::string> DecodeChunk(std::string_view object, const ContentHash& expected) {
+  ChunkCodec codec;
+  std::string data;
+  EBS_RETURN_IF_ERROR(codec.Decode(object, expected, &data));
+  return data;
+}
+
+}  // namespace ebs::snapshot

@@ -1,0 +1,247 @@
+#include "ebs/snapshot/directory_object_store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+namespace ebs::snapshot {
+namespace {
+
+// Keeps the errno of a failed syscall until the Status is built, so cleanup
+// calls in between cannot clobber it.
+Status Errno(const std::string& context) { return Status::FromErrno(errno, context); }
+
+// Makes a directory entry change (create, rename, unlink) in `dir` durable.
+Status SyncDirectory(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Errno("open directory " + dir);
+  if (::fsync(fd) != 0) {
+    Status s = Errno("fsync directory " + dir);
+    ::close(fd);
+    return s;
+  }
+  ::close(fd);
+  return Status::Ok();
+}
+
+Status WriteAll(int fd, std::string_view bytes, const std::string& path) {
+  const char* p = bytes.data();
+  size_t left = bytes.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Errno("write " + path);
+    }
+    // A short write is not an error: the next write reports why it stopped
+    // (ENOSPC on a full disk).
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+std::string DirName(const std::string& path) { return path.substr(0, path.rfind('/')); }
+
+bool IsKeyPrefixChar(char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+         c == '-' || c == '/';
+}
+
+// Collects the keys under `dir` (whose key prefix is `rel`, empty or ending
+// in '/') that start with `prefix`, pruning subtrees that cannot match.
+Status Walk(const std::string& dir, const std::string& rel, std::string_view prefix,
+            std::vector<std::string>* out) {
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) {
+    // Vanished or never created: nothing under it.
+    if (errno == ENOENT || errno == ENOTDIR) return Status::Ok();
+    return Errno("open directory " + dir);
+  }
+  Status status;
+  errno = 0;
+  while (struct dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name.empty() || name[0] == '.') continue;  // ".", "..", temporary files
+    std::string key = rel + name;
+    bool is_dir = e->d_type == DT_DIR;
+    bool is_file = e->d_type == DT_REG;
+    if (e->d_type == DT_UNKNOWN) {
+      struct stat st;
+      if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno == ENOENT) continue;
+        status = Errno("stat " + dir + "/" + name);
+        break;
+      }
+      is_dir = S_ISDIR(st.st_mode);
+      is_file = S_ISREG(st.st_mode);
+    }
+    if (is_file && key.starts_with(prefix)) {
+      out->push_back(std::move(key));
+    } else if (is_dir) {
+      std::string sub = key + "/";
+      if (sub.starts_with(prefix) || prefix.starts_with(sub)) {
+        status = Walk(dir + "/" + name, sub, prefix, out);
+        if (!status.ok()) break;
+      }
+    }
+    errno = 0;
+  }
+  if (status.ok() && errno != 0) status = Errno("read directory " + dir);
+  ::closedir(d);
+  return status;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<DirectoryObjectStore>> DirectoryObjectStore::Open(const std::string& root) {
+  if (root.empty()) return Status::InvalidArgument("object store root is empty");
+  std::string clean = root;
+  while (clean.size() > 1 && clean.back() == '/') clean.pop_back();
+  // mkdir -p, making each new directory durable in its parent.
+  for (size_t pos = 1; pos <= clean.size(); ++pos) {
+    if (pos != clean.size() && clean[pos] != '/') continue;
+    std::string dir = clean.substr(0, pos);
+    if (::mkdir(dir.c_str(), 0755) == 0) {
+      std::string parent = dir.find('/') == std::string::npos ? "." : DirName(dir);
+      if (parent.empty()) parent = "/";
+      EBS_RETURN_IF_ERROR(SyncDirectory(parent));
+    } else if (errno != EEXIST) {
+      return Errno("create object store directory " + dir);
+    }
+  }
+  struct stat st;
+  if (::stat(clean.c_str(), &st) != 0) return Errno("object store " + clean);
+  if (!S_ISDIR(st.st_mode)) return Status::Error(ENOTDIR, "object store " + clean + " is not a directory");
+  return std::unique_ptr<DirectoryObjectStore>(new DirectoryObjectStore(clean));
+}
+
+std::string DirectoryObjectStore::PathOf(std::string_view key) const {
+  std::string path = root_;
+  path += '/';
+  path.append(key);
+  return path;
+}
+
+Status DirectoryObjectStore::CreateParents(std::string_view key) {
+  std::string parent = root_;
+  for (size_t slash = key.find('/'); slash != std::string_view::npos; slash = key.find('/', slash + 1)) {
+    std::string dir = PathOf(key.substr(0, slash));
+    if (::mkdir(dir.c_str(), 0755) == 0) {
+      EBS_RETURN_IF_ERROR(SyncDirectory(parent));
+    } else if (errno != EEXIST) {  // EEXIST: already there, or a concurrent Put made it
+      return Errno("create directory " + dir);
+    }
+    parent = std::move(dir);
+  }
+  return Status::Ok();
+}
+
+Status DirectoryObjectStore::Put(std::string_view key, std::string_view bytes) {
+  EBS_RETURN_IF_ERROR(ValidateObjectKey(key));
+  const std::string path = PathOf(key);
+  const std::string dir = DirName(path);
+  const std::string temp = dir + "/.tmp." + path.substr(dir.size() + 1) + "." + std::to_string(::getpid()) + "." +
+                           std::to_string(temp_counter_.fetch_add(1, std::memory_order_relaxed));
+
+  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0 && errno == ENOENT) {
+    // First object under this prefix: create the directories and retry. Not
+    // done up front because it costs a mkdir per level on every Put.
+    EBS_RETURN_IF_ERROR(CreateParents(key));
+    fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  }
+  if (fd < 0) return Errno("create " + temp);
+
+  Status s = WriteAll(fd, bytes, temp);
+  if (s.ok() && ::fsync(fd) != 0) s = Errno("fsync " + temp);
+  if (::close(fd) != 0 && s.ok()) s = Errno("close " + temp);
+  if (s.ok() && ::rename(temp.c_str(), path.c_str()) != 0) s = Errno("rename " + temp + " to " + path);
+  if (!s.ok()) {
+    ::unlink(temp.c_str());  // best effort; List never shows dot-names anyway
+    return s;
+  }
+  return SyncDirectory(dir);
+}
+
+Result<std::string> DirectoryObjectStore::Get(std::string_view key) {
+  EBS_RETURN_IF_ERROR(ValidateObjectKey(key));
+  const std::string path = PathOf(key);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return Status::NotFound("object '" + std::string(key) + "' not found");
+    return Errno("open " + path);
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    Status s = Errno("stat " + path);
+    ::close(fd);
+    return s;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Status::NotFound("object '" + std::string(key) + "' not found (a prefix, not an object)");
+  }
+  // Objects are immutable once renamed into place, so st_size is exact; the
+  // loop still stops at EOF rather than trusting it.
+  std::string out(static_cast<size_t>(st.st_size), '\0');
+  size_t done = 0;
+  while (done < out.size()) {
+    ssize_t n = ::read(fd, out.data() + done, out.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      Status s = Errno("read " + path);
+      ::close(fd);
+      return s;
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  out.resize(done);
+  return out;
+}
+
+Status DirectoryObjectStore::Delete(std::string_view key) {
+  EBS_RETURN_IF_ERROR(ValidateObjectKey(key));
+  const std::string path = PathOf(key);
+  if (::unlink(path.c_str()) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR || errno == EISDIR) return Status::Ok();  // no such object
+    return Errno("delete " + path);
+  }
+  return SyncDirectory(DirName(path));
+}
+
+Result<bool> DirectoryObjectStore::Exists(std::string_view key) {
+  EBS_RETURN_IF_ERROR(ValidateObjectKey(key));
+  const std::string path = PathOf(key);
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return false;
+    return Errno("stat " + path);
+  }
+  return S_ISREG(st.st_mode);
+}
+
+Result<std::vector<std::string>> DirectoryObjectStore::List(std::string_view prefix) {
+  if (!std::all_of(prefix.begin(), prefix.end(), IsKeyPrefixChar)) {
+    return Status::InvalidArgument("invalid object key prefix '" + std::string(prefix) + "'");
+  }
+  // Start at the deepest directory the prefix names completely.
+  size_t slash = prefix.rfind('/');
+  std::string rel = slash == std::string_view::npos ? "" : std::string(prefix.substr(0, slash + 1));
+  if (rel.find("/.") != std::string::npos || rel.starts_with(".") || rel.find("//") != std::string::npos ||
+      rel.starts_with("/")) {
+    return std::vector<std::string>{};  // no valid key has such a prefix
+  }
+  std::vector<std::string> keys;
+  std::string start = rel.empty() ? root_ : root_ + "/" + rel.substr(0, rel.size() - 1);
+  EBS_RETURN_IF_ERROR(Walk(start, rel, prefix, &keys));
+  std::sort(keys.begin(), keys.end());
+  return keys;
+}
+
+}  // namespace ebs::snapshot

@@ -1,0 +1,619 @@
+#include "ebs/snapshot/snapshot_index.h"
+
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/write_batch.h>
+
+#include <algorithm>
+#include <limits>
+#include <unordered_map>
+
+#include <nlohmann/json.hpp>
+
+#include "coding.h"
+
+namespace ebs::snapshot {
+namespace {
+
+constexpr char kFormatKey[] = "meta|format";
+constexpr char kFormatVersion[] = "1";
+constexpr char kLive = 'l';
+constexpr char kRetired = 'r';
+constexpr size_t kMaxNameLength = 128;
+
+Status Db(const rocksdb::Status& s, const std::string& what) {
+  return Status::IoError("snapshot index " + what + ": " + s.ToString());
+}
+
+// Snapshot ids and lineage ids end up in RocksDB keys (where '|' separates
+// fields) and in object keys, so they use the object-key alphabet minus '/'.
+Status ValidateName(std::string_view kind, std::string_view name) {
+  bool ok = !name.empty() && name.size() <= kMaxNameLength && name[0] != '.';
+  for (char c : name) {
+    ok = ok && ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+                c == '_' || c == '-');
+  }
+  if (!ok) {
+    return Status::InvalidArgument("invalid " + std::string(kind) + " '" + std::string(name) +
+                                   "': 1-128 of A-Z a-z 0-9 . _ - (not starting with '.')");
+  }
+  return Status::Ok();
+}
+
+std::string RecordKey(std::string_view id) { return "s|" + std::string(id); }
+
+std::string LineagePrefix(char family, std::string_view lineage) {
+  std::string k;
+  k += family;
+  k += '|';
+  k.append(lineage);
+  k += '|';
+  return k;
+}
+std::string MemberKey(std::string_view lineage, uint64_t seq) {
+  std::string k = LineagePrefix('l', lineage);
+  coding::PutBig64(&k, seq);
+  return k;
+}
+std::string MapChunkPrefix(std::string_view lineage, uint64_t chunk) {
+  std::string k = LineagePrefix('m', lineage);
+  coding::PutBig64(&k, chunk);
+  return k;
+}
+std::string MapKey(std::string_view lineage, uint64_t chunk, uint64_t seq) {
+  std::string k = MapChunkPrefix(lineage, chunk);
+  coding::PutBig64(&k, ~seq);  // newest first within a chunk
+  return k;
+}
+std::string DeltaSeqPrefix(std::string_view lineage, uint64_t seq) {
+  std::string k = LineagePrefix('d', lineage);
+  coding::PutBig64(&k, seq);
+  return k;
+}
+std::string DeltaKey(std::string_view lineage, uint64_t seq, uint64_t chunk) {
+  std::string k = DeltaSeqPrefix(lineage, seq);
+  coding::PutBig64(&k, chunk);
+  return k;
+}
+std::string RefKey(const ContentHash& hash) {
+  std::string k = "r|";
+  k.append(hash.AsBytes());
+  return k;
+}
+
+// The smallest key greater than every key starting with `prefix` (prefixes
+// here never end in 0xff: they end in '|' or a be64 whose caller bounded it).
+std::string PrefixEnd(std::string prefix) {
+  while (!prefix.empty() && static_cast<unsigned char>(prefix.back()) == 0xff) prefix.pop_back();
+  if (!prefix.empty()) prefix.back() = static_cast<char>(static_cast<unsigned char>(prefix.back()) + 1);
+  return prefix;
+}
+
+Result<ContentHash> HashValue(const rocksdb::Slice& value, const rocksdb::Slice& key) {
+  if (value.size() != 16) {
+    return Status::IoError("snapshot index: corrupt entry (value of " + std::to_string(value.size()) +
+                           " bytes, expected a 16-byte hash) at key of " + std::to_string(key.size()) + " bytes");
+  }
+  ContentHash h;
+  std::memcpy(h.bytes.data(), value.data(), 16);
+  return h;
+}
+
+Result<uint64_t> CountValue(const std::string& value) {
+  if (value.size() != 8) return Status::IoError("snapshot index: corrupt reference count");
+  return coding::DecodeFixed64(value.data());
+}
+
+nlohmann::json RecordToJson(const SnapshotRecord& r) {
+  return {{"id", r.id},
+          {"state", std::string(SnapshotStateName(r.state))},
+          {"volume_name", r.volume_name},
+          {"volume_id", r.volume_id},
+          {"lineage", r.lineage},
+          {"seq", r.seq},
+          {"parent_id", r.parent_id},
+          {"volume_size", r.volume_size},
+          {"chunk_size", r.chunk_size},
+          {"logical_bytes", r.logical_bytes},
+          {"changed_bytes", r.changed_bytes},
+          {"stored_bytes", r.stored_bytes},
+          {"created_at_ms", r.created_at_ms},
+          {"description", r.description},
+          {"error", r.error}};
+}
+
+Result<SnapshotRecord> RecordFromJson(std::string_view text) {
+  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return Status::IoError("snapshot index: corrupt snapshot record (not JSON)");
+  try {
+    SnapshotRecord r;
+    r.id = j.at("id").get<std::string>();
+    auto state = ParseSnapshotState(j.at("state").get<std::string>());
+    if (!state.ok()) return Status::IoError("snapshot index: record " + r.id + ": " + state.status().message());
+    r.state = *state;
+    r.volume_name = j.at("volume_name").get<std::string>();
+    r.volume_id = j.at("volume_id").get<std::string>();
+    r.lineage = j.at("lineage").get<std::string>();
+    r.seq = j.at("seq").get<uint64_t>();
+    r.parent_id = j.at("parent_id").get<std::string>();
+    r.volume_size = j.at("volume_size").get<uint64_t>();
+    r.chunk_size = j.at("chunk_size").get<uint32_t>();
+    r.logical_bytes = j.at("logical_bytes").get<uint64_t>();
+    r.changed_bytes = j.at("changed_bytes").get<uint64_t>();
+    r.stored_bytes = j.at("stored_bytes").get<uint64_t>();
+    r.created_at_ms = j.at("created_at_ms").get<int64_t>();
+    r.description = j.at("description").get<std::string>();
+    r.error = j.value("error", "");
+    return r;
+  } catch (const nlohmann::json::exception& e) {
+    return Status::IoError(std::string("snapshot index: corrupt snapshot record: ") + e.what());
+  }
+}
+
+}  // namespace
+
+// One atomic change: the batch being built plus the net change to each
+// reference count, applied to the stored counts when the batch is written.
+// Used only under SnapshotIndex::mu_, which is what makes reading the counts
+// and writing them back safe.
+class SnapshotIndex::Mutation {
+ public:
+  rocksdb::WriteBatch batch;
+
+  void Ref(const ContentHash& h, int64_t delta) {
+    if (!h.IsZeroChunk()) refs_[h] += delta;  // zero chunks have no object
+  }
+
+  // Folds the reference counts into the batch and writes it durably. Fills
+  // *released with hashes whose count reached zero. A count going negative
+  // means the index is inconsistent: nothing is written.
+  Status Write(rocksdb::DB* db, std::vector<ContentHash>* released) {
+    for (const auto& [hash, delta] : refs_) {
+      if (delta == 0) continue;
+      std::string key = RefKey(hash);
+      std::string value;
+      uint64_t count = 0;
+      rocksdb::Status s = db->Get(rocksdb::ReadOptions(), key, &value);
+      if (s.ok()) {
+        auto c = CountValue(value);
+        if (!c.ok()) return c.status();
+        count = *c;
+      } else if (!s.IsNotFound()) {
+        return Db(s, "read reference count");
+      }
+      if (delta < 0 && count < static_cast<uint64_t>(-delta)) {
+        return Status::IoError("snapshot index inconsistent: reference count of " + hash.ToHex() + " is " +
+                               std::to_string(count) + ", cannot drop " + std::to_string(-delta));
+      }
+      count += static_cast<uint64_t>(delta);
+      if (count == 0) {
+        batch.Delete(key);
+        if (released != nullptr) released->push_back(hash);
+      } else {
+        std::string v;
+        coding::PutFixed64(&v, count);
+        batch.Put(key, v);
+      }
+    }
+    if (released != nullptr) std::sort(released->begin(), released->end());
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    rocksdb::Status s = db->Write(wo, &batch);
+    if (!s.ok()) return Db(s, "write");
+    return Status::Ok();
+  }
+
+ private:
+  std::unordered_map<ContentHash, int64_t, ContentHashHasher> refs_;
+};
+
+std::string_view SnapshotStateName(SnapshotState state) {
+  switch (state) {
+    case SnapshotState::kPending: return "pending";
+    case SnapshotState::kCompleted: return "completed";
+    case SnapshotState::kError: return "error";
+  }
+  return "unknown";
+}
+
+Result<SnapshotState> ParseSnapshotState(std::string_view name) {
+  if (name == "pending") return SnapshotState::kPending;
+  if (name == "completed") return SnapshotState::kCompleted;
+  if (name == "error") return SnapshotState::kError;
+  return Status::InvalidArgument("unknown snapshot state '" + std::string(name) + "'");
+}
+
+Result<std::unique_ptr<SnapshotIndex>> SnapshotIndex::Open(const std::string& path) {
+  rocksdb::Options options;
+  options.create_if_missing = true;
+  options.max_open_files = 256;
+  options.keep_log_file_num = 2;
+  // Two cores shared with the data path and the upload pipeline.
+  options.max_background_jobs = 1;
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(options, path, &raw);
+  if (!s.ok()) {
+    if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
+      return Status::Busy("snapshot index " + path + " is open in another process: " + s.ToString());
+    }
+    return Status::IoError("open snapshot index " + path + ": " + s.ToString());
+  }
+  std::unique_ptr<SnapshotIndex> index(new SnapshotIndex(raw));
+  std::string format;
+  s = raw->Get(rocksdb::ReadOptions(), kFormatKey, &format);
+  if (s.IsNotFound()) {
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    s = raw->Put(wo, kFormatKey, kFormatVersion);
+    if (!s.ok()) return Db(s, "initialise " + path);
+  } else if (!s.ok()) {
+    return Db(s, "read format of " + path);
+  } else if (format != kFormatVersion) {
+    return Status::IoError("snapshot index " + path + " has format '" + format + "', this build reads '" +
+                           kFormatVersion + "'");
+  }
+  return index;
+}
+
+SnapshotIndex::~SnapshotIndex() {
+  db_->Close().PermitUncheckedError();
+  delete db_;
+}
+
+// --- Snapshot records ---------------------------------------------------------
+
+Status SnapshotIndex::PutSnapshot(const SnapshotRecord& record) {
+  EBS_RETURN_IF_ERROR(ValidateName("snapshot id", record.id));
+  EBS_RETURN_IF_ERROR(ValidateName("lineage id", record.lineage));
+  std::lock_guard lock(mu_);
+  Mutation m;
+  m.batch.Put(RecordKey(record.id), RecordToJson(record).dump());
+  return m.Write(db_, nullptr);
+}
+
+Result<SnapshotRecord> SnapshotIndex::GetSnapshot(std::string_view id) {
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), RecordKey(id), &value);
+  if (s.IsNotFound()) {
+    return Status::NotFound("InvalidSnapshot.NotFound: snapshot '" + std::string(id) + "' does not exist");
+  }
+  if (!s.ok()) return Db(s, "read");
+  return RecordFromJson(value);
+}
+
+Result<std::vector<SnapshotRecord>> SnapshotIndex::ListSnapshots() {
+  std::vector<SnapshotRecord> out;
+  const std::string prefix = "s|";
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    auto r = RecordFromJson(it->value().ToStringView());
+    if (!r.ok()) return r.status();
+    out.push_back(std::move(*r));
+  }
+  if (!it->status().ok()) return Db(it->status(), "scan");
+  return out;
+}
+
+// --- Chunk maps -----------------------------------------------------------------
+
+Result<std::optional<LineageMember>> SnapshotIndex::GetMember(std::string_view lineage, uint64_t seq) {
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), MemberKey(lineage, seq), &value);
+  if (s.IsNotFound()) return std::optional<LineageMember>();
+  if (!s.ok()) return Db(s, "read lineage member");
+  if (value.size() != 1 || (value[0] != kLive && value[0] != kRetired)) {
+    return Status::IoError("snapshot index: corrupt lineage member " + std::string(lineage) + "/" +
+                           std::to_string(seq));
+  }
+  return std::optional<LineageMember>(LineageMember{seq, value[0] == kRetired});
+}
+
+Result<std::optional<uint64_t>> SnapshotIndex::NextMember(std::string_view lineage, uint64_t after_seq) {
+  if (after_seq == std::numeric_limits<uint64_t>::max()) return std::optional<uint64_t>();
+  const std::string prefix = LineagePrefix('l', lineage);
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  it->Seek(MemberKey(lineage, after_seq + 1));
+  if (it->Valid() && it->key().starts_with(prefix)) {
+    return std::optional<uint64_t>(coding::DecodeBig64(it->key().data() + prefix.size()));
+  }
+  if (!it->status().ok()) return Db(it->status(), "scan lineage");
+  return std::optional<uint64_t>();
+}
+
+Status SnapshotIndex::AddCommit(Mutation& m, std::string_view lineage, uint64_t seq,
+                                std::span<const DeltaEntry> delta) {
+  EBS_RETURN_IF_ERROR(ValidateName("lineage id", lineage));
+  if (seq == 0) return Status::InvalidArgument("snapshot sequence numbers start at 1");
+  EBS_RETURN_IF_ERROR(ValidateDelta(delta, std::numeric_limits<uint64_t>::max()));
+  // Deltas are relative to the newest member, so members must arrive in
+  // order; this also refuses committing the same seq twice.
+  const std::string prefix = LineagePrefix('l', lineage);
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  it->SeekForPrev(MemberKey(lineage, std::numeric_limits<uint64_t>::max()));
+  if (it->Valid() && it->key().starts_with(prefix)) {
+    uint64_t newest = coding::DecodeBig64(it->key().data() + prefix.size());
+    if (seq <= newest) {
+      return Status::InvalidArgument("cannot commit seq " + std::to_string(seq) + " to lineage " +
+                                     std::string(lineage) + ": seq " + std::to_string(newest) +
+                                     " is already committed");
+    }
+  } else if (!it->status().ok()) {
+    return Db(it->status(), "scan lineage");
+  }
+  m.batch.Put(MemberKey(lineage, seq), std::string(1, kLive));
+  for (const DeltaEntry& e : delta) {
+    m.batch.Put(MapKey(lineage, e.chunk, seq), rocksdb::Slice(e.hash.AsBytes()));
+    m.batch.Put(DeltaKey(lineage, seq, e.chunk), rocksdb::Slice(e.hash.AsBytes()));
+    m.Ref(e.hash, +1);
+  }
+  return Status::Ok();
+}
+
+Status SnapshotIndex::CommitDelta(std::string_view lineage, uint64_t seq, std::span<const DeltaEntry> delta) {
+  std::lock_guard lock(mu_);
+  Mutation m;
+  EBS_RETURN_IF_ERROR(AddCommit(m, lineage, seq, delta));
+  return m.Write(db_, nullptr);
+}
+
+Status SnapshotIndex::CompleteSnapshot(const SnapshotRecord& record, std::span<const DeltaEntry> delta) {
+  if (record.state != SnapshotState::kCompleted) {
+    return Status::InvalidArgument("CompleteSnapshot of " + record.id + " in state " +
+                                   std::string(SnapshotStateName(record.state)));
+  }
+  EBS_RETURN_IF_ERROR(ValidateName("snapshot id", record.id));
+  std::lock_guard lock(mu_);
+  Mutation m;
+  EBS_RETURN_IF_ERROR(AddCommit(m, record.lineage, record.seq, delta));
+  m.batch.Put(RecordKey(record.id), RecordToJson(record).dump());
+  return m.Write(db_, nullptr);
+}
+
+Result<std::optional<ContentHash>> SnapshotIndex::ChunkAt(std::string_view lineage, uint64_t chunk, uint64_t seq) {
+  const std::string prefix = MapChunkPrefix(lineage, chunk);
+  // Bound the iterator to this chunk's keys, so a Seek past the last live
+  // key does not wander through other chunks' tombstones.
+  const std::string upper = PrefixEnd(prefix);
+  rocksdb::Slice upper_slice(upper);
+  rocksdb::ReadOptions ro;
+  ro.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro));
+  it->Seek(MapKey(lineage, chunk, seq));
+  if (it->Valid() && it->key().starts_with(prefix)) {
+    auto h = HashValue(it->value(), it->key());
+    if (!h.ok()) return h.status();
+    return std::optional<ContentHash>(*h);
+  }
+  if (!it->status().ok()) return Db(it->status(), "seek");
+  return std::optional<ContentHash>();
+}
+
+Result<std::vector<DeltaEntry>> SnapshotIndex::ChangedChunks(std::string_view lineage, uint64_t from_seq,
+                                                             uint64_t to_seq) {
+  if (from_seq > to_seq) {
+    return Status::InvalidArgument("diff from seq " + std::to_string(from_seq) + " to earlier seq " +
+                                   std::to_string(to_seq));
+  }
+  std::vector<DeltaEntry> entries;
+  if (from_seq == to_seq) return entries;
+  const std::string prefix = LineagePrefix('d', lineage);
+  const std::string upper =
+      to_seq == std::numeric_limits<uint64_t>::max() ? PrefixEnd(prefix) : DeltaSeqPrefix(lineage, to_seq + 1);
+  rocksdb::Slice upper_slice(upper);
+  rocksdb::ReadOptions ro;
+  ro.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro));
+  // Keys come in (seq, chunk) order, so for a chunk changed several times the
+  // last one seen is the newest, i.e. its content as of to_seq.
+  for (it->Seek(DeltaSeqPrefix(lineage, from_seq + 1)); it->Valid(); it->Next()) {
+    rocksdb::Slice key = it->key();
+    if (key.size() != prefix.size() + 16) return Status::IoError("snapshot index: corrupt delta key");
+    auto h = HashValue(it->value(), key);
+    if (!h.ok()) return h.status();
+    entries.push_back({coding::DecodeBig64(key.data() + prefix.size() + 8), *h});
+  }
+  if (!it->status().ok()) return Db(it->status(), "scan delta");
+  std::stable_sort(entries.begin(), entries.end(),
+                   [](const DeltaEntry& a, const DeltaEntry& b) { return a.chunk < b.chunk; });
+  // Keep the last (newest) entry of each run of equal chunks.
+  size_t out = 0;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (i + 1 < entries.size() && entries[i + 1].chunk == entries[i].chunk) continue;
+    entries[out++] = entries[i];
+  }
+  entries.resize(out);
+  return entries;
+}
+
+Result<std::vector<LineageMember>> SnapshotIndex::ListLineage(std::string_view lineage) {
+  std::vector<LineageMember> out;
+  const std::string prefix = LineagePrefix('l', lineage);
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    if (it->key().size() != prefix.size() + 8 || it->value().size() != 1) {
+      return Status::IoError("snapshot index: corrupt lineage member of " + std::string(lineage));
+    }
+    out.push_back({coding::DecodeBig64(it->key().data() + prefix.size()), it->value()[0] == kRetired});
+  }
+  if (!it->status().ok()) return Db(it->status(), "scan lineage");
+  return out;
+}
+
+// --- Deletion -------------------------------------------------------------------
+
+Status SnapshotIndex::AddAbsorb(Mutation& m, std::string_view lineage, uint64_t seq, uint64_t into,
+                                DeleteOutcome* outcome) {
+  outcome->absorbed_into = into;
+  const std::string prefix = DeltaSeqPrefix(lineage, seq);
+  const std::string upper = PrefixEnd(prefix);
+  rocksdb::Slice upper_slice(upper);
+  rocksdb::ReadOptions ro;
+  ro.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro));
+  std::string ignored;
+  for (it->Seek(prefix); it->Valid(); it->Next()) {
+    if (it->key().size() != prefix.size() + 8) return Status::IoError("snapshot index: corrupt delta key");
+    const uint64_t chunk = coding::DecodeBig64(it->key().data() + prefix.size());
+    auto h = HashValue(it->value(), it->key());
+    if (!h.ok()) return h.status();
+    m.batch.Delete(it->key());
+    m.batch.Delete(MapKey(lineage, chunk, seq));
+    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), DeltaKey(lineage, into, chunk), &ignored);
+    if (s.ok()) {
+      // `into` changed the chunk again: nothing from `into` on can see this
+      // entry, and nothing before `seq` ever could.
+      m.Ref(*h, -1);
+      ++outcome->dropped;
+    } else if (s.IsNotFound()) {
+      m.batch.Put(DeltaKey(lineage, into, chunk), rocksdb::Slice(h->AsBytes()));
+      m.batch.Put(MapKey(lineage, chunk, into), rocksdb::Slice(h->AsBytes()));
+      ++outcome->moved;
+    } else {
+      return Db(s, "read delta");
+    }
+  }
+  if (!it->status().ok()) return Db(it->status(), "scan delta");
+  m.batch.Delete(MemberKey(lineage, seq));
+  return Status::Ok();
+}
+
+Status SnapshotIndex::AddDelete(Mutation& m, std::string_view lineage, uint64_t seq, DeleteOutcome* outcome) {
+  outcome->seq = seq;
+  auto next = NextMember(lineage, seq);
+  if (!next.ok()) return next.status();
+  if (!next->has_value()) {
+    // The newest member: the lineage's next snapshot will be a delta against
+    // it, so its entries must outlive it.
+    m.batch.Put(MemberKey(lineage, seq), std::string(1, kRetired));
+    outcome->retired = true;
+    return Status::Ok();
+  }
+  return AddAbsorb(m, lineage, seq, **next, outcome);
+}
+
+Result<DeleteOutcome> SnapshotIndex::DeleteSnapshotEntries(std::string_view lineage, uint64_t seq) {
+  EBS_RETURN_IF_ERROR(ValidateName("lineage id", lineage));
+  std::lock_guard lock(mu_);
+  auto member = GetMember(lineage, seq);
+  if (!member.ok()) return member.status();
+  if (!member->has_value() || (*member)->retired) {
+    return Status::NotFound("lineage " + std::string(lineage) + " has no live snapshot seq " + std::to_string(seq));
+  }
+  Mutation m;
+  DeleteOutcome outcome;
+  EBS_RETURN_IF_ERROR(AddDelete(m, lineage, seq, &outcome));
+  EBS_RETURN_IF_ERROR(m.Write(db_, &outcome.released));
+  return outcome;
+}
+
+Result<DeleteOutcome> SnapshotIndex::DeleteSnapshot(std::string_view id) {
+  std::lock_guard lock(mu_);
+  auto record = GetSnapshot(id);
+  if (!record.ok()) return record.status();
+  Mutation m;
+  DeleteOutcome outcome;
+  outcome.seq = record->seq;
+  // Only a committed snapshot has entries; a pending or failed one is just
+  // its record.
+  auto member = GetMember(record->lineage, record->seq);
+  if (!member.ok()) return member.status();
+  if (member->has_value() && !(*member)->retired) {
+    EBS_RETURN_IF_ERROR(AddDelete(m, record->lineage, record->seq, &outcome));
+  }
+  m.batch.Delete(RecordKey(id));
+  EBS_RETURN_IF_ERROR(m.Write(db_, &outcome.released));
+  return outcome;
+}
+
+Result<std::vector<DeleteOutcome>> SnapshotIndex::AbsorbRetired(std::string_view lineage) {
+  EBS_RETURN_IF_ERROR(ValidateName("lineage id", lineage));
+  std::lock_guard lock(mu_);
+  auto members = ListLineage(lineage);
+  if (!members.ok()) return members.status();
+  std::vector<DeleteOutcome> outcomes;
+  // Ascending, one batch per step: absorbing member i only removes member i,
+  // so member i+1 is still the next one when its own turn comes, and each
+  // step reads what the previous one wrote.
+  for (size_t i = 0; i + 1 < members->size(); ++i) {
+    if (!(*members)[i].retired) continue;
+    Mutation m;
+    DeleteOutcome outcome;
+    outcome.seq = (*members)[i].seq;
+    EBS_RETURN_IF_ERROR(AddAbsorb(m, lineage, (*members)[i].seq, (*members)[i + 1].seq, &outcome));
+    EBS_RETURN_IF_ERROR(m.Write(db_, &outcome.released));
+    outcomes.push_back(std::move(outcome));
+  }
+  return outcomes;
+}
+
+Result<std::vector<ContentHash>> SnapshotIndex::DropRetiredTip(std::string_view lineage) {
+  EBS_RETURN_IF_ERROR(ValidateName("lineage id", lineage));
+  std::lock_guard lock(mu_);
+  auto members = ListLineage(lineage);
+  if (!members.ok()) return members.status();
+  Mutation m;
+  // Members after the newest live one are visible only to seqs beyond every
+  // live snapshot, which (by the caller's promise) will never exist.
+  for (auto it = members->rbegin(); it != members->rend() && it->retired; ++it) {
+    const std::string prefix = DeltaSeqPrefix(lineage, it->seq);
+    const std::string upper = PrefixEnd(prefix);
+    rocksdb::Slice upper_slice(upper);
+    rocksdb::ReadOptions ro;
+    ro.iterate_upper_bound = &upper_slice;
+    std::unique_ptr<rocksdb::Iterator> iter(db_->NewIterator(ro));
+    for (iter->Seek(prefix); iter->Valid(); iter->Next()) {
+      if (iter->key().size() != prefix.size() + 8) return Status::IoError("snapshot index: corrupt delta key");
+      auto h = HashValue(iter->value(), iter->key());
+      if (!h.ok()) return h.status();
+      m.batch.Delete(iter->key());
+      m.batch.Delete(MapKey(lineage, coding::DecodeBig64(iter->key().data() + prefix.size()), it->seq));
+      m.Ref(*h, -1);
+    }
+    if (!iter->status().ok()) return Db(iter->status(), "scan delta");
+    m.batch.Delete(MemberKey(lineage, it->seq));
+  }
+  std::vector<ContentHash> released;
+  EBS_RETURN_IF_ERROR(m.Write(db_, &released));
+  return released;
+}
+
+// --- Reference counts -------------------------------------------------------------
+
+Result<uint64_t> SnapshotIndex::RefCount(const ContentHash& hash) {
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), RefKey(hash), &value);
+  if (s.IsNotFound()) return uint64_t{0};
+  if (!s.ok()) return Db(s, "read reference count");
+  return CountValue(value);
+}
+
+Result<std::vector<ContentHash>> SnapshotIndex::ListUnreferenced(std::span<const ContentHash> hashes) {
+  std::vector<ContentHash> out;
+  std::string value;
+  for (const ContentHash& h : hashes) {
+    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), RefKey(h), &value);
+    if (s.IsNotFound()) {
+      out.push_back(h);
+    } else if (!s.ok()) {
+      return Db(s, "read reference count");
+    }
+  }
+  return out;
+}
+
+Result<std::vector<std::pair<ContentHash, uint64_t>>> SnapshotIndex::ListRefCounts() {
+  std::vector<std::pair<ContentHash, uint64_t>> out;
+  const std::string prefix = "r|";
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    auto h = ContentHash::FromBytes(std::string_view(it->key().data() + prefix.size(), it->key().size() - prefix.size()));
+    if (!h.ok()) return Status::IoError("snapshot index: corrupt reference count key");
+    auto c = CountValue(it->value().ToString());
+    if (!c.ok()) return c.status();
+    out.emplace_back(*h, *c);
+  }
+  if (!it->status().ok()) return Db(it->status(), "scan reference counts");
+  return out;
+}
+
+}  // namespace ebs::snapshot

@@ -1,0 +1,213 @@
+// The performance model on a virtual clock: EBS accounting examples, token
+// bucket rates, burst credit buckets draining and refilling over simulated
+// hours, limits changed mid-stream.
+#include "ebs/engine/performance_model.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+namespace ebs {
+namespace {
+
+constexpr int64_t kSec = 1'000'000'000;
+
+PerformanceLimits LimitsOf(VolumeType type, uint64_t gib, uint32_t iops = 0, uint32_t tp = 0) {
+  VolumeParams p;
+  p.type = type;
+  p.size_bytes = gib * kGiB;
+  if (iops) p.iops = iops;
+  if (tp) p.throughput_mibps = tp;
+  auto c = ValidateCreate(p);
+  EXPECT_TRUE(c.ok()) << c.status().message();
+  return ComputeLimits(*c);
+}
+
+// Runs a closed loop that always has a request ready: issues requests as fast
+// as the model admits them for `seconds` of virtual time, returns
+// {ops, bytes}. `next` gives each request's offset.
+struct Delivered {
+  double ops;
+  double bytes;
+};
+template <typename NextOffset>
+Delivered Drive(PerformanceModel& m, int64_t& now, double seconds, uint64_t size, NextOffset next) {
+  Delivered d{0, 0};
+  const int64_t end = now + static_cast<int64_t>(seconds * kSec);
+  while (now < end) {
+    IoCost c = m.Account(next(), size);
+    int64_t w = m.WaitNs(c, now);
+    now += w;
+    if (now >= end) break;
+    m.Consume(c, now);
+    d.ops += 1;
+    d.bytes += static_cast<double>(size);
+  }
+  return d;
+}
+
+TEST(AccountingTest, ReferenceExamples) {
+  PerformanceModel m(LimitsOf(VolumeType::kGp3, 100), 0);
+  // One 1 MiB I/O counts as 4 on SSD types.
+  EXPECT_DOUBLE_EQ(4, m.Account(0, kMiB).ios);
+  // Eight sequential 32 KiB I/Os count as 1.
+  double total = 0;
+  for (int i = 0; i < 8; ++i) total += m.Account(10 * kMiB + i * 32 * kKiB, 32 * kKiB).ios;
+  EXPECT_DOUBLE_EQ(1, total);
+  // Eight random 32 KiB I/Os count as 8.
+  total = 0;
+  for (int i = 0; i < 8; ++i) total += m.Account((i * 7 + 3) * kMiB, 32 * kKiB).ios;
+  EXPECT_DOUBLE_EQ(8, total);
+  // Sequential 4 KiB I/Os are below the merge size: each counts.
+  total = 0;
+  for (int i = 0; i < 8; ++i) total += m.Account(50 * kMiB + i * 4 * kKiB, 4 * kKiB).ios;
+  EXPECT_DOUBLE_EQ(8, total);
+  // A merged I/O is full at 256 KiB: the ninth sequential 32 KiB starts a new one.
+  total = 0;
+  for (int i = 0; i < 9; ++i) total += m.Account(80 * kMiB + i * 32 * kKiB, 32 * kKiB).ios;
+  EXPECT_DOUBLE_EQ(2, total);
+}
+
+TEST(AccountingTest, HddCountsOneMiBUnits) {
+  PerformanceModel m(LimitsOf(VolumeType::kSt1, 1024), 0);
+  EXPECT_DOUBLE_EQ(1, m.Account(0, kMiB).ios);
+  EXPECT_DOUBLE_EQ(2, m.Account(5 * kMiB, 2 * kMiB).ios);
+  double total = 0;
+  for (int i = 0; i < 16; ++i) total += m.Account(100 * kMiB + i * 64 * kKiB, 64 * kKiB).ios;
+  EXPECT_DOUBLE_EQ(1, total) << "sequential I/Os merge up to 1 MiB";
+  total = 0;
+  for (int i = 0; i < 4; ++i) total += m.Account((200 + 3 * i) * kMiB, 4 * kKiB).ios;
+  EXPECT_DOUBLE_EQ(4, total) << "each random small I/O is one 1 MiB unit";
+}
+
+TEST(ThrottleModelTest, Gp3DeliversProvisionedIops) {
+  PerformanceModel m(LimitsOf(VolumeType::kGp3, 100), 0);
+  int64_t now = 0;
+  uint64_t n = 0;
+  Delivered d = Drive(m, now, 10, 4 * kKiB, [&] { return (n++ * 7919 % 1000) * kMiB; });
+  EXPECT_NEAR(3000, d.ops / 10, 3000 * 0.01);
+}
+
+TEST(ThrottleModelTest, Gp3DeliversProvisionedThroughput) {
+  PerformanceModel m(LimitsOf(VolumeType::kGp3, 100, 6000, 500), 0);
+  int64_t now = 0;
+  uint64_t off = 0;
+  Delivered d = Drive(m, now, 10, kMiB, [&] { return (off += kMiB); });
+  EXPECT_NEAR(500, d.bytes / kMiB / 10, 500 * 0.01);
+}
+
+TEST(ThrottleModelTest, NoSecondSeesMoreThanFivePercentOverLimit) {
+  PerformanceModel m(LimitsOf(VolumeType::kIo2, 100, 20000), 0);
+  int64_t now = 0;
+  uint64_t n = 0;
+  for (int s = 0; s < 5; ++s) {
+    Delivered d = Drive(m, now, 1, 4 * kKiB, [&] { return (n++ % 5000) * 2 * kMiB; });
+    EXPECT_LE(d.ops, 20000 * 1.05) << "second " << s;
+    EXPECT_GE(d.ops, 20000 * 0.95) << "second " << s;
+  }
+}
+
+TEST(ThrottleModelTest, Gp2BucketDrainsIn1862sAndRefillsIn54000s) {
+  // 1 GiB gp2: 100 IOPS baseline, bursts to 3000 on 5.4 M credits.
+  PerformanceModel m(LimitsOf(VolumeType::kGp2, 1), 0);
+  int64_t now = 0;
+  EXPECT_DOUBLE_EQ(100, m.BurstBalancePercent(now));
+  EXPECT_DOUBLE_EQ(3000, m.CurrentIops(now));
+  uint64_t n = 0;
+  auto random = [&] { return (n++ * 104729 % 1000) * kMiB; };
+  Drive(m, now, 1850, 4 * kKiB, random);
+  EXPECT_GT(m.io_credits(now), 0) << "still bursting after 1850 s";
+  EXPECT_DOUBLE_EQ(3000, m.CurrentIops(now));
+  Drive(m, now, 20, 4 * kKiB, random);
+  EXPECT_LT(m.BurstBalancePercent(now), 0.5) << "5.4 M / (3000 - 100) = 1862 s";
+  // Out of credits: baseline.
+  Delivered d = Drive(m, now, 60, 4 * kKiB, random);
+  EXPECT_NEAR(100, d.ops / 60, 5);
+  // Idle, the bucket refills at the baseline rate: 5.4 M / 100 = 54,000 s.
+  now += 27000 * kSec;
+  EXPECT_NEAR(50, m.BurstBalancePercent(now), 1);
+  now += 27000 * kSec;
+  EXPECT_NEAR(100, m.BurstBalancePercent(now), 0.1);
+  EXPECT_DOUBLE_EQ(3000, m.CurrentIops(now));
+}
+
+TEST(ThrottleModelTest, LargeGp2HasNoBucketAndNoBurst) {
+  PerformanceModel m(LimitsOf(VolumeType::kGp2, 2000), 0);
+  int64_t now = 0;
+  EXPECT_DOUBLE_EQ(6000, m.CurrentIops(now));
+  EXPECT_DOUBLE_EQ(100, m.BurstBalancePercent(now));
+  uint64_t n = 0;
+  Delivered d = Drive(m, now, 10, 4 * kKiB, [&] { return (n++ % 999) * kMiB; });
+  EXPECT_NEAR(6000, d.ops / 10, 60);
+}
+
+TEST(ThrottleModelTest, St1BurstsOnThroughputCreditsThenBaseline) {
+  // 1 TiB st1: 40 MiB/s baseline, 250 burst, bucket of 1 TiB of credits.
+  // Draining takes 1 TiB / (250 - 40) MiB/s = 4993 s.
+  PerformanceModel m(LimitsOf(VolumeType::kSt1, 1024), 0);
+  int64_t now = 0;
+  uint64_t off = 0;
+  Delivered d = Drive(m, now, 100, kMiB, [&] { return (off += kMiB); });
+  EXPECT_NEAR(250, d.bytes / kMiB / 100, 3);
+  Drive(m, now, 4850, kMiB, [&] { return (off += kMiB); });  // 4950 s in all
+  EXPECT_GT(m.BurstBalancePercent(now), 0);
+  Drive(m, now, 100, kMiB, [&] { return (off += kMiB); });
+  d = Drive(m, now, 100, kMiB, [&] { return (off += kMiB); });
+  EXPECT_NEAR(40, d.bytes / kMiB / 100, 1.5) << "baseline once the credits are gone";
+}
+
+TEST(ThrottleModelTest, Sc1CapsAt250IopsOfSmallRandomIo) {
+  PerformanceModel m(LimitsOf(VolumeType::kSc1, 16 * 1024), 0);
+  int64_t now = 0;
+  uint64_t n = 0;
+  Delivered d = Drive(m, now, 10, 16 * kKiB, [&] { return (n++ * 7 % 10000) * 3 * kMiB; });
+  EXPECT_NEAR(250, d.ops / 10, 5);
+}
+
+TEST(ThrottleModelTest, LimitsChangedMidStreamTakeEffect) {
+  PerformanceModel m(LimitsOf(VolumeType::kGp3, 100), 0);
+  int64_t now = 0;
+  uint64_t n = 0;
+  auto random = [&] { return (n++ * 7919 % 1000) * kMiB; };
+  Delivered before = Drive(m, now, 5, 4 * kKiB, random);
+  m.SetLimits(LimitsOf(VolumeType::kGp3, 100, 6000), now);
+  Delivered after = Drive(m, now, 5, 4 * kKiB, random);
+  EXPECT_NEAR(3000, before.ops / 5, 40);
+  EXPECT_NEAR(6000, after.ops / 5, 70);
+  // gp3 -> gp2 (100 GiB): the new bucket starts full, bursting to 3000.
+  m.SetLimits(LimitsOf(VolumeType::kGp2, 100), now);
+  EXPECT_DOUBLE_EQ(100, m.BurstBalancePercent(now));
+  EXPECT_DOUBLE_EQ(3000, m.CurrentIops(now));
+}
+
+TEST(ThrottleModelTest, EveryTypeAtItsSizeEdgesDeliversItsLimits) {
+  struct Row {
+    VolumeType type;
+    uint64_t gib;
+    uint32_t iops;
+    double expect_iops;  // 4 KiB random, after any burst
+  };
+  // A credit bucket starts full, so bursting types deliver their burst rate.
+  const Row rows[] = {
+      {VolumeType::kGp2, 1, 0, 3000},       {VolumeType::kGp2, 16384, 0, 16000},
+      {VolumeType::kGp3, 1, 0, 3000},       {VolumeType::kGp3, 65536, 80000, 80000},  // with 2000 MiB/s, below
+      {VolumeType::kIo1, 4, 200, 200},      {VolumeType::kIo1, 16384, 64000, 64000},
+      {VolumeType::kIo2, 4, 4000, 4000},    {VolumeType::kIo2, 65536, 256000, 256000},
+      {VolumeType::kSt1, 125, 0, 500},      {VolumeType::kSt1, 16384, 0, 500},
+      {VolumeType::kSc1, 125, 0, 250},      {VolumeType::kSc1, 16384, 0, 250},
+      {VolumeType::kStandard, 1, 0, 300},   {VolumeType::kStandard, 1024, 0, 300},
+  };
+  for (const Row& r : rows) {
+    const uint32_t tp = r.type == VolumeType::kGp3 && r.iops == 80000 ? 2000 : 0;
+    PerformanceModel m(LimitsOf(r.type, r.gib, r.iops, tp), 0);
+    int64_t now = 0;
+    uint64_t n = 0;
+    // Ten seconds: the first 50 ms of tokens are then within 0.5%.
+    Delivered d = Drive(m, now, 10, 4 * kKiB, [&] { return (n++ * 7919 % 100) * 3 * kMiB; });
+    EXPECT_NEAR(r.expect_iops, d.ops / 10, r.expect_iops * 0.01)
+        << VolumeTypeName(r.type) << " " << r.gib << " GiB";
+  }
+}
+
+}  // namespace
+}  // namespace ebs

@@ -1,0 +1,198 @@
+// The directory object store against the ObjectStore contract: atomic,
+// durable puts that leave nothing behind, ENOENT, key rules, listing, and a
+// full disk.
+#include <gtest/gtest.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "ebs/snapshot/directory_object_store.h"
+#include "test_util.h"
+
+namespace ebs::snapshot {
+namespace {
+
+using ebs::testing::TempDir;
+namespace fs = std::filesystem;
+
+// Every file under `root`, relative, including dot-files.
+std::vector<std::string> FilesUnder(const std::string& root) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::recursive_directory_iterator(root)) {
+    if (e.is_regular_file()) out.push_back(fs::relative(e.path(), root).string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+class DirectoryObjectStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto s = DirectoryObjectStore::Open(dir_.path() + "/store");
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    store_ = std::move(*s);
+  }
+  TempDir dir_;
+  std::unique_ptr<DirectoryObjectStore> store_;
+};
+
+TEST(ObjectKeyTest, RulesAndLayout) {
+  for (const char* good : {"a", "chunks/ab/cd/0123", "snapshots/snap-1.manifest", "A_b-c.d/e"}) {
+    EXPECT_TRUE(ValidateObjectKey(good).ok()) << good;
+  }
+  for (const char* bad : {"", "/abs", "a//b", "a/", "..", "a/../b", "./a", "a/.hidden", "sp ace", "a\\b",
+                          "caf\xc3\xa9", "nul\n"}) {
+    EXPECT_EQ(EINVAL, ValidateObjectKey(bad).code()) << bad;
+  }
+  EXPECT_EQ(EINVAL, ValidateObjectKey(std::string(kMaxKeySegmentLength + 1, 'a')).code());
+  EXPECT_EQ(EINVAL, ValidateObjectKey(std::string(kMaxObjectKeyLength + 1, 'a')).code());
+  ContentHash h = *ContentHash::FromHex("abcdef0123456789abcdef0123456789");
+  EXPECT_EQ("chunks/ab/cd/abcdef0123456789abcdef0123456789", ChunkKey(h));
+  EXPECT_EQ("snapshots/snap-0a.manifest", ManifestKey("snap-0a"));
+  EXPECT_TRUE(ValidateObjectKey(ChunkKey(h)).ok());
+}
+
+TEST_F(DirectoryObjectStoreTest, PutGetExistsDelete) {
+  const std::string key = "chunks/ab/cd/abcd0000";
+  auto missing = store_->Get(key);
+  EXPECT_EQ(ENOENT, missing.status().code());
+  EXPECT_FALSE(*store_->Exists(key));
+
+  ASSERT_TRUE(store_->Put(key, "hello").ok());
+  EXPECT_EQ("hello", *store_->Get(key));
+  EXPECT_TRUE(*store_->Exists(key));
+  // The file is where the layout says, and nothing else was left behind.
+  EXPECT_EQ(std::vector<std::string>{key}, FilesUnder(store_->root()));
+
+  ASSERT_TRUE(store_->Put(key, std::string(100000, 'x')).ok());  // replace
+  EXPECT_EQ(std::string(100000, 'x'), *store_->Get(key));
+  ASSERT_TRUE(store_->Put(key, "").ok());  // empty objects are objects
+  EXPECT_EQ("", *store_->Get(key));
+  EXPECT_TRUE(*store_->Exists(key));
+
+  ASSERT_TRUE(store_->Delete(key).ok());
+  EXPECT_EQ(ENOENT, store_->Get(key).status().code());
+  EXPECT_FALSE(*store_->Exists(key));
+  EXPECT_TRUE(store_->Delete(key).ok()) << "deleting a missing object is OK, as in S3";
+  EXPECT_TRUE(FilesUnder(store_->root()).empty());
+}
+
+TEST_F(DirectoryObjectStoreTest, PrefixesAreNotObjects) {
+  ASSERT_TRUE(store_->Put("a/b/c", "1").ok());
+  EXPECT_EQ(ENOENT, store_->Get("a/b").status().code());
+  EXPECT_FALSE(*store_->Exists("a/b"));
+  EXPECT_TRUE(store_->Delete("a/b").ok());
+  EXPECT_EQ("1", *store_->Get("a/b/c"));
+  EXPECT_EQ(ENOENT, store_->Get("a/b/c/d").status().code());
+}
+
+TEST_F(DirectoryObjectStoreTest, BadKeysAreRefusedBeforeAnyIo) {
+  for (const char* bad : {"../escape", "/etc/passwd", "a//b", "", "a/./b", ".tmp.x"}) {
+    EXPECT_EQ(EINVAL, store_->Put(bad, "x").code()) << bad;
+    EXPECT_EQ(EINVAL, store_->Get(bad).status().code()) << bad;
+    EXPECT_EQ(EINVAL, store_->Exists(bad).status().code()) << bad;
+    EXPECT_EQ(EINVAL, store_->Delete(bad).code()) << bad;
+  }
+  EXPECT_EQ(EINVAL, store_->List("a b").status().code());
+  EXPECT_FALSE(fs::exists(dir_.path() + "/escape"));
+  EXPECT_TRUE(FilesUnder(store_->root()).empty());
+}
+
+TEST_F(DirectoryObjectStoreTest, ListIsSortedPrefixFilteredAndSkipsTemporaries) {
+  std::vector<std::string> keys = {"chunks/ab/cd/abcd01", "chunks/ab/cd/abcd02", "chunks/ab/ef/abef01",
+                                   "chunks/ff/00/ff0001", "snapshots/s-1.manifest", "snapshots/s-2.manifest"};
+  for (auto it = keys.rbegin(); it != keys.rend(); ++it) ASSERT_TRUE(store_->Put(*it, *it).ok());
+  // A crashed writer's temporary file is never listed or returned.
+  {
+    std::ofstream(store_->root() + "/chunks/ab/cd/.tmp.abcd03.123.0") << "partial";
+  }
+  EXPECT_EQ(keys, *store_->List(""));
+  EXPECT_EQ(std::vector<std::string>(keys.begin(), keys.begin() + 4), *store_->List("chunks/"));
+  EXPECT_EQ(std::vector<std::string>(keys.begin(), keys.begin() + 3), *store_->List("chunks/ab"));
+  EXPECT_EQ(std::vector<std::string>(keys.begin(), keys.begin() + 2), *store_->List("chunks/ab/cd/"));
+  EXPECT_EQ(std::vector<std::string>{keys[1]}, *store_->List("chunks/ab/cd/abcd02"));
+  EXPECT_EQ(std::vector<std::string>(keys.begin() + 4, keys.end()), *store_->List("snap"));
+  EXPECT_TRUE(store_->List("nothing/here")->empty());
+  EXPECT_TRUE(store_->List("chunks/zz/")->empty());
+}
+
+TEST_F(DirectoryObjectStoreTest, ConcurrentPutsOfTheSameAndDifferentKeys) {
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 10; ++i) {
+        // Same content under the same key from every thread (what dedup of
+        // identical chunks does), plus a key of its own.
+        EXPECT_TRUE(store_->Put("chunks/00/00/same" + std::to_string(i), "identical").ok());
+        EXPECT_TRUE(store_->Put("chunks/0" + std::to_string(t) + "/aa/own" + std::to_string(i), "mine").ok());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  auto all = store_->List("");
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(10u + 40u, all->size());
+  for (const auto& f : FilesUnder(store_->root())) {
+    EXPECT_EQ(std::string::npos, f.find("/.tmp.")) << "temporary file left behind: " << f;
+  }
+  EXPECT_EQ("identical", *store_->Get("chunks/00/00/same3"));
+}
+
+TEST_F(DirectoryObjectStoreTest, ReopenSeesObjectsAndRootMustBeADirectory) {
+  ASSERT_TRUE(store_->Put("snapshots/a.manifest", "m").ok());
+  store_.reset();
+  auto again = DirectoryObjectStore::Open(dir_.path() + "/store/");
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ("m", *(*again)->Get("snapshots/a.manifest"));
+  { std::ofstream(dir_.path() + "/file") << "x"; }
+  EXPECT_EQ(ENOTDIR, DirectoryObjectStore::Open(dir_.path() + "/file").status().code());
+}
+
+// A full disk fails the Put with ENOSPC, leaves no partial object and no
+// temporary file, keeps earlier objects intact, and Put works again once
+// space is freed.
+TEST(DirectoryObjectStoreFullDiskTest, EnospcLeavesNoPartialObject) {
+  TempDir dir;
+  std::string mnt = dir.path() + "/small";
+  ASSERT_EQ(0, mkdir(mnt.c_str(), 0700));
+  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=1m") != 0) {
+    GTEST_SKIP() << "cannot mount a small tmpfs here (needs root): " << strerror(errno);
+  }
+  struct Unmount {
+    std::string path;
+    ~Unmount() { umount2(path.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+
+  auto opened = DirectoryObjectStore::Open(mnt + "/store");
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  auto& store = **opened;
+  const std::string first(300 * 1024, 'A');
+  ASSERT_TRUE(store.Put("chunks/aa/aa/first", first).ok());
+  const std::string big(400 * 1024, 'B');
+  Status s;
+  int stored = 0;
+  for (; stored < 10; ++stored) {
+    s = store.Put("chunks/bb/bb/big" + std::to_string(stored), big);
+    if (!s.ok()) break;
+  }
+  ASSERT_FALSE(s.ok()) << "1 MiB cannot hold 10 x 400 KiB";
+  EXPECT_EQ(ENOSPC, s.code()) << s.ToString();
+  const std::string failed = "chunks/bb/bb/big" + std::to_string(stored);
+  EXPECT_EQ(ENOENT, store.Get(failed).status().code()) << "no partial object";
+  EXPECT_FALSE(*store.Exists(failed));
+  for (const auto& f : FilesUnder(store.root())) {
+    EXPECT_EQ(std::string::npos, f.find(".tmp.")) << "temporary file left behind: " << f;
+  }
+  EXPECT_EQ(first, *store.Get("chunks/aa/aa/first"));
+  for (int i = 0; i < stored; ++i) EXPECT_EQ(big, *store.Get("chunks/bb/bb/big" + std::to_string(i)));
+
+  ASSERT_TRUE(store.Delete("chunks/aa/aa/first").ok());
+  EXPECT_TRUE(store.Put(failed, big).ok()) << "space freed: Put works again";
+  EXPECT_EQ(big, *store.Get(failed));
+}
+
+}  // namespace
+}  // namespace ebs::snapshot
