@@ -208,3 +208,70 @@ TEST(ControlTest, RegistryTurnsBadRequestsIntoErrors) {
 
 }  // namespace
 }  // namespace ebs
+
+namespace ebs {
+namespace {
+
+// While a modification is optimizing the volume never performs below its old
+// configuration; once optimized it has the new one.
+TEST(VolumeManagerTest, OptimizingNeverBelowOldConfiguration) {
+  testing::TempDir dir;
+  ManagerOptions opts;
+  opts.optimize_ms = 400;
+  auto m = VolumeManager::Open(dir.path(), opts);
+  ASSERT_TRUE(m.ok());
+  VolumeParams p = Gp3(100);
+  p.iops = 8000;
+  p.throughput_mibps = 500;
+  ASSERT_TRUE((*m)->Create("v", p).ok());
+  auto att = (*m)->Attach("v");
+  ASSERT_TRUE(att.ok());
+  ThrottleLayer* t = (*att)->volume().throttle();
+  ASSERT_NE(nullptr, t);
+  EXPECT_EQ(8000u, t->Read().limits.baseline_iops);
+  // Down to 4000 IOPS but up to 600 MiB/s.
+  VolumeParams change;
+  change.iops = 4000;
+  change.throughput_mibps = 600;
+  auto r = (*m)->Modify("v", change);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ("optimizing", r->record.modifications.back().state);
+  auto during = t->Read().limits;
+  EXPECT_EQ(8000u, during.baseline_iops) << "IOPS must not drop while optimizing";
+  EXPECT_DOUBLE_EQ(600, during.baseline_throughput_mibps) << "the raise applies at once";
+  usleep(500 * 1000);
+  auto after = t->Read().limits;
+  EXPECT_EQ(4000u, after.baseline_iops);
+  EXPECT_DOUBLE_EQ(600, after.baseline_throughput_mibps);
+  EXPECT_EQ("completed", (*m)->Describe("v")->record.modifications.back().state);
+}
+
+TEST(VolumeManagerTest, ModificationRateRuleWhenEnabled) {
+  testing::TempDir dir;
+  ManagerOptions opts;
+  opts.modification_rate_limit = true;
+  opts.optimize_ms = 200;
+  auto m = VolumeManager::Open(dir.path(), opts);
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE((*m)->Create("v", Gp3(10)).ok());
+  VolumeParams grow;
+  grow.size_bytes = 11 * kGiB;
+  ASSERT_TRUE((*m)->Modify("v", grow).ok());
+  grow.size_bytes = 12 * kGiB;
+  auto busy = (*m)->Modify("v", grow);
+  ASSERT_FALSE(busy.ok());
+  EXPECT_THAT(busy.status().message(), ::testing::HasSubstr("IncorrectModificationState"));
+  for (uint64_t gib = 12; gib <= 14; ++gib) {
+    usleep(250 * 1000);
+    grow.size_bytes = gib * kGiB;
+    ASSERT_TRUE((*m)->Modify("v", grow).ok()) << gib;
+  }
+  usleep(250 * 1000);
+  grow.size_bytes = 15 * kGiB;
+  auto fifth = (*m)->Modify("v", grow);
+  ASSERT_FALSE(fifth.ok());
+  EXPECT_THAT(fifth.status().message(), ::testing::HasSubstr("VolumeModificationRateExceeded"));
+}
+
+}  // namespace
+}  // namespace ebs
