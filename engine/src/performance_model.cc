@@ -16,8 +16,10 @@ PerformanceModel::PerformanceModel(const PerformanceLimits& limits, int64_t now_
     : limits_(limits), last_ns_(now_ns) {
   io_credits_ = static_cast<double>(limits.io_credit_bucket);
   tp_credits_bytes_ = static_cast<double>(limits.throughput_credit_bucket_mib) * kMiB;
-  iops_tokens_ = IopsRate() * kBucketDepthNs / kNsPerSec;
-  byte_tokens_ = BytesRate() * kBucketDepthNs / kNsPerSec;
+  // Token buckets start empty: a new volume delivers its rate from the first
+  // request, not a bucket's worth more.
+  iops_tokens_ = 0;
+  byte_tokens_ = 0;
 }
 
 void PerformanceModel::SetLimits(const PerformanceLimits& limits, int64_t now_ns) {

@@ -1,0 +1,127 @@
+"""Shared by the benchmark suites: servers, fio, /proc readings, machine facts."""
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cpu_ticks(pid):
+    """utime + stime of a process and its threads, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def peak_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def wait_for_socket(path, proc, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(path):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited at start with status {proc.returncode}")
+        time.sleep(0.02)
+    raise RuntimeError(f"server did not create {path}")
+
+
+class Server:
+    def __init__(self, name, argv, socket, export):
+        self.name, self.argv, self.socket, self.export = name, argv, socket, export
+
+    def start(self):
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for_socket(self.socket, self.proc)
+        time.sleep(0.1)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    @property
+    def uri(self):
+        return f"nbd+unix:///{self.export}?socket={self.socket}"
+
+
+def run_fio(server, job, runtime, size, outdir, tag, extra_args=()):
+    name, rw, bs, qd, extra = job
+    out = os.path.join(outdir, f"{tag}.json")
+    argv = ["fio", "--name=" + name, "--ioengine=nbd", "--uri=" + server.uri, "--rw=" + rw, "--bs=" + bs,
+            f"--iodepth={qd}", f"--runtime={runtime}", "--time_based", f"--size={size}",
+            "--output-format=json", "--output=" + out] + extra + list(extra_args)
+    pid = server.proc.pid
+    t0 = cpu_ticks(pid)
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t1 = cpu_ticks(pid)
+    with open(out) as f:
+        text = f.read()
+    j = json.loads(text[text.index("{"):])["jobs"][0]
+    if j.get("error", 0):
+        raise RuntimeError(f"fio reported error {j['error']} for {name} on {server.name}")
+    ops = j["read"]["total_ios"] + j["write"]["total_ios"]
+    secs = (t1 - t0) / os.sysconf("SC_CLK_TCK")
+    return {
+        "iops": j["read"]["iops"] + j["write"]["iops"],
+        "mibps": (j["read"]["bw_bytes"] + j["write"]["bw_bytes"]) / (1 << 20),
+        "lat_p50_us": max(j[d]["clat_ns"].get("percentile", {}).get("50.000000", 0)
+                          for d in ("read", "write")) / 1000,
+        "ops": ops,
+        "server_cpu_s": secs,
+        "cpu_s_per_mops": secs / ops * 1e6 if ops else None,
+        "server_peak_rss_mib": peak_rss_kib(pid) / 1024,
+    }
+
+
+def version(argv):
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except Exception as e:  # a missing peer is reported, not fatal here
+        return f"unavailable ({e})"
+
+
+def machine_facts(ebs):
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "ebs": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip() or "unknown",
+        "nbdkit": version(["nbdkit", "--version"]),
+        "qemu-nbd": version(["qemu-nbd", "--version"]),
+        "fio": version(["fio", "--version"]),
+    }
+
+

@@ -1,0 +1,130 @@
+"""fio over NBD: ebs serve (unthrottled) against nbdkit's file plugin and qemu-nbd
+on the same data file, alternated round by round, plus nbdkit memory as the
+protocol's ceiling on this machine."""
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchlib import ROOT, Server, log, machine_facts, run_fio
+
+JOBS = [
+    # name, fio rw, block size, queue depth, extra fio args
+    ("4k-randread-qd32", "randread", "4k", 32, []),
+    ("4k-randwrite-qd32", "randwrite", "4k", 32, []),
+    ("1m-seqread-qd8", "read", "1m", 8, []),
+    ("1m-seqwrite-qd8", "write", "1m", 8, []),
+    ("16k-mixed70-qd16", "randrw", "16k", 16, ["--rwmixread=70"]),
+]
+
+
+def make_data_file(ebs, workdir, size_gib):
+    data = os.path.join(workdir, "data")
+    subprocess.run([ebs, "--data-dir", data, "volume", "create", "vol0", "--type", "gp3", "--size",
+                    f"{size_gib}G"], check=True, stdout=subprocess.DEVNULL)
+    vols = os.path.join(data, "volumes")
+    path = os.path.join(vols, os.listdir(vols)[0])
+    # Random contents, so no server can shortcut reads of zeros or holes.
+    chunk = 8 << 20
+    with open(path, "r+b") as f:
+        for _ in range((size_gib << 30) // chunk):
+            f.write(os.urandom(chunk))
+        f.flush()
+        os.fsync(f.fileno())
+    return data, path
+
+
+def run(args):
+    rounds = args.rounds or (1 if args.quick else 3)
+    runtime = args.runtime or (2 if args.quick else 10)
+
+    work = tempfile.mkdtemp(prefix="ebs-bench.")
+    try:
+        log(f"bench: preparing a {args.size_gib} GiB volume of random data in {work}")
+        data_dir, data_file = make_data_file(args.ebs, work, args.size_gib)
+        size = f"{args.size_gib}G"
+        servers = [
+            Server("ebs", [args.ebs, "--data-dir", data_dir, "serve", "--no-throttle", "--listen", "none", "--socket",
+                           os.path.join(work, "ebs.sock")], os.path.join(work, "ebs.sock"), "vol0"),
+            Server("nbdkit", ["nbdkit", "-f", "-U", os.path.join(work, "nbdkit.sock"), "file", data_file],
+                   os.path.join(work, "nbdkit.sock"), ""),
+            Server("qemu-nbd", ["qemu-nbd", "-t", "-k", os.path.join(work, "qemu.sock"), "-f", "raw",
+                                "--cache=none", "--aio=io_uring", "-e", "8", data_file],
+                   os.path.join(work, "qemu.sock"), ""),
+            Server("nbdkit-memory", ["nbdkit", "-f", "-U", os.path.join(work, "mem.sock"), "memory",
+                                     f"size={size}"], os.path.join(work, "mem.sock"), ""),
+        ]
+        results = {j[0]: {s.name: [] for s in servers} for j in JOBS}
+        for r in range(rounds):
+            order = servers[r % len(servers):] + servers[:r % len(servers)]
+            for job in JOBS:
+                for s in order:
+                    s.start()
+                    try:
+                        res = run_fio(s, job, runtime, size, work, f"{job[0]}-{s.name}-{r}")
+                    finally:
+                        s.stop()
+                    results[job[0]][s.name].append(res)
+                    log(f"bench: round {r + 1}/{rounds} {job[0]:<18} {s.name:<14} {res['iops']:>10.0f} IOPS "
+                        f"{res['mibps']:>8.1f} MiB/s  server cpu {res['server_cpu_s']:.2f} s")
+        return report(results, servers, machine_facts(args.ebs), rounds, runtime, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def report(results, servers, facts, rounds, runtime, args):
+    summary = {}
+    for job, per_server in results.items():
+        summary[job] = {}
+        for name, runs in per_server.items():
+            summary[job][name] = {k: median([x[k] for x in runs if x[k] is not None])
+                                  for k in ("iops", "mibps", "lat_p50_us", "cpu_s_per_mops", "server_peak_rss_mib")}
+    missing = [(j, n) for j, s in summary.items() for n, v in s.items() if not v["iops"]]
+    names = [s.name for s in servers]
+    lines = [
+        f"# fio over NBD: ebs vs peers ({facts['date']})",
+        "",
+        f"Machine: {facts['cpu']}, {facts['cores']} cores, kernel {facts['kernel']}. "
+        f"Versions: ebs {facts['ebs']}, {facts['nbdkit']}, {facts['qemu-nbd']}, {facts['fio']}.",
+        f"{rounds} round(s) of {runtime} s per job, servers alternated, medians shown; "
+        f"{args.size_gib} GiB volume of random data, Unix sockets, ebs unthrottled.",
+        "",
+        "| job | " + " | ".join(f"{n} IOPS" for n in names) + " | ebs/nbdkit | ebs/qemu-nbd | "
+        + " | ".join(f"{n} CPU s/M ops" for n in names[:3]) + " |",
+        "|---|" + "---:|" * (len(names) + 2 + 3),
+    ]
+    for job, s in summary.items():
+        def ratio(peer):
+            return f"{s['ebs']['iops'] / s[peer]['iops']:.2f}x" if s["ebs"]["iops"] and s[peer]["iops"] else "-"
+        cells = [f"{s[n]['iops']:.0f} ({s[n]['mibps']:.0f} MiB/s)" if s[n]["iops"] else "-" for n in names]
+        cpu = [f"{s[n]['cpu_s_per_mops']:.1f}" if s[n]["cpu_s_per_mops"] else "-" for n in names[:3]]
+        lines.append(f"| {job} | " + " | ".join(cells) + f" | {ratio('nbdkit')} | {ratio('qemu-nbd')} | "
+                     + " | ".join(cpu) + " |")
+    lines.append("")
+    lines.append("Peak server RSS (MiB): " + ", ".join(
+        f"{n} {max(s[n]['server_peak_rss_mib'] or 0 for s in summary.values()):.0f}" for n in names))
+    text = "\n".join(lines) + "\n"
+    print(text)
+    stamp = "quick" if args.quick else "full"
+    with open(os.path.join(args.out, f"nbd-{stamp}.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(args.out, f"nbd-{stamp}.json"), "w") as f:
+        json.dump({"machine": facts, "rounds": rounds, "runtime_s": runtime, "summary": summary,
+                   "runs": results}, f, indent=2)
+    log(f"bench: wrote {args.out}/nbd-{stamp}.md and .json")
+    if missing:
+        raise RuntimeError(f"no numbers for {missing}")
+    return text
+
+

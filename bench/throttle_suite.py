@@ -1,0 +1,136 @@
+"""Throttle accuracy: each volume type at two sizes, provisioned against
+delivered IOPS (4 KiB random reads, QD32) and throughput (1 MiB sequential
+reads, QD8) over NBD; and the throttle's overhead on an io2 volume whose
+limits (256,000 IOPS, 4,000 MiB/s) are beyond what this machine delivers,
+against the same volume served with --no-throttle, alternated."""
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+
+from benchlib import Server, log, machine_facts, run_fio
+
+# type, size GiB, --iops, --throughput
+VOLUMES = [
+    ("gp2", 100, None, None), ("gp2", 2000, None, None),
+    ("gp3", 10, None, None), ("gp3", 1000, 16000, 1000),
+    ("io1", 100, 5000, None), ("io1", 1000, 20000, None),
+    ("io2", 100, 20000, None), ("io2", 1000, 64000, None),
+    ("st1", 1024, None, None), ("st1", 16384, None, None),
+    ("sc1", 1024, None, None), ("sc1", 16384, None, None),
+    ("standard", 10, None, None), ("standard", 1024, None, None),
+]
+QUICK = {("gp2", 100), ("gp3", 10), ("io1", 100), ("io2", 100), ("st1", 1024), ("sc1", 1024), ("standard", 10)}
+
+IOPS_JOB = ("4k-randread-qd32", "randread", "4k", 32, [])
+BW_JOB = ("1m-seqread-qd8", "read", "1m", 8, [])
+
+
+def ebs_json(ebs, data, *argv):
+    out = subprocess.run([ebs, "--data-dir", data, *argv, "--json"], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def run(args):
+    quick = args.quick
+    runtime = args.runtime or (2 if quick else 10)
+    work = tempfile.mkdtemp(prefix="ebs-bench-throttle.")
+    rows = []
+    try:
+        data = os.path.join(work, "data")
+        vols = [v for v in VOLUMES if not quick or (v[0], v[1]) in QUICK]
+        for t, gib, iops, tp in vols:
+            argv = ["volume", "create", f"{t}-{gib}", "--type", t, "--size", f"{gib}G"]
+            if iops:
+                argv += ["--iops", str(iops)]
+            if tp:
+                argv += ["--throughput", str(tp)]
+            ebs_json(args.ebs, data, *argv)
+        sock = os.path.join(work, "ebs.sock")
+        for t, gib, _, _ in vols:
+            name = f"{t}-{gib}"
+            perf = ebs_json(args.ebs, data, "volume", "describe", name)["performance"]
+            hdd = t in ("st1", "sc1")
+            for job, unit in ((IOPS_JOB, "IOPS"), (BW_JOB, "MiB/s")):
+                if hdd and unit == "IOPS":
+                    continue  # HDD types are throughput devices; 4 KiB random reads are bound by 1 MiB units
+                # A fresh server per measurement: credit buckets start full, as on a new volume.
+                server = Server("ebs", [args.ebs, "--data-dir", data, "serve", "--listen", "none", "--socket", sock],
+                                sock, name)
+                server.start()
+                try:
+                    res = run_fio(server, job, runtime, "1G", work, f"{name}-{unit.replace('/', '')}")
+                finally:
+                    server.stop()
+                if unit == "IOPS":
+                    provisioned, delivered = perf["burst_iops"], res["iops"]
+                else:
+                    provisioned, delivered = perf["burst_throughput_mibps"], res["mibps"]
+                err = 100.0 * (delivered - provisioned) / provisioned
+                rows.append({"volume": name, "type": t, "size_gib": gib, "metric": unit, "provisioned": provisioned,
+                             "delivered": round(delivered, 1), "error_percent": round(err, 2)})
+                log(f"bench: throttle {name:<16} {unit:<6} provisioned {provisioned:>8} delivered {delivered:>10.1f} "
+                    f"({err:+.2f}%)")
+        overhead = measure_overhead(args, work, runtime, quick)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return report(args, rows, overhead, runtime)
+
+
+def measure_overhead(args, work, runtime, quick):
+    data = os.path.join(work, "overhead")
+    ebs_json(args.ebs, data, "volume", "create", "io2max", "--type", "io2", "--size", "256G", "--iops", "256000")
+    sock = os.path.join(work, "io2.sock")
+    results = {"throttled": [], "unthrottled": []}
+    rounds = 1 if quick else 3
+    for r in range(rounds):
+        order = ["throttled", "unthrottled"] if r % 2 == 0 else ["unthrottled", "throttled"]
+        for mode in order:
+            flags = ["--no-throttle"] if mode == "unthrottled" else []
+            server = Server("ebs", [args.ebs, "--data-dir", data, "serve", *flags, "--listen", "none", "--socket",
+                                    sock], sock, "io2max")
+            server.start()
+            try:
+                res = run_fio(server, IOPS_JOB, runtime, "1G", work, f"overhead-{mode}-{r}")
+            finally:
+                server.stop()
+            results[mode].append(res["iops"])
+            log(f"bench: throttle overhead round {r + 1}/{rounds} {mode:<11} {res['iops']:.0f} IOPS")
+    t = statistics.median(results["throttled"])
+    u = statistics.median(results["unthrottled"])
+    return {"throttled_iops": round(t), "unthrottled_iops": round(u), "overhead_percent": round(100 * (1 - t / u), 2),
+            "rounds": rounds}
+
+
+def report(args, rows, overhead, runtime):
+    facts = machine_facts(args.ebs)
+    lines = [
+        f"# Throttle accuracy ({facts['date']})",
+        "",
+        f"Machine: {facts['cpu']}, {facts['cores']} cores, kernel {facts['kernel']}; ebs {facts['ebs']}. "
+        f"{runtime} s fio runs over NBD (Unix socket), a fresh server for each (credit buckets full).",
+        "IOPS: 4 KiB random reads QD32; MiB/s: 1 MiB sequential reads QD8. Provisioned = the limit in force "
+        "(burst while credits last).",
+        "",
+        "| volume | metric | provisioned | delivered | error |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['volume']} | {r['metric']} | {r['provisioned']:g} | {r['delivered']:g} | "
+                     f"{r['error_percent']:+.2f}% |")
+    lines += ["", f"Throttle overhead on io2 at 256,000 IOPS / 4,000 MiB/s (beyond this machine), 4 KiB random "
+              f"reads QD32, median of {overhead['rounds']}: throttled {overhead['throttled_iops']} IOPS, "
+              f"--no-throttle {overhead['unthrottled_iops']} IOPS: overhead {overhead['overhead_percent']:+.2f}%.", ""]
+    text = "\n".join(lines)
+    print(text)
+    stamp = "quick" if args.quick else "full"
+    with open(os.path.join(args.out, f"throttle-{stamp}.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(args.out, f"throttle-{stamp}.json"), "w") as f:
+        json.dump({"machine": facts, "runtime_s": runtime, "rows": rows, "overhead": overhead}, f, indent=2)
+    log(f"bench: wrote {args.out}/throttle-{stamp}.md and .json")
+    if not rows or any(r["delivered"] <= 0 for r in rows):
+        raise RuntimeError("a throttle row produced no numbers")
+    return text
