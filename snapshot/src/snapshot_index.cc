@@ -370,6 +370,7 @@ Status SnapshotIndex::CompleteSnapshot(const SnapshotRecord& record, std::span<c
 }
 
 Result<std::optional<ContentHash>> SnapshotIndex::ChunkAt(std::string_view lineage, uint64_t chunk, uint64_t seq) {
+  EBS_RETURN_IF_ERROR(ValidateName("lineage id", lineage));
   const std::string prefix = MapChunkPrefix(lineage, chunk);
   // Bound the iterator to this chunk's keys, so a Seek past the last live
   // key does not wander through other chunks' tombstones.
@@ -390,6 +391,7 @@ Result<std::optional<ContentHash>> SnapshotIndex::ChunkAt(std::string_view linea
 
 Result<std::vector<DeltaEntry>> SnapshotIndex::ChangedChunks(std::string_view lineage, uint64_t from_seq,
                                                              uint64_t to_seq) {
+  EBS_RETURN_IF_ERROR(ValidateName("lineage id", lineage));
   if (from_seq > to_seq) {
     return Status::InvalidArgument("diff from seq " + std::to_string(from_seq) + " to earlier seq " +
                                    std::to_string(to_seq));
@@ -426,6 +428,7 @@ Result<std::vector<DeltaEntry>> SnapshotIndex::ChangedChunks(std::string_view li
 }
 
 Result<std::vector<LineageMember>> SnapshotIndex::ListLineage(std::string_view lineage) {
+  EBS_RETURN_IF_ERROR(ValidateName("lineage id", lineage));
   std::vector<LineageMember> out;
   const std::string prefix = LineagePrefix('l', lineage);
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));

@@ -7,6 +7,7 @@
 #include <map>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "ebs/snapshot/snapshot_index.h"
 #include "test_util.h"
@@ -307,6 +308,9 @@ TEST_F(SnapshotIndexTest, DeletingAnySubsetKeepsSurvivorsIntact) {
     models.push_back(std::move(m));
   }
   CheckRefCounts(models);
+  Reopen();  // deletions are durable too
+  for (const auto& m : models) ASSERT_NO_FATAL_FAILURE(CheckQueries(m));
+  CheckRefCounts(models);
 
   // Lineage "sub-15" deleted 1..4: only snapshot 5 is left, so the only
   // references are its non-zero chunks (model-independent check).
@@ -403,6 +407,38 @@ TEST_F(SnapshotIndexTest, DeleteSnapshotRemovesRecordAndEntriesTogether) {
   EXPECT_EQ(0u, *index_->RefCount(Content(2)));
   std::vector<ContentHash> probe = {Content(1), Content(2), Content(3)};
   EXPECT_EQ(std::vector<ContentHash>{Content(2)}, *index_->ListUnreferenced(probe));
+}
+
+// Commits and deletions on different lineages from several threads, all
+// sharing contents: reference counts are read-modify-write, so this is what
+// the internal mutex is for.
+TEST_F(SnapshotIndexTest, ConcurrentMutationsKeepReferenceCountsExact) {
+  std::vector<LineageModel> models(4);
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < models.size(); ++t) {
+    models[t].name = "thread-" + std::to_string(t);
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(static_cast<uint32_t>(100 + t));
+      LineageModel& m = models[t];
+      for (uint64_t s = 1; s <= kSnapshots; ++s) EXPECT_TRUE(index_->CommitDelta(m.name, s, m.Grow(rng)).ok());
+      for (uint64_t k : {2, 4}) {
+        uint64_t moved = 0, dropped = 0;
+        bool retired = false;
+        m.Delete(k, &moved, &dropped, &retired);
+        EXPECT_TRUE(index_->DeleteSnapshotEntries(m.name, k).ok());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& m : models) ASSERT_NO_FATAL_FAILURE(CheckQueries(m));
+  CheckRefCounts(models);
+}
+
+TEST_F(SnapshotIndexTest, InvalidLineageIsRefusedOnReadsToo) {
+  EXPECT_EQ(EINVAL, index_->ChunkAt("a|b", 0, 1).status().code());
+  EXPECT_EQ(EINVAL, index_->ChangedChunks("", 0, 1).status().code());
+  EXPECT_EQ(EINVAL, index_->ListLineage("x/y").status().code());
+  EXPECT_EQ(EINVAL, index_->DeleteSnapshotEntries("..", 1).status().code());
 }
 
 TEST_F(SnapshotIndexTest, SecondOpenIsBusy) {

@@ -27,6 +27,8 @@
 //
 // The total length in the header is what lets Decode tell a truncated
 // object ("truncated: N of M bytes") from a damaged one (checksum mismatch).
+//
+// Pure functions over values; thread-safe.
 #pragma once
 
 #include <cstdint>

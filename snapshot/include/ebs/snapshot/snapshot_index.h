@@ -179,6 +179,7 @@ class SnapshotIndex {
   Result<std::vector<DeltaEntry>> ChangedChunks(std::string_view lineage, uint64_t from_seq, uint64_t to_seq);
 
   // The committed seqs of `lineage`, ascending.
+  // (All lineage arguments are checked like ids: EINVAL when invalid.)
   Result<std::vector<LineageMember>> ListLineage(std::string_view lineage);
 
   // --- Deletion (see the rule above) ---------------------------------------
