@@ -16,7 +16,13 @@ enum Stage : uint8_t {
   kPunchForZero,  // ZERO_RANGE unsupported here (tmpfs): punch first,
   kAllocateZero,  // then allocate the punched range
   kSyncAfter,     // FUA on trim/zeroes: fdatasync after the operation
+  kInlineWrite,   // written with pwrite on the loop thread; a NOP carries the result
 };
+
+// Buffered writes up to this size are copied into the page cache on the loop
+// thread. io_uring cannot do them without blocking on ext4 and hands them to
+// a worker thread; on a small machine that hand-off costs more than the copy.
+constexpr uint64_t kInlineWriteMax = 128 * 1024;
 
 }  // namespace
 
@@ -77,6 +83,14 @@ void FileDevice::Issue(IoRequest* req) {
                          req->offset + req->done);
       break;
     case IoKind::kWrite:
+      if (!(req->flags & kIoFua) && req->length - req->done <= kInlineWriteMax) {
+        ssize_t n = pwrite(fd_, req->buf + req->done, req->length - req->done,
+                           static_cast<off_t>(req->offset + req->done));
+        req->stage = kInlineWrite;
+        req->inline_result = n < 0 ? -errno : static_cast<int>(n);
+        io_uring_prep_nop(sqe);  // completes on the ring, never inside Submit
+        break;
+      }
       io_uring_prep_write(sqe, fd_, req->buf + req->done, static_cast<unsigned>(req->length - req->done),
                           req->offset + req->done);
       if (req->flags & kIoFua) sqe->rw_flags = RWF_DSYNC;
@@ -102,6 +116,10 @@ void FileDevice::Issue(IoRequest* req) {
 
 void FileDevice::Continue(IoRequest* req, int res) {
   auto* self = static_cast<FileDevice*>(req->layer);
+  if (req->stage == kInlineWrite) {
+    req->stage = kMain;
+    res = req->inline_result;
+  }
   if (res == -EINTR || res == -EAGAIN) {
     self->Issue(req);
     return;

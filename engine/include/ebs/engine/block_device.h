@@ -47,6 +47,7 @@ struct IoRequest : IoCompletion {
   void* layer = nullptr;
   uint64_t done = 0;
   uint8_t stage = 0;
+  int inline_result = 0;
   // For layers that hold a request back or watch it complete (throttle,
   // metrics): a queue link, the start time and the caller's completion.
   IoRequest* link = nullptr;
