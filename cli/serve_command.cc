@@ -7,6 +7,7 @@
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "commands.h"
 #include "context.h"
@@ -29,6 +30,7 @@ struct ServeArgs {
   std::string metrics;
   double optimizing_seconds = 0;
   bool modification_rate_limit = false;
+  std::vector<std::string> faults;
 };
 
 int Serve(const Context& ctx, const ServeArgs& a) {
@@ -45,6 +47,11 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   mopts.throttle = !a.no_throttle;
   mopts.optimize_ms = static_cast<int64_t>(a.optimizing_seconds * 1000);
   mopts.modification_rate_limit = mopts.modification_rate_limit || a.modification_rate_limit;
+  for (const auto& text : a.faults) {
+    auto spec = FaultSpec::Parse(text);
+    if (!spec.ok()) return Fail(spec.status());
+    mopts.faults.push_back(*spec);
+  }
   auto manager = VolumeManager::Open(ctx.data_dir, mopts);
   if (!manager.ok()) return Fail(manager.status());
 
@@ -85,6 +92,7 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   fmt::print("ebs: serving {} volume(s) from {} on {} event loop(s)\n", count, ctx.data_dir, nloops);
   for (const auto& addr : (*server)->addresses()) fmt::print("ebs: listening on {}\n", addr);
   if (exporter) fmt::print("ebs: metrics on http://{}/metrics\n", exporter->address());
+  if (!a.faults.empty()) fmt::print("ebs: FAULT INJECTION is on for testing: {}\n", fmt::join(a.faults, "; "));
   if (a.no_throttle) fmt::print("ebs: throttling is OFF (--no-throttle): volumes run unlimited\n");
   std::string example = volumes.ok() && !volumes->empty() ? volumes->front().record.name : "NAME";
   if (!opts.unix_socket.empty()) {
@@ -136,6 +144,10 @@ void AddServeCommand(CLI::App* app, Context* ctx, std::function<int()>* action) 
   serve->add_flag("--modification-rate-limit", a->modification_rate_limit,
                   "enforce AWS's rule: at most 4 modifications per volume per 24 h, each after the previous "
                   "completed (also EBS_MODIFICATION_RATE_LIMIT=1)");
+  serve->add_option("--inject-fault", a->faults,
+                    "TESTING ONLY: fail requests of a volume, e.g. "
+                    "'volume=vol0,error=EIO,rate=0.1,ops=read+write,seed=7,trigger=/tmp/fail' "
+                    "(with trigger, only while that file exists)");
   serve->callback([=] { *action = [=] { return Serve(*ctx, *a); }; });
 }
 

@@ -348,6 +348,9 @@ Result<std::unique_ptr<VolumeAttachment>> VolumeManager::Attach(const std::strin
     vol->name_ = name;
     vol->metrics_ = std::make_unique<VolumeMetrics>(options_.clock->NowNs());
     std::shared_ptr<BlockDevice> stack = std::move(*dev);
+    for (const FaultSpec& f : options_.faults) {
+      if (f.volume == name) stack = std::make_shared<FaultLayer>(std::move(stack), f);
+    }
     if (options_.throttle) {
       if (!scheduler_) scheduler_ = std::make_unique<ThrottleScheduler>(options_.clock);
       auto throttle = std::make_shared<ThrottleLayer>(stack, ComputeLimits(r->config), scheduler_.get(),

@@ -156,6 +156,13 @@ Result<SnapshotRecord> RecordFromJson(std::string_view text) {
 // reference count, applied to the stored counts when the batch is written.
 // Used only under SnapshotIndex::mu_, which is what makes reading the counts
 // and writing them back safe.
+//
+// Key order matters for speed, not correctness (no key is written twice in
+// one mutation): the memtable is a skiplist that inserts ascending keys
+// several times faster than scattered ones (a 1 M-chunk commit: 16 s
+// interleaved, 2.4 s in order). So callers add to `batch` family by family
+// in key order, d| then l| then m|, each ascending; Write() then adds the
+// r| family sorted, and finally the s| records kept aside in `records`.
 class SnapshotIndex::Mutation {
  public:
   rocksdb::WriteBatch batch;
@@ -163,15 +170,20 @@ class SnapshotIndex::Mutation {
   void Ref(const ContentHash& h, int64_t delta) {
     if (!h.IsZeroChunk()) refs_[h] += delta;  // zero chunks have no object
   }
+  void ReserveRefs(size_t n) { refs_.reserve(refs_.size() + n); }
+  void PutRecord(const SnapshotRecord& r) { records_.emplace_back(RecordKey(r.id), RecordToJson(r).dump()); }
+  void DeleteRecord(std::string_view id) { records_.emplace_back(RecordKey(id), std::nullopt); }
 
   // Folds the reference counts into the batch and writes it durably. Fills
-  // *released with hashes whose count reached zero. A count going negative
-  // means the index is inconsistent: nothing is written.
+  // *released with hashes whose count reached zero, sorted. A count going
+  // negative means the index is inconsistent: nothing is written.
   Status Write(rocksdb::DB* db, std::vector<ContentHash>* released) {
-    for (const auto& [hash, delta] : refs_) {
+    std::vector<std::pair<ContentHash, int64_t>> refs(refs_.begin(), refs_.end());
+    std::sort(refs.begin(), refs.end());
+    std::string value;
+    for (const auto& [hash, delta] : refs) {
       if (delta == 0) continue;
       std::string key = RefKey(hash);
-      std::string value;
       uint64_t count = 0;
       rocksdb::Status s = db->Get(rocksdb::ReadOptions(), key, &value);
       if (s.ok()) {
@@ -195,7 +207,13 @@ class SnapshotIndex::Mutation {
         batch.Put(key, v);
       }
     }
-    if (released != nullptr) std::sort(released->begin(), released->end());
+    for (const auto& [key, record] : records_) {
+      if (record.has_value()) {
+        batch.Put(key, *record);
+      } else {
+        batch.Delete(key);
+      }
+    }
     rocksdb::WriteOptions wo;
     wo.sync = true;
     rocksdb::Status s = db->Write(wo, &batch);
@@ -205,6 +223,7 @@ class SnapshotIndex::Mutation {
 
  private:
   std::unordered_map<ContentHash, int64_t, ContentHashHasher> refs_;
+  std::vector<std::pair<std::string, std::optional<std::string>>> records_;
 };
 
 std::string_view SnapshotStateName(SnapshotState state) {
@@ -267,7 +286,7 @@ Status SnapshotIndex::PutSnapshot(const SnapshotRecord& record) {
   EBS_RETURN_IF_ERROR(ValidateName("lineage id", record.lineage));
   std::lock_guard lock(mu_);
   Mutation m;
-  m.batch.Put(RecordKey(record.id), RecordToJson(record).dump());
+  m.PutRecord(record);
   return m.Write(db_, nullptr);
 }
 
@@ -340,11 +359,25 @@ Status SnapshotIndex::AddCommit(Mutation& m, std::string_view lineage, uint64_t 
   } else if (!it->status().ok()) {
     return Db(it->status(), "scan lineage");
   }
-  m.batch.Put(MemberKey(lineage, seq), std::string(1, kLive));
+  // Key order: see Mutation. A full snapshot commits a million entries, so
+  // each loop reuses one key buffer instead of allocating a key per entry.
+  m.ReserveRefs(delta.size());
+  std::string key = DeltaSeqPrefix(lineage, seq);
+  const size_t d_base = key.size();
   for (const DeltaEntry& e : delta) {
-    m.batch.Put(MapKey(lineage, e.chunk, seq), rocksdb::Slice(e.hash.AsBytes()));
-    m.batch.Put(DeltaKey(lineage, seq, e.chunk), rocksdb::Slice(e.hash.AsBytes()));
+    key.resize(d_base);
+    coding::PutBig64(&key, e.chunk);
+    m.batch.Put(key, rocksdb::Slice(e.hash.AsBytes()));
     m.Ref(e.hash, +1);
+  }
+  m.batch.Put(MemberKey(lineage, seq), std::string(1, kLive));
+  key = LineagePrefix('m', lineage);
+  const size_t m_base = key.size();
+  for (const DeltaEntry& e : delta) {
+    key.resize(m_base);
+    coding::PutBig64(&key, e.chunk);
+    coding::PutBig64(&key, ~seq);
+    m.batch.Put(key, rocksdb::Slice(e.hash.AsBytes()));
   }
   return Status::Ok();
 }
@@ -365,7 +398,7 @@ Status SnapshotIndex::CompleteSnapshot(const SnapshotRecord& record, std::span<c
   std::lock_guard lock(mu_);
   Mutation m;
   EBS_RETURN_IF_ERROR(AddCommit(m, record.lineage, record.seq, delta));
-  m.batch.Put(RecordKey(record.id), RecordToJson(record).dump());
+  m.PutRecord(record);
   return m.Write(db_, nullptr);
 }
 
@@ -444,39 +477,71 @@ Result<std::vector<LineageMember>> SnapshotIndex::ListLineage(std::string_view l
 
 // --- Deletion -------------------------------------------------------------------
 
-Status SnapshotIndex::AddAbsorb(Mutation& m, std::string_view lineage, uint64_t seq, uint64_t into,
-                                DeleteOutcome* outcome) {
-  outcome->absorbed_into = into;
+Result<std::vector<SnapshotIndex::DeltaItem>> SnapshotIndex::ReadDelta(std::string_view lineage, uint64_t seq) {
+  std::vector<DeltaItem> items;
   const std::string prefix = DeltaSeqPrefix(lineage, seq);
   const std::string upper = PrefixEnd(prefix);
   rocksdb::Slice upper_slice(upper);
   rocksdb::ReadOptions ro;
   ro.iterate_upper_bound = &upper_slice;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro));
-  std::string ignored;
   for (it->Seek(prefix); it->Valid(); it->Next()) {
     if (it->key().size() != prefix.size() + 8) return Status::IoError("snapshot index: corrupt delta key");
-    const uint64_t chunk = coding::DecodeBig64(it->key().data() + prefix.size());
     auto h = HashValue(it->value(), it->key());
     if (!h.ok()) return h.status();
-    m.batch.Delete(it->key());
-    m.batch.Delete(MapKey(lineage, chunk, seq));
-    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), DeltaKey(lineage, into, chunk), &ignored);
-    if (s.ok()) {
-      // `into` changed the chunk again: nothing from `into` on can see this
-      // entry, and nothing before `seq` ever could.
-      m.Ref(*h, -1);
-      ++outcome->dropped;
-    } else if (s.IsNotFound()) {
-      m.batch.Put(DeltaKey(lineage, into, chunk), rocksdb::Slice(h->AsBytes()));
-      m.batch.Put(MapKey(lineage, chunk, into), rocksdb::Slice(h->AsBytes()));
-      ++outcome->moved;
-    } else {
-      return Db(s, "read delta");
-    }
+    items.push_back({coding::DecodeBig64(it->key().data() + prefix.size()), seq, *h, false});
   }
   if (!it->status().ok()) return Db(it->status(), "scan delta");
+  return items;
+}
+
+Status SnapshotIndex::AddAbsorb(Mutation& m, std::string_view lineage, uint64_t seq, uint64_t into,
+                                DeleteOutcome* outcome) {
+  outcome->absorbed_into = into;
+  auto items = ReadDelta(lineage, seq);
+  if (!items.ok()) return items.status();
+  // Decide each entry's fate: a chunk that `into` changed again is dropped
+  // (nothing from `into` on can see this entry, and nothing before `seq`
+  // ever could); any other moves to `into`. Both deltas are sorted by chunk,
+  // so one forward iterator over delta(into) answers every question.
+  const std::string into_prefix = DeltaSeqPrefix(lineage, into);
+  const std::string into_upper = PrefixEnd(into_prefix);
+  rocksdb::Slice into_upper_slice(into_upper);
+  rocksdb::ReadOptions ro;
+  ro.iterate_upper_bound = &into_upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro));
+  if (!items->empty()) it->Seek(DeltaKey(lineage, into, items->front().chunk));
+  for (DeltaItem& item : *items) {
+    const std::string target = DeltaKey(lineage, into, item.chunk);
+    // Advance to the first key >= target: short hops by Next(), long ones
+    // by Seek(), so both a dense and a sparse delta(into) cost little.
+    for (int hops = 0; it->Valid() && it->key().compare(target) < 0; ++hops) {
+      if (hops == 8) {
+        it->Seek(target);
+        break;
+      }
+      it->Next();
+    }
+    if (!it->status().ok()) return Db(it->status(), "scan delta");
+    item.move = !(it->Valid() && it->key() == target);
+    if (item.move) {
+      ++outcome->moved;
+    } else {
+      ++outcome->dropped;
+      m.Ref(item.hash, -1);
+    }
+  }
+  // Key order: see Mutation. d|seq < d|into because seq < into.
+  for (const DeltaItem& item : *items) m.batch.Delete(DeltaKey(lineage, seq, item.chunk));
+  for (const DeltaItem& item : *items) {
+    if (item.move) m.batch.Put(DeltaKey(lineage, into, item.chunk), rocksdb::Slice(item.hash.AsBytes()));
+  }
   m.batch.Delete(MemberKey(lineage, seq));
+  for (const DeltaItem& item : *items) {
+    // m|chunk|~into sorts before m|chunk|~seq.
+    if (item.move) m.batch.Put(MapKey(lineage, item.chunk, into), rocksdb::Slice(item.hash.AsBytes()));
+    m.batch.Delete(MapKey(lineage, item.chunk, seq));
+  }
   return Status::Ok();
 }
 
@@ -523,7 +588,7 @@ Result<DeleteOutcome> SnapshotIndex::DeleteSnapshot(std::string_view id) {
   if (member->has_value() && !(*member)->retired) {
     EBS_RETURN_IF_ERROR(AddDelete(m, record->lineage, record->seq, &outcome));
   }
-  m.batch.Delete(RecordKey(id));
+  m.DeleteRecord(id);
   EBS_RETURN_IF_ERROR(m.Write(db_, &outcome.released));
   return outcome;
 }
@@ -554,27 +619,27 @@ Result<std::vector<ContentHash>> SnapshotIndex::DropRetiredTip(std::string_view 
   std::lock_guard lock(mu_);
   auto members = ListLineage(lineage);
   if (!members.ok()) return members.status();
-  Mutation m;
   // Members after the newest live one are visible only to seqs beyond every
   // live snapshot, which (by the caller's promise) will never exist.
-  for (auto it = members->rbegin(); it != members->rend() && it->retired; ++it) {
-    const std::string prefix = DeltaSeqPrefix(lineage, it->seq);
-    const std::string upper = PrefixEnd(prefix);
-    rocksdb::Slice upper_slice(upper);
-    rocksdb::ReadOptions ro;
-    ro.iterate_upper_bound = &upper_slice;
-    std::unique_ptr<rocksdb::Iterator> iter(db_->NewIterator(ro));
-    for (iter->Seek(prefix); iter->Valid(); iter->Next()) {
-      if (iter->key().size() != prefix.size() + 8) return Status::IoError("snapshot index: corrupt delta key");
-      auto h = HashValue(iter->value(), iter->key());
-      if (!h.ok()) return h.status();
-      m.batch.Delete(iter->key());
-      m.batch.Delete(MapKey(lineage, coding::DecodeBig64(iter->key().data() + prefix.size()), it->seq));
-      m.Ref(*h, -1);
-    }
-    if (!iter->status().ok()) return Db(iter->status(), "scan delta");
-    m.batch.Delete(MemberKey(lineage, it->seq));
+  size_t first = members->size();
+  while (first > 0 && (*members)[first - 1].retired) --first;
+  std::vector<DeltaItem> items;
+  for (size_t i = first; i < members->size(); ++i) {
+    auto delta = ReadDelta(lineage, (*members)[i].seq);
+    if (!delta.ok()) return delta.status();
+    items.insert(items.end(), delta->begin(), delta->end());
   }
+  Mutation m;
+  // Key order: see Mutation. `items` is in (seq, chunk) order: d| order.
+  for (const DeltaItem& item : items) {
+    m.batch.Delete(DeltaKey(lineage, item.seq, item.chunk));
+    m.Ref(item.hash, -1);
+  }
+  for (size_t i = first; i < members->size(); ++i) m.batch.Delete(MemberKey(lineage, (*members)[i].seq));
+  std::sort(items.begin(), items.end(), [](const DeltaItem& a, const DeltaItem& b) {
+    return a.chunk != b.chunk ? a.chunk < b.chunk : a.seq > b.seq;  // m| order: chunk, then newest first
+  });
+  for (const DeltaItem& item : items) m.batch.Delete(MapKey(lineage, item.chunk, item.seq));
   std::vector<ContentHash> released;
   EBS_RETURN_IF_ERROR(m.Write(db_, &released));
   return released;

@@ -14,6 +14,7 @@
 #include "ebs/engine/block_device.h"
 #include "ebs/engine/catalog.h"
 #include "ebs/engine/clock.h"
+#include "ebs/engine/fault_layer.h"
 #include "ebs/engine/throttle_layer.h"
 #include "ebs/engine/volume_metrics.h"
 #include "ebs/engine/status.h"
@@ -78,6 +79,8 @@ struct ManagerOptions {
   // each only after the previous one completed. Off by default.
   bool modification_rate_limit = false;
   const Clock* clock = SteadyClock::Default();
+  // Test-only fault injection (`ebs serve --inject-fault`), per volume.
+  std::vector<FaultSpec> faults;
 };
 
 class VolumeManager {

@@ -209,7 +209,15 @@ class SnapshotIndex {
 
  private:
   class Mutation;
+  // One entry of a stored delta, with what a deletion decided for it.
+  struct DeltaItem {
+    uint64_t chunk;
+    uint64_t seq;
+    ContentHash hash;
+    bool move;
+  };
   explicit SnapshotIndex(rocksdb::DB* db) : db_(db) {}
+  Result<std::vector<DeltaItem>> ReadDelta(std::string_view lineage, uint64_t seq);
   Status AddCommit(Mutation& mutation, std::string_view lineage, uint64_t seq, std::span<const DeltaEntry> delta);
   Status AddDelete(Mutation& mutation, std::string_view lineage, uint64_t seq, DeleteOutcome* outcome);
   Status AddAbsorb(Mutation& mutation, std::string_view lineage, uint64_t seq, uint64_t into, DeleteOutcome* outcome);
