@@ -17,6 +17,7 @@ enum Stage : uint8_t {
   kAllocateZero,  // then allocate the punched range
   kSyncAfter,     // FUA on trim/zeroes: fdatasync after the operation
   kInlineWrite,   // written with pwrite on the loop thread; a NOP carries the result
+  kRejected,      // refused before any I/O; a NOP carries the error
 };
 
 // Buffered writes up to this size are copied into the page cache on the loop
@@ -59,6 +60,15 @@ void FileDevice::Submit(EventLoop& loop, IoRequest* req) {
   req->layer = this;
   req->done = 0;
   req->stage = kMain;
+  const uint64_t size = this->size();
+  if (req->kind != IoKind::kFlush && (req->offset > size || req->length > size - req->offset)) {
+    // Callers check ranges; this is the last line of defence for the data
+    // file (an out-of-range write would silently extend it).
+    req->stage = kRejected;
+    req->inline_result = -EINVAL;
+    io_uring_prep_nop(loop.GetSqe(req));
+    return;
+  }
   Issue(req);
 }
 
@@ -116,6 +126,10 @@ void FileDevice::Issue(IoRequest* req) {
 
 void FileDevice::Continue(IoRequest* req, int res) {
   auto* self = static_cast<FileDevice*>(req->layer);
+  if (req->stage == kRejected) {
+    req->Finish(req->inline_result);
+    return;
+  }
   if (req->stage == kInlineWrite) {
     req->stage = kMain;
     res = req->inline_result;

@@ -106,6 +106,24 @@ TEST_F(FileDeviceTest, MapReportsHolesAndData) {
   EXPECT_TRUE(ext[0].hole);
 }
 
+TEST_F(FileDeviceTest, OutOfRangeRequestsAreRefusedAndChangeNothing) {
+  TempDir dir;
+  const uint64_t kSize = 1 << 20;
+  auto dev = FileDevice::Open(dir.path() + "/v.img", kSize, true);
+  ASSERT_TRUE(dev.ok());
+  std::vector<char> buf(8192, 'z');
+  EXPECT_EQ(-EINVAL, RunIo(*loop_, **dev, IoKind::kWrite, kSize - 4096, 8192, buf.data()));
+  EXPECT_EQ(-EINVAL, RunIo(*loop_, **dev, IoKind::kRead, kSize, 1, buf.data()));
+  EXPECT_EQ(-EINVAL, RunIo(*loop_, **dev, IoKind::kTrim, UINT64_MAX - 10, 20));
+  EXPECT_EQ(-EINVAL, RunIo(*loop_, **dev, IoKind::kWriteZeroes, kSize + 1, 4096));
+  struct stat st {};
+  ASSERT_EQ(0, stat((dir.path() + "/v.img").c_str(), &st));
+  EXPECT_EQ(static_cast<off_t>(kSize), st.st_size) << "a refused write must not extend the file";
+  std::vector<char> out(4096, 1);
+  ASSERT_EQ(0, RunIo(*loop_, **dev, IoKind::kRead, kSize - 4096, 4096, out.data()));
+  EXPECT_EQ(std::vector<char>(4096, 0), out);
+}
+
 TEST_F(FileDeviceTest, GrowKeepsDataAndExtendsWithZeros) {
   TempDir dir;
   auto dev = FileDevice::Open(dir.path() + "/v.img", 1 << 20, true);
