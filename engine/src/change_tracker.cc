@@ -1,0 +1,852 @@
+#include "ebs/engine/change_tracker.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <filesystem>
+#include <future>
+
+namespace ebs {
+namespace {
+
+static_assert(std::endian::native == std::endian::little, "the bitmap file is little-endian");
+
+constexpr uint64_t kHeaderBytes = 4096;  // the bitmap starts on the second page
+constexpr uint64_t kPageBytes = 4096;
+constexpr uint64_t kWordsPerPage = kPageBytes / 8;
+constexpr char kMagic[8] = {'E', 'B', 'S', 'C', 'H', 'A', 'N', 'G'};
+constexpr uint32_t kVersion = 1;
+constexpr uint64_t kFlagCutSet = 1;  // the file is a cut set, not the current set
+constexpr size_t kHeaderFieldBytes = 48;  // checksummed; the checksum follows
+
+uint64_t WordsFor(uint64_t chunks) { return (chunks + 63) / 64; }
+uint64_t PagesFor(uint64_t words) { return (words + kWordsPerPage - 1) / kWordsPerPage; }
+uint64_t FileBytes(uint64_t chunks) { return kHeaderBytes + PagesFor(WordsFor(chunks)) * kPageBytes; }
+uint64_t ChunksFor(uint64_t bytes, uint64_t chunk_size) { return (bytes + chunk_size - 1) / chunk_size; }
+
+// Bits [first, last] (chunk indexes) that fall in word `w`.
+uint64_t MaskFor(uint64_t w, uint64_t first, uint64_t last) {
+  const unsigned lo = w == first / 64 ? first % 64 : 0;
+  const unsigned hi = w == last / 64 ? last % 64 : 63;
+  return (~uint64_t{0} >> (63 - hi)) & (~uint64_t{0} << lo);
+}
+
+// The bits of word `w` that are real chunks (the last word may be partial).
+uint64_t ValidMask(uint64_t w, uint64_t chunk_count) {
+  if ((w + 1) * 64 <= chunk_count) return ~uint64_t{0};
+  if (w * 64 >= chunk_count) return 0;
+  return MaskFor(w, w * 64, chunk_count - 1);
+}
+
+uint64_t Fnv1a(const char* p, size_t n) {
+  uint64_t h = 14695981039346656037ull;
+  for (size_t i = 0; i < n; ++i) {
+    h ^= static_cast<unsigned char>(p[i]);
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+// A tracking file's content: the current set or a cut set.
+struct SetFile {
+  uint64_t generation = 0;
+  uint64_t chunk_size = 0;
+  uint64_t chunk_count = 0;
+  uint64_t flags = 0;
+  std::vector<uint64_t> words;
+};
+
+void EncodeHeader(const SetFile& s, char* page) {
+  std::memset(page, 0, kHeaderBytes);
+  std::memcpy(page, kMagic, 8);
+  const uint32_t version = kVersion;
+  const uint32_t header_bytes = kHeaderBytes;
+  std::memcpy(page + 8, &version, 4);
+  std::memcpy(page + 12, &header_bytes, 4);
+  std::memcpy(page + 16, &s.chunk_size, 8);
+  std::memcpy(page + 24, &s.chunk_count, 8);
+  std::memcpy(page + 32, &s.generation, 8);
+  std::memcpy(page + 40, &s.flags, 8);
+  const uint64_t sum = Fnv1a(page, kHeaderFieldBytes);
+  std::memcpy(page + kHeaderFieldBytes, &sum, 8);
+}
+
+Status Damaged(const std::string& path, const std::string& what) {
+  return Status::Error(EBADMSG, "change tracking file " + path + " is damaged: " + what);
+}
+
+Status PwriteAll(int fd, const void* buf, size_t n, uint64_t off, const std::string& path) {
+  const char* p = static_cast<const char*>(buf);
+  while (n > 0) {
+    ssize_t w = pwrite(fd, p, n, static_cast<off_t>(off));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "write " + path);
+    }
+    if (w == 0) return Status::IoError("write " + path + ": no progress");
+    p += w;
+    n -= static_cast<size_t>(w);
+    off += static_cast<uint64_t>(w);
+  }
+  return Status::Ok();
+}
+
+Status PreadAll(int fd, void* buf, size_t n, uint64_t off, const std::string& path) {
+  char* p = static_cast<char*>(buf);
+  while (n > 0) {
+    ssize_t r = pread(fd, p, n, static_cast<off_t>(off));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "read " + path);
+    }
+    if (r == 0) return Damaged(path, "truncated");
+    p += r;
+    n -= static_cast<size_t>(r);
+    off += static_cast<uint64_t>(r);
+  }
+  return Status::Ok();
+}
+
+std::string DirOf(const std::string& path) {
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  return dir.empty() ? "." : dir;
+}
+
+// Makes creations, renames and removals in `dir` durable.
+Status SyncDir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno(errno, "open " + dir);
+  int rc = fsync(fd);
+  int err = errno;
+  ::close(fd);
+  return rc == 0 ? Status::Ok() : Status::FromErrno(err, "fsync " + dir);
+}
+
+Result<SetFile> ReadSetFile(int fd, const std::string& path) {
+  char page[kHeaderBytes];
+  EBS_RETURN_IF_ERROR(PreadAll(fd, page, kHeaderBytes, 0, path));
+  if (std::memcmp(page, kMagic, 8) != 0) return Damaged(path, "bad magic");
+  uint64_t sum;
+  std::memcpy(&sum, page + kHeaderFieldBytes, 8);
+  if (sum != Fnv1a(page, kHeaderFieldBytes)) return Damaged(path, "header checksum mismatch");
+  uint32_t version, header_bytes;
+  std::memcpy(&version, page + 8, 4);
+  std::memcpy(&header_bytes, page + 12, 4);
+  if (version != kVersion) return Damaged(path, "unknown version " + std::to_string(version));
+  if (header_bytes != kHeaderBytes) return Damaged(path, "unexpected header size");
+  SetFile s;
+  std::memcpy(&s.chunk_size, page + 16, 8);
+  std::memcpy(&s.chunk_count, page + 24, 8);
+  std::memcpy(&s.generation, page + 32, 8);
+  std::memcpy(&s.flags, page + 40, 8);
+  if (s.chunk_size == 0 || !std::has_single_bit(s.chunk_size) || s.chunk_size > (uint64_t{1} << 30)) {
+    return Damaged(path, "bad chunk size");
+  }
+  if (s.chunk_count > (uint64_t{1} << 40) || s.chunk_count > (uint64_t{1} << 62) / s.chunk_size) {
+    return Damaged(path, "implausible chunk count");
+  }
+  struct stat st {};
+  if (fstat(fd, &st) != 0) return Status::FromErrno(errno, "stat " + path);
+  if (static_cast<uint64_t>(st.st_size) < FileBytes(s.chunk_count)) return Damaged(path, "truncated bitmap");
+  s.words.resize(WordsFor(s.chunk_count));
+  EBS_RETURN_IF_ERROR(PreadAll(fd, s.words.data(), s.words.size() * 8, kHeaderBytes, path));
+  if (!s.words.empty()) s.words.back() &= ValidMask(s.words.size() - 1, s.chunk_count);
+  return s;
+}
+
+Result<SetFile> ReadSetFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno(errno, "open " + path);
+  auto s = ReadSetFile(fd, path);
+  ::close(fd);
+  return s;
+}
+
+// Writes `s` to `path` atomically: a temporary file, synced, then renamed
+// over `path` and the directory synced. Pages of zeros are left as holes.
+Status WriteSetFile(const std::string& path, const SetFile& s) {
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return Status::FromErrno(errno, "create " + tmp);
+  auto write_all = [&]() -> Status {
+    char header[kHeaderBytes];
+    EncodeHeader(s, header);
+    EBS_RETURN_IF_ERROR(PwriteAll(fd, header, kHeaderBytes, 0, tmp));
+    if (ftruncate(fd, static_cast<off_t>(FileBytes(s.chunk_count))) != 0) {
+      return Status::FromErrno(errno, "truncate " + tmp);
+    }
+    std::vector<uint64_t> page(kWordsPerPage);
+    for (uint64_t p = 0; p < PagesFor(s.words.size()); ++p) {
+      const uint64_t begin = p * kWordsPerPage;
+      const uint64_t end = std::min<uint64_t>(begin + kWordsPerPage, s.words.size());
+      if (std::all_of(s.words.begin() + begin, s.words.begin() + end, [](uint64_t w) { return w == 0; })) continue;
+      std::fill(page.begin(), page.end(), 0);
+      std::copy(s.words.begin() + begin, s.words.begin() + end, page.begin());
+      EBS_RETURN_IF_ERROR(PwriteAll(fd, page.data(), kPageBytes, kHeaderBytes + p * kPageBytes, tmp));
+    }
+    if (fdatasync(fd) != 0) return Status::FromErrno(errno, "fdatasync " + tmp);
+    return Status::Ok();
+  };
+  Status st = write_all();
+  ::close(fd);
+  if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) st = Status::FromErrno(errno, "rename " + tmp);
+  if (!st.ok()) {
+    ::unlink(tmp.c_str());
+    return st;
+  }
+  return SyncDir(DirOf(path));
+}
+
+// Calls set_word(w, mask) for the words of a bitmap of `dst_count` chunks of
+// `dst_cs` bytes that must be marked to cover every chunk marked in `src`.
+template <typename F>
+void ForEachCoveringWord(const SetFile& src, uint64_t dst_cs, uint64_t dst_count, F set_word) {
+  if (src.chunk_size == dst_cs) {
+    const uint64_t n = std::min<uint64_t>(src.words.size(), WordsFor(dst_count));
+    for (uint64_t w = 0; w < n; ++w) {
+      const uint64_t mask = src.words[w] & ValidMask(w, dst_count);
+      if (mask != 0) set_word(w, mask);
+    }
+    return;
+  }
+  // Another chunk size: each old chunk marks every new chunk it overlaps.
+  for (uint64_t w = 0; w < src.words.size(); ++w) {
+    for (uint64_t bits = src.words[w]; bits != 0; bits &= bits - 1) {
+      const uint64_t chunk = w * 64 + static_cast<uint64_t>(std::countr_zero(bits));
+      const uint64_t first = chunk * src.chunk_size / dst_cs;
+      if (first >= dst_count) continue;
+      const uint64_t last = std::min((chunk + 1) * src.chunk_size - 1, dst_count * dst_cs - 1) / dst_cs;
+      for (uint64_t dw = first / 64; dw <= last / 64; ++dw) set_word(dw, MaskFor(dw, first, last));
+    }
+  }
+}
+
+// Chunks of `dst_cs` bytes needed to cover `count` chunks of `cs` bytes.
+uint64_t CoveringChunks(uint64_t count, uint64_t cs, uint64_t dst_cs) { return ChunksFor(count * cs, dst_cs); }
+
+}  // namespace
+
+// --- ChangeSet ------------------------------------------------------------------
+
+uint64_t ChangeSet::Count() const {
+  uint64_t n = 0;
+  for (uint64_t w : words) n += static_cast<uint64_t>(std::popcount(w));
+  return n;
+}
+
+std::vector<uint64_t> ChangeSet::Chunks() const {
+  std::vector<uint64_t> out;
+  out.reserve(Count());
+  for (uint64_t w = 0; w < words.size(); ++w) {
+    for (uint64_t bits = words[w]; bits != 0; bits &= bits - 1) {
+      out.push_back(w * 64 + static_cast<uint64_t>(std::countr_zero(bits)));
+    }
+  }
+  return out;
+}
+
+// --- ChangeTracker --------------------------------------------------------------
+
+struct ChangeTracker::DurableBits {
+  explicit DurableBits(uint64_t n) : nwords(n), w(std::make_unique<std::atomic<uint64_t>[]>(n)) {}
+  const uint64_t nwords;
+  std::unique_ptr<std::atomic<uint64_t>[]> w;
+};
+
+// Requests handed back after a persist, one list per loop (so one Post per
+// loop, not one per request), each FIFO through `link`.
+struct ChangeTracker::Released {
+  struct List {
+    EventLoop* loop;
+    IoRequest* head;
+    IoRequest* tail;
+  };
+  std::vector<List> lists;
+  void Add(IoRequest* r, int result) {
+    r->inline_result = result;
+    r->link = nullptr;
+    for (auto& l : lists) {
+      if (l.loop == r->loop) {
+        l.tail->link = r;
+        l.tail = r;
+        return;
+      }
+    }
+    lists.push_back({r->loop, r, r});
+  }
+};
+
+std::string ChangeTracker::CutPath(const std::string& path, uint64_t generation) {
+  return path + "." + std::to_string(generation);
+}
+
+ChangeTracker::ChangeTracker(std::string path, int fd, uint64_t chunk_size)
+    : path_(std::move(path)),
+      fd_(fd),
+      chunk_size_(chunk_size),
+      chunk_shift_(static_cast<unsigned>(std::countr_zero(chunk_size))) {}
+
+Result<std::shared_ptr<ChangeTracker>> ChangeTracker::Open(const std::string& path, uint64_t volume_size,
+                                                           const Options& options) {
+  const uint64_t cs = options.chunk_size;
+  if (!std::has_single_bit(cs) || cs < 4096 || cs > (uint64_t{1} << 30)) {
+    return Status::InvalidArgument("change tracking chunk size must be a power of two from 4 KiB to 1 GiB");
+  }
+  const std::string dir = DirOf(path);
+  const std::string base = std::filesystem::path(path).filename().string();
+
+  // Leftovers of an earlier process: temporary files are writes that never
+  // completed (remove them); `<base>.<digits>` are uncommitted cut sets.
+  std::vector<std::string> cut_paths;
+  {
+    std::error_code ec;
+    auto digits = [](const std::string& s) {
+      return std::all_of(s.begin(), s.end(), [](unsigned char c) { return c >= '0' && c <= '9'; });
+    };
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (name.size() <= base.size() + 1 || name.compare(0, base.size() + 1, base + ".") != 0) continue;
+      std::string rest = name.substr(base.size() + 1);
+      const bool tmp = rest.size() >= 3 && rest.compare(rest.size() - 3, 3, "tmp") == 0;
+      if (tmp) rest.resize(rest.size() - 3);
+      if (tmp && (rest.empty() || rest.back() == '.')) {
+        if (!rest.empty()) rest.pop_back();
+        if (digits(rest)) ::unlink(entry.path().c_str());
+        continue;
+      }
+      if (!tmp && !rest.empty() && rest.size() <= 20 && digits(rest)) {
+        cut_paths.push_back(entry.path().string());
+      }
+    }
+    if (ec) return Status::FromErrno(ec.value(), "list " + dir);
+  }
+
+  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT) {
+    if (options.if_missing == IfMissing::kFail) return Status::NotFound("no change tracking file " + path);
+    SetFile init;
+    init.generation = 1;
+    init.chunk_size = cs;
+    init.chunk_count = ChunksFor(volume_size, cs);
+    init.words.resize(WordsFor(init.chunk_count));
+    if (options.if_missing == IfMissing::kCreateAllMarked) {
+      for (uint64_t w = 0; w < init.words.size(); ++w) init.words[w] = ValidMask(w, init.chunk_count);
+    }
+    EBS_RETURN_IF_ERROR(WriteSetFile(path, init));
+    fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  }
+  if (fd < 0) return Status::FromErrno(errno, "open " + path);
+  // From here on the tracker owns fd (its destructor closes it).
+  std::shared_ptr<ChangeTracker> t(new ChangeTracker(path, fd, cs));
+
+  // A persist cut short by the death of the process may have left marks in
+  // the page cache only; its request never went down, but a later request
+  // would trust the mark. Make the file's content durable before trusting it.
+  if (fdatasync(fd) != 0) return Status::FromErrno(errno, "fdatasync " + path);
+  auto main = ReadSetFile(fd, path);
+  if (!main.ok()) return main.status();
+  std::vector<SetFile> cuts;
+  for (const auto& p : cut_paths) {
+    auto s = ReadSetFile(p);
+    if (!s.ok()) return s.status();
+    cuts.push_back(std::move(*s));
+  }
+
+  uint64_t count = std::max(ChunksFor(volume_size, cs), CoveringChunks(main->chunk_count, main->chunk_size, cs));
+  uint64_t generation = main->generation;
+  for (const auto& c : cuts) {
+    count = std::max(count, CoveringChunks(c.chunk_count, c.chunk_size, cs));
+    // Never reuse a cut's generation: a snapshot that outlived us may still
+    // Commit or Abort it.
+    generation = std::max(generation, c.generation + 1);
+  }
+
+  {
+    std::lock_guard<std::mutex> io(t->io_mu_);
+    {
+      std::lock_guard<std::mutex> lock(t->mu_);
+      t->GrowLocked(count);
+      t->generation_ = generation;
+      auto set = [&](uint64_t w, uint64_t mask) { t->bits_[w] |= mask; };
+      ForEachCoveringWord(*main, cs, count, set);
+      // What the file holds needs no rewrite; only what the cut sets add.
+      for (const auto& c : cuts) ForEachCoveringWord(c, cs, count, [&](uint64_t w, uint64_t mask) {
+        if (main->chunk_size == cs) {
+          t->SetBitsLocked(w, mask);
+        } else {
+          t->bits_[w] |= mask;
+        }
+      });
+      t->header_dirty_ = generation != main->generation || count != main->chunk_count;
+    }
+    if (main->chunk_size != cs) {
+      // A new chunk size changes the meaning of every bit: replace the file
+      // atomically rather than rewrite it in place.
+      SetFile converted;
+      converted.generation = generation;
+      converted.chunk_size = cs;
+      converted.chunk_count = count;
+      converted.words = t->bits_;
+      EBS_RETURN_IF_ERROR(WriteSetFile(path, converted));
+      int nfd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+      if (nfd < 0) return Status::FromErrno(errno, "open " + path);
+      if (dup2(nfd, t->fd_) < 0) {
+        int err = errno;
+        ::close(nfd);
+        return Status::FromErrno(err, "dup2 " + path);
+      }
+      ::close(nfd);
+      std::lock_guard<std::mutex> lock(t->mu_);
+      t->dirty_pages_.clear();
+      std::fill(t->page_dirty_.begin(), t->page_dirty_.end(), 0);
+      t->header_dirty_ = false;
+    } else {
+      if (count != main->chunk_count && ftruncate(t->fd_, static_cast<off_t>(FileBytes(count))) != 0) {
+        return Status::FromErrno(errno, "grow " + path);
+      }
+      EBS_RETURN_IF_ERROR(t->PersistLocked());
+    }
+    // Everything in bits_ is on disk and synced now.
+    std::lock_guard<std::mutex> lock(t->mu_);
+    DurableBits* d = t->durable_.load(std::memory_order_relaxed);
+    for (uint64_t w = 0; w < t->bits_.size(); ++w) d->w[w].store(t->bits_[w], std::memory_order_relaxed);
+  }
+  // The merged cut sets are durable in the current set: forget them. A
+  // removal lost in a crash only merges the same marks again.
+  for (const auto& p : cut_paths) ::unlink(p.c_str());
+  if (!cut_paths.empty()) EBS_RETURN_IF_ERROR(SyncDir(dir));
+
+  t->thread_ = std::thread([raw = t.get()] {
+    pthread_setname_np(pthread_self(), "ebs-changes");
+    raw->Run();
+  });
+  return t;
+}
+
+ChangeTracker::~ChangeTracker() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  ::close(fd_);
+}
+
+void ChangeTracker::GrowLocked(uint64_t chunk_count) {
+  const uint64_t words = WordsFor(chunk_count);
+  chunk_count_ = chunk_count;
+  if (words <= bits_.size() && durable_.load(std::memory_order_relaxed) != nullptr) return;
+  bits_.resize(words, 0);
+  page_dirty_.resize(PagesFor(words), 0);
+  auto fresh = std::make_unique<DurableBits>(words);
+  DurableBits* old = durable_.load(std::memory_order_relaxed);
+  if (old != nullptr) {
+    for (uint64_t w = 0; w < old->nwords; ++w) fresh->w[w].store(old->w[w].load(std::memory_order_relaxed));
+  }
+  durable_.store(fresh.get(), std::memory_order_release);
+  // A hot-path reader may still hold `old`: zeros send it to the slow path,
+  // which reads the new array under mu_. Never freed while we live.
+  if (old != nullptr) {
+    for (uint64_t w = 0; w < old->nwords; ++w) old->w[w].store(0, std::memory_order_release);
+  }
+  durable_arrays_.push_back(std::move(fresh));
+}
+
+void ChangeTracker::SetBitsLocked(uint64_t w, uint64_t mask) {
+  if ((bits_[w] | mask) == bits_[w]) return;
+  bits_[w] |= mask;
+  const uint64_t page = w / kWordsPerPage;
+  if (!page_dirty_[page]) {
+    page_dirty_[page] = 1;
+    dirty_pages_.push_back(static_cast<uint32_t>(page));
+  }
+}
+
+bool ChangeTracker::AllDurable(const DurableBits* d, uint64_t first, uint64_t last) const {
+  if (last / 64 >= d->nwords) return false;
+  for (uint64_t w = first / 64; w <= last / 64; ++w) {
+    const uint64_t mask = MaskFor(w, first, last);
+    // Acquire: the fdatasync that made this bit durable happened before.
+    if ((d->w[w].load(std::memory_order_acquire) & mask) != mask) return false;
+  }
+  return true;
+}
+
+ChangeTracker::MarkOutcome ChangeTracker::MarkOrQueue(IoRequest* req) {
+  const uint64_t first = req->offset >> chunk_shift_;
+  const uint64_t last = (req->offset + req->length - 1) >> chunk_shift_;
+  // Hot path: the marks are durable already.
+  if (AllDurable(durable_.load(std::memory_order_acquire), first, last)) return MarkOutcome::kDurable;
+
+  std::lock_guard<std::mutex> lock(mu_);
+  if (last >= chunk_count_) return MarkOutcome::kOutOfRange;
+  // A persist may have completed since the test above.
+  if (AllDurable(durable_.load(std::memory_order_relaxed), first, last)) return MarkOutcome::kDurable;
+  for (uint64_t w = first / 64; w <= last / 64; ++w) SetBitsLocked(w, MaskFor(w, first, last));
+  // Bits set before the persist in progress started are written by it and
+  // release this request when it completes; new bits need the next one.
+  req->done = started_seq_ + 1;
+  req->link = nullptr;
+  if (waiters_tail_ != nullptr) {
+    waiters_tail_->link = req;
+  } else {
+    waiters_head_ = req;
+  }
+  waiters_tail_ = req;
+  wanted_seq_ = std::max(wanted_seq_, req->done);
+  ++stats_.queued;
+  if (idle_) cv_.notify_one();
+  return MarkOutcome::kQueued;
+}
+
+Status ChangeTracker::Mark(uint64_t offset, uint64_t length) {
+  if (length == 0) return Status::Ok();
+  IoRequest req;
+  req.kind = IoKind::kWrite;
+  req.offset = offset;
+  req.length = length;
+  std::promise<int> done;
+  req.owner = &done;
+  req.loop = nullptr;  // continue on the persisting thread
+  req.on_cqe = [](IoRequest* r, int result) { static_cast<std::promise<int>*>(r->owner)->set_value(result); };
+  switch (MarkOrQueue(&req)) {
+    case MarkOutcome::kDurable:
+      return Status::Ok();
+    case MarkOutcome::kOutOfRange:
+      return Status::InvalidArgument("mark beyond the end of the volume");
+    case MarkOutcome::kQueued:
+      break;
+  }
+  return Status::FromErrno(done.get_future().get(), "persist change marks " + path_);
+}
+
+void ChangeTracker::Run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    if (wanted_seq_ > started_seq_) {
+      lock.unlock();
+      {
+        std::lock_guard<std::mutex> io(io_mu_);
+        (void)PersistLocked();  // a failure reaches the waiting requests
+      }
+      lock.lock();
+      continue;
+    }
+    if (stop_) return;
+    idle_ = true;
+    cv_.wait(lock);
+    idle_ = false;
+  }
+}
+
+Status ChangeTracker::PersistLocked() {
+  uint64_t seq;
+  std::vector<uint32_t> pages;
+  std::vector<uint64_t> copy;
+  bool header = false;
+  char header_page[kHeaderBytes];
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    seq = ++started_seq_;
+    pages.swap(dirty_pages_);
+    std::sort(pages.begin(), pages.end());
+    copy.resize(pages.size() * kWordsPerPage, 0);
+    for (size_t i = 0; i < pages.size(); ++i) {
+      page_dirty_[pages[i]] = 0;
+      const uint64_t begin = uint64_t{pages[i]} * kWordsPerPage;
+      const uint64_t end = std::min<uint64_t>(begin + kWordsPerPage, bits_.size());
+      std::copy(bits_.begin() + begin, bits_.begin() + end, copy.begin() + i * kWordsPerPage);
+    }
+    if (header_dirty_) {
+      header = true;
+      header_dirty_ = false;
+      SetFile s;
+      s.generation = generation_;
+      s.chunk_size = chunk_size_;
+      s.chunk_count = chunk_count_;
+      EncodeHeader(s, header_page);
+    }
+  }
+
+  // The file I/O runs with only io_mu_ held: requests keep marking (and
+  // queueing for the next persist) meanwhile.
+  Status st;
+  const bool io = header || !pages.empty();
+  if (io) {
+    if (header) st = PwriteAll(fd_, header_page, kHeaderBytes, 0, path_);
+    for (size_t i = 0; st.ok() && i < pages.size();) {
+      size_t j = i + 1;
+      while (j < pages.size() && pages[j] == pages[j - 1] + 1) ++j;  // one write per run of pages
+      st = PwriteAll(fd_, copy.data() + i * kWordsPerPage, (j - i) * kPageBytes,
+                     kHeaderBytes + uint64_t{pages[i]} * kPageBytes, path_);
+      i = j;
+    }
+    if (st.ok() && fdatasync(fd_) != 0) st = Status::FromErrno(errno, "fdatasync " + path_);
+  }
+
+  Released released;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (io && st.ok()) {
+      ++stats_.persists;
+      stats_.pages_written += pages.size();
+    }
+    IoRequest** link = &waiters_head_;
+    IoRequest* prev = nullptr;
+    if (st.ok()) {
+      DurableBits* d = durable_.load(std::memory_order_relaxed);
+      for (size_t i = 0; i < pages.size(); ++i) {
+        const uint64_t begin = uint64_t{pages[i]} * kWordsPerPage;
+        for (uint64_t k = 0; k < kWordsPerPage && begin + k < d->nwords; ++k) {
+          // copy ⊇ the durable word: bits only clear in Cut, under io_mu_.
+          d->w[begin + k].store(copy[i * kWordsPerPage + k], std::memory_order_release);
+        }
+      }
+      while (*link != nullptr) {
+        IoRequest* r = *link;
+        const uint64_t first = r->offset >> chunk_shift_;
+        const uint64_t last = (r->offset + r->length - 1) >> chunk_shift_;
+        if (AllDurable(d, first, last)) {
+          *link = r->link;
+          released.Add(r, 0);
+        } else {
+          prev = r;
+          link = &r->link;
+        }
+      }
+    } else {
+      ++stats_.failed_persists;
+      // Write the same pages again next time; fail the requests this persist
+      // was for (later ones get their own attempt).
+      for (uint32_t p : pages) {
+        if (!page_dirty_[p]) {
+          page_dirty_[p] = 1;
+          dirty_pages_.push_back(p);
+        }
+      }
+      header_dirty_ = header_dirty_ || header;
+      while (*link != nullptr) {
+        IoRequest* r = *link;
+        if (r->done <= seq) {
+          *link = r->link;
+          released.Add(r, -st.code());
+        } else {
+          prev = r;
+          link = &r->link;
+        }
+      }
+    }
+    waiters_tail_ = prev;
+  }
+  Dispatch(released);
+  return st;
+}
+
+void ChangeTracker::Dispatch(Released& released) {
+  for (auto& l : released.lists) {
+    auto run = [head = l.head] {
+      for (IoRequest* r = head; r != nullptr;) {
+        IoRequest* next = r->link;
+        r->link = nullptr;
+        r->on_cqe(r, r->inline_result);
+        r = next;
+      }
+    };
+    if (l.loop != nullptr) {
+      l.loop->Post(run);  // requests continue on their own loop's thread
+    } else {
+      run();
+    }
+  }
+}
+
+Result<ChangeSet> ChangeTracker::Cut() {
+  std::lock_guard<std::mutex> io(io_mu_);
+  ChangeSet cut;
+  cut.chunk_size = chunk_size_;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cut.generation = generation_;
+    cut.chunk_count = chunk_count_;
+  }
+  // The durable bits change only under io_mu_, which we hold. Bits marked
+  // but not yet durable belong to requests that have not reached the data
+  // file: they stay in the new epoch.
+  DurableBits* d = durable_.load(std::memory_order_acquire);
+  cut.words.resize(d->nwords);
+  for (uint64_t w = 0; w < d->nwords; ++w) cut.words[w] = d->w[w].load(std::memory_order_relaxed);
+
+  const std::string cut_path = CutPath(path_, cut.generation);
+  SetFile file;
+  file.generation = cut.generation;
+  file.chunk_size = cut.chunk_size;
+  file.chunk_count = cut.chunk_count;
+  file.flags = kFlagCutSet;
+  file.words = cut.words;
+  // First the cut set durable on its own, then clear the current set: a
+  // crash in between finds both and merges them.
+  EBS_RETURN_IF_ERROR(WriteSetFile(cut_path, file));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (uint64_t w = 0; w < cut.words.size(); ++w) {
+      if (cut.words[w] == 0) continue;
+      bits_[w] &= ~cut.words[w];
+      d->w[w].store(0, std::memory_order_release);  // every durable bit was cut
+      const uint64_t page = w / kWordsPerPage;
+      if (!page_dirty_[page]) {
+        page_dirty_[page] = 1;
+        dirty_pages_.push_back(static_cast<uint32_t>(page));
+      }
+    }
+    generation_ = cut.generation + 1;
+    header_dirty_ = true;
+  }
+  Status st = PersistLocked();
+  if (!st.ok()) {
+    // The current file may be half cleared, so <path>.<generation> may hold
+    // the only durable copy of these marks. Put them back in memory and keep
+    // the file unless they become durable again. The generation stays
+    // advanced so the file's name is never reused.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (uint64_t w = 0; w < cut.words.size(); ++w) SetBitsLocked(w, cut.words[w]);
+    }
+    if (PersistLocked().ok()) {
+      ::unlink(cut_path.c_str());
+      (void)SyncDir(DirOf(path_));
+    }
+    return st;
+  }
+  return cut;
+}
+
+Status ChangeTracker::Commit(uint64_t generation) {
+  std::lock_guard<std::mutex> io(io_mu_);
+  const std::string cut_path = CutPath(path_, generation);
+  if (::unlink(cut_path.c_str()) != 0) {
+    if (errno == ENOENT) return Status::NotFound("no pending change set " + cut_path);
+    return Status::FromErrno(errno, "remove " + cut_path);
+  }
+  return SyncDir(DirOf(path_));
+}
+
+Status ChangeTracker::Abort(uint64_t generation) {
+  std::lock_guard<std::mutex> io(io_mu_);
+  const std::string cut_path = CutPath(path_, generation);
+  auto set = ReadSetFile(cut_path);
+  if (!set.ok()) {
+    if (set.status().code() == ENOENT) return Status::NotFound("no pending change set " + cut_path);
+    return set.status();
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ForEachCoveringWord(*set, chunk_size_, chunk_count_, [&](uint64_t w, uint64_t mask) { SetBitsLocked(w, mask); });
+  }
+  // Only once the marks are durable in the current set may the cut set go.
+  EBS_RETURN_IF_ERROR(PersistLocked());
+  if (::unlink(cut_path.c_str()) != 0) return Status::FromErrno(errno, "remove " + cut_path);
+  return SyncDir(DirOf(path_));
+}
+
+Status ChangeTracker::Resize(uint64_t new_volume_size) {
+  std::lock_guard<std::mutex> io(io_mu_);
+  const uint64_t count = ChunksFor(new_volume_size, chunk_size_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (count < chunk_count_) return Status::InvalidArgument("a volume cannot shrink");
+    if (count == chunk_count_) return Status::Ok();
+  }
+  // The file grows (with zeros) before the header claims the new size, so a
+  // crash in between leaves a consistent, older file.
+  if (ftruncate(fd_, static_cast<off_t>(FileBytes(count))) != 0) {
+    return Status::FromErrno(errno, "grow " + path_);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    GrowLocked(count);
+    header_dirty_ = true;
+  }
+  return PersistLocked();
+}
+
+Status ChangeTracker::MarkAll() {
+  std::lock_guard<std::mutex> io(io_mu_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (uint64_t w = 0; w < bits_.size(); ++w) SetBitsLocked(w, ValidMask(w, chunk_count_));
+  }
+  return PersistLocked();
+}
+
+ChangeSet ChangeTracker::Marked() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  ChangeSet s;
+  s.generation = generation_;
+  s.chunk_size = chunk_size_;
+  s.chunk_count = chunk_count_;
+  const DurableBits* d = durable_.load(std::memory_order_relaxed);
+  s.words.resize(d->nwords);
+  for (uint64_t w = 0; w < d->nwords; ++w) s.words[w] = d->w[w].load(std::memory_order_relaxed);
+  return s;
+}
+
+uint64_t ChangeTracker::generation() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return generation_;
+}
+
+uint64_t ChangeTracker::chunk_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return chunk_count_;
+}
+
+ChangeTracker::Stats ChangeTracker::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+// --- ChangeTrackingLayer --------------------------------------------------------
+
+void ChangeTrackingLayer::Submit(EventLoop& loop, IoRequest* req) {
+  const bool changes =
+      req->kind == IoKind::kWrite || req->kind == IoKind::kTrim || req->kind == IoKind::kWriteZeroes;
+  if (!changes || req->length == 0) {
+    next_->Submit(loop, req);
+    return;
+  }
+  req->loop = &loop;
+  req->layer = this;
+  req->on_cqe = &ChangeTrackingLayer::Resume;
+  switch (tracker_->MarkOrQueue(req)) {
+    case ChangeTracker::MarkOutcome::kDurable:
+      next_->Submit(loop, req);
+      return;
+    case ChangeTracker::MarkOutcome::kQueued:
+      return;  // Resume continues it
+    case ChangeTracker::MarkOutcome::kOutOfRange:
+      loop.Post([req] { req->Finish(-EINVAL); });  // never complete inside Submit
+      return;
+  }
+}
+
+void ChangeTrackingLayer::Resume(IoRequest* req, int result) {
+  auto* self = static_cast<ChangeTrackingLayer*>(req->layer);
+  if (result < 0) {
+    req->Finish(result);  // the marks are not durable: the data must not change
+    return;
+  }
+  self->next_->Submit(*req->loop, req);
+}
+
+Status ChangeTrackingLayer::Resize(uint64_t new_size) {
+  EBS_RETURN_IF_ERROR(tracker_->Resize(new_size));
+  return next_->Resize(new_size);
+}
+
+}  // namespace ebs
