@@ -12,5 +12,6 @@ namespace ebs::cli {
 
 void AddVolumeCommands(CLI::App* app, Context* ctx, std::function<int()>* action);
 void AddServeCommand(CLI::App* app, Context* ctx, std::function<int()>* action);
+void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* action);
 
 }  // namespace ebs::cli

@@ -13,7 +13,9 @@ namespace ebs::cli {
 
 struct Context {
   std::string data_dir = "./ebs-data";
+  std::string store;  // snapshot store; empty: DATA_DIR/store
   bool json = false;
+  std::string StorePath() const { return store.empty() ? data_dir + "/store" : store; }
 };
 
 // Sends {"cmd": cmd, "args": args} to the server through DATA_DIR/control.sock

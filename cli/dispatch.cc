@@ -6,6 +6,7 @@
 #include "context.h"
 #include "ebs/engine/control.h"
 #include "ebs/engine/volume_manager.h"
+#include "ebs/snapshot/snapshot_service.h"
 
 namespace ebs::cli {
 
@@ -24,6 +25,13 @@ Result<nlohmann::json> Dispatch(const Context& ctx, const std::string& cmd, cons
   if (!manager.ok()) return manager.status();
   CommandRegistry registry;
   RegisterVolumeCommands(&registry, manager->get());
+  std::unique_ptr<snapshot::SnapshotService> snapshots;
+  if (cmd.rfind("snapshot.", 0) == 0 || cmd.rfind("store.", 0) == 0) {
+    auto s = snapshot::SnapshotService::Open(ctx.StorePath(), manager->get());
+    if (!s.ok()) return s.status();
+    snapshots = std::move(*s);
+    snapshot::RegisterSnapshotCommands(&registry, snapshots.get());
+  }
   return ReplyToResult(registry.Handle(request));
 }
 

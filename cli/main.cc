@@ -18,10 +18,12 @@ int main(int argc, char** argv) {
   app.add_option("--data-dir", ctx.data_dir,
                  "data directory: catalog, volume data files, sockets (env EBS_DATA_DIR; default ./ebs-data)");
   app.add_flag("--json", ctx.json, "print one JSON document instead of text");
+  app.add_option("--store", ctx.store, "snapshot store directory (default DATA_DIR/store)");
 
   std::function<int()> action;
   ebs::cli::AddVolumeCommands(&app, &ctx, &action);
   ebs::cli::AddServeCommand(&app, &ctx, &action);
+  ebs::cli::AddSnapshotCommands(&app, &ctx, &action);
 
   try {
     app.parse(argc, argv);
@@ -32,5 +34,6 @@ int main(int argc, char** argv) {
   if (!ctx.data_dir.empty() && ctx.data_dir[0] != '/') {
     ctx.data_dir = std::filesystem::current_path().string() + "/" + ctx.data_dir;
   }
+  if (!ctx.store.empty() && ctx.store[0] != '/') ctx.store = std::filesystem::current_path().string() + "/" + ctx.store;
   return action ? action() : 0;
 }

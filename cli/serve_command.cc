@@ -16,6 +16,7 @@
 #include "ebs/engine/metrics_exporter.h"
 #include "ebs/engine/volume_manager.h"
 #include "ebs/nbd/server.h"
+#include "ebs/snapshot/snapshot_service.h"
 
 namespace ebs::cli {
 namespace {
@@ -68,6 +69,9 @@ int Serve(const Context& ctx, const ServeArgs& a) {
 
   CommandRegistry registry;
   RegisterVolumeCommands(&registry, manager->get());
+  auto snapshots = snapshot::SnapshotService::Open(ctx.StorePath(), manager->get());
+  if (!snapshots.ok()) return Fail(snapshots.status());
+  snapshot::RegisterSnapshotCommands(&registry, snapshots->get());
   auto control = ControlServer::Start(ctx.data_dir + "/control.sock", &registry);
   if (!control.ok()) return Fail(control.status());
 
@@ -117,6 +121,7 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   for (auto& loop : loops) loop->Stop();
   server->reset();
   loops.clear();
+  snapshots->reset();
   manager->reset();  // closes the catalog; data files were synced as volumes closed
   fmt::print("ebs: stopped\n");
   return 0;

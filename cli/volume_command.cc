@@ -18,6 +18,7 @@ struct VolumeArgs {
   std::string size;
   std::optional<int64_t> iops;
   std::optional<int64_t> throughput;
+  std::string snapshot;
   bool force = false;
 };
 
@@ -79,13 +80,10 @@ int Run(const Context& ctx, const std::string& cmd, const Result<nlohmann::json>
 
 void AddParams(CLI::App* c, VolumeArgs* a, bool create) {
   auto* type = c->add_option("--type", a->type, "volume type: gp2, gp3, io1, io2, st1, sc1, standard");
-  auto* size = c->add_option("--size", a->size,
-                             create ? "size in whole GiB, with a suffix: 10G, 10GiB, 1T, or bytes"
+  c->add_option("--size", a->size,
+                             create ? "size in whole GiB, with a suffix: 10G, 10GiB, 1T, or bytes (required unless --snapshot)"
                                     : "new size (grow only): 20G, 1T, or bytes");
-  if (create) {
-    type->default_str("gp3");
-    size->required();
-  }
+  if (create) type->default_str("gp3");
   c->add_option("--iops", a->iops, "provisioned IOPS (gp3, io1, io2)");
   c->add_option("--throughput", a->throughput, "provisioned throughput in MiB/s (gp3 only)");
 }
@@ -101,7 +99,18 @@ void AddVolumeCommands(CLI::App* app, Context* ctx, std::function<int()>* action
   create->add_option("name", a->name, "volume name ([A-Za-z0-9][A-Za-z0-9._-]{0,63}); also the NBD export name")
       ->required();
   AddParams(create, a.get(), true);
-  create->callback([=] { *action = [=] { return Run(*ctx, "volume.create", ToArgs(*a), true); }; });
+  create->add_option("--snapshot", a->snapshot, "restore from this snapshot (same as `ebs snapshot restore`)");
+  create->callback([=] {
+    *action = [=] {
+      if (a->snapshot.empty()) return Run(*ctx, "volume.create", ToArgs(*a), true);
+      auto args = ToArgs(*a);
+      if (args.ok()) {
+        (*args)["id"] = a->snapshot;
+        (*args)["volume"] = a->name;
+      }
+      return Run(*ctx, "snapshot.restore", args, true);
+    };
+  });
 
   auto* list = vol->add_subcommand("list", "list volumes");
   list->callback([=] {

@@ -331,9 +331,30 @@ Result<VolumeInfo> VolumeManager::Modify(const std::string& name, const VolumePa
   return InfoLocked(std::move(*r));
 }
 
+Status VolumeManager::BeginExclusive(const std::string& name) {
+  EBS_RETURN_IF_ERROR(ValidateName(name));
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = open_.find(name);
+  if (it != open_.end() && it->second->attachments() > 0) {
+    return Status::Busy(fmt::format("VolumeInUse: volume '{}' has {} open connection(s); snapshots of volumes in "
+                                    "use are not supported yet: disconnect them first",
+                                    name, it->second->attachments()));
+  }
+  if (!exclusive_.insert(name).second) return Status::Busy("volume '" + name + "' is busy with another operation");
+  return Status::Ok();
+}
+
+void VolumeManager::EndExclusive(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  exclusive_.erase(name);
+}
+
 Result<std::unique_ptr<VolumeAttachment>> VolumeManager::Attach(const std::string& name) {
   EBS_RETURN_IF_ERROR(ValidateName(name));
   std::lock_guard<std::mutex> lock(mu_);
+  if (exclusive_.count(name)) {
+    return Status::Busy("volume '" + name + "' is busy (a snapshot or restore is in progress); try again shortly");
+  }
   auto it = open_.find(name);
   std::shared_ptr<Volume> vol;
   if (it != open_.end()) {

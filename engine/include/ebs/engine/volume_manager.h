@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -100,8 +101,13 @@ class VolumeManager {
   // Refuses a volume in use unless `force`; forced, its attachments see deleted().
   Status Delete(const std::string& name, bool force);
   Result<VolumeInfo> Modify(const std::string& name, const VolumeParams& params);
-  // Opens the volume for I/O.
+  // Opens the volume for I/O. EBUSY while the volume is held exclusive.
   Result<std::unique_ptr<VolumeAttachment>> Attach(const std::string& name);
+  // Keeps `name` from being attached until EndExclusive (a snapshot or a
+  // restore works on its data file meanwhile). Refused (VolumeInUse) while
+  // it has open connections. The name need not exist yet.
+  Status BeginExclusive(const std::string& name);
+  void EndExclusive(const std::string& name);
   // The CloudWatch-style counters and the throttle's state (zeros for a
   // volume not opened since the manager started).
   Result<nlohmann::json> Stats(const std::string& name);
@@ -131,6 +137,7 @@ class VolumeManager {
   std::unique_ptr<ThrottleScheduler> scheduler_;         // GUARDED_BY(mu_); started on first attach
   std::unique_ptr<Catalog> catalog_;                     // GUARDED_BY(mu_)
   std::map<std::string, std::shared_ptr<Volume>> open_;  // GUARDED_BY(mu_)
+  std::set<std::string> exclusive_;                      // GUARDED_BY(mu_)
 };
 
 }  // namespace ebs

@@ -1,0 +1,186 @@
+// `ebs snapshot create|list|describe|restore|diff|verify|delete` and
+// `ebs store gc|check`.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "context.h"
+#include "ebs/engine/size.h"
+
+namespace ebs::cli {
+namespace {
+
+struct SnapshotArgs {
+  std::vector<std::string> volumes;
+  std::string id, from, to, volume, description, type, size;
+  std::optional<int64_t> iops, throughput;
+};
+
+std::string Str(const nlohmann::json& v) {
+  if (v.is_null()) return "-";
+  return v.is_string() ? v.get<std::string>() : v.dump();
+}
+
+void PrintSnapshot(const nlohmann::json& s) {
+  fmt::print("{:<22} {:<10} {:<16} {:>10} {:>10} {:>10} {:>6} {}\n", Str(s["id"]), Str(s["state"]), Str(s["volume"]),
+             FormatSize(s["logical_bytes"].get<uint64_t>()), FormatSize(s["changed_bytes"].get<uint64_t>()),
+             FormatSize(s["stored_bytes"].get<uint64_t>()), fmt::format("{:.2f}", s["compression_ratio"].get<double>()),
+             Str(s["created"]));
+}
+
+void PrintSnapshotHeader() {
+  fmt::print("{:<22} {:<10} {:<16} {:>10} {:>10} {:>10} {:>6} {}\n", "ID", "STATE", "VOLUME", "LOGICAL", "CHANGED",
+             "STORED", "RATIO", "CREATED");
+}
+
+// Runs a command; prints JSON, or `text` for humans.
+int Run(const Context& ctx, const std::string& cmd, const nlohmann::json& args,
+        const std::function<void(const nlohmann::json&)>& text) {
+  auto r = Dispatch(ctx, cmd, args);
+  if (!r.ok()) return Fail(r.status());
+  if (ctx.json) {
+    fmt::print("{}\n", r->dump(2));
+  } else {
+    text(*r);
+  }
+  return 0;
+}
+
+}  // namespace
+
+void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* action) {
+  auto a = std::make_shared<SnapshotArgs>();
+  auto* snap = app->add_subcommand("snapshot", "point-in-time, incremental snapshots of volumes");
+  snap->require_subcommand(1);
+
+  auto* create = snap->add_subcommand("create", "snapshot one or more volumes (several: one instant for all)");
+  create->add_option("volumes", a->volumes, "volume names")->required();
+  create->add_option("--description", a->description, "free text kept with the snapshot");
+  create->callback([=] {
+    *action = [=] {
+      return Run(*ctx, "snapshot.create", {{"volumes", a->volumes}, {"description", a->description}},
+                 [](const nlohmann::json& r) {
+                   PrintSnapshotHeader();
+                   for (const auto& s : r) PrintSnapshot(s);
+                 });
+    };
+  });
+
+  auto* list = snap->add_subcommand("list", "list snapshots");
+  list->callback([=] {
+    *action = [=] {
+      return Run(*ctx, "snapshot.list", nlohmann::json::object(), [](const nlohmann::json& r) {
+        PrintSnapshotHeader();
+        for (const auto& s : r) PrintSnapshot(s);
+      });
+    };
+  });
+
+  auto* describe = snap->add_subcommand("describe", "show a snapshot");
+  describe->add_option("id", a->id, "snapshot id")->required();
+  describe->callback([=] {
+    *action = [=] {
+      return Run(*ctx, "snapshot.describe", {{"id", a->id}}, [](const nlohmann::json& s) {
+        for (const auto& [k, v] : s.items()) fmt::print("{:<18} {}\n", k + ":", Str(v));
+      });
+    };
+  });
+
+  auto* restore = snap->add_subcommand("restore", "create a volume from a snapshot (fully copied before use)");
+  restore->add_option("id", a->id, "snapshot id")->required();
+  restore->add_option("--volume", a->volume, "name of the new volume")->required();
+  restore->add_option("--type", a->type, "volume type (default gp3)");
+  restore->add_option("--size", a->size, "size (default: the snapshot's; may be larger)");
+  restore->add_option("--iops", a->iops, "provisioned IOPS (gp3, io1, io2)");
+  restore->add_option("--throughput", a->throughput, "provisioned throughput in MiB/s (gp3)");
+  restore->callback([=] {
+    *action = [=] {
+      nlohmann::json args = {{"id", a->id}, {"volume", a->volume}};
+      if (!a->type.empty()) args["type"] = a->type;
+      if (!a->size.empty()) {
+        auto b = ParseSize(a->size);
+        if (!b.ok()) return Fail(b.status());
+        args["size_bytes"] = *b;
+      }
+      if (a->iops) args["iops"] = *a->iops;
+      if (a->throughput) args["throughput_mibps"] = *a->throughput;
+      return Run(*ctx, "snapshot.restore", args, [](const nlohmann::json& v) {
+        fmt::print("restored {} ({}, {}) from {}\n", Str(v["name"]), Str(v["type"]), Str(v["size"]),
+                   Str(v["source_snapshot"]));
+      });
+    };
+  });
+
+  auto* diff = snap->add_subcommand("diff", "chunks that changed between two snapshots of a volume");
+  diff->add_option("from", a->from, "older snapshot id")->required();
+  diff->add_option("to", a->to, "newer snapshot id")->required();
+  diff->callback([=] {
+    *action = [=] {
+      return Run(*ctx, "snapshot.diff", {{"from", a->from}, {"to", a->to}}, [](const nlohmann::json& d) {
+        fmt::print("{} chunks of {} changed\n", d["changed_chunks"].get<uint64_t>(),
+                   FormatSize(d["chunk_size"].get<uint64_t>()));
+        for (const auto& c : d["chunks"]) {
+          fmt::print("chunk {:>10}  offset {:>14}  length {:>8}{}\n", c["chunk"].get<uint64_t>(),
+                     c["offset"].get<uint64_t>(), c["length"].get<uint64_t>(), c["zero"].get<bool>() ? "  (zeroed)" : "");
+        }
+      });
+    };
+  });
+
+  auto* verify = snap->add_subcommand("verify", "read and check every object of a snapshot");
+  verify->add_option("id", a->id, "snapshot id")->required();
+  verify->callback([=] {
+    *action = [=] {
+      auto r = Dispatch(*ctx, "snapshot.verify", {{"id", a->id}});
+      if (!r.ok()) return Fail(r.status());
+      if (ctx->json) {
+        fmt::print("{}\n", r->dump(2));
+      } else {
+        fmt::print("{}: {} chunks checked, {}\n", a->id, (*r)["chunks_checked"].get<uint64_t>(),
+                   (*r)["ok"].get<bool>() ? "all good" : fmt::format("{} bad", (*r)["bad"].size()));
+        for (const auto& b : (*r)["bad"]) fmt::print("  bad: chunk {} {}: {}\n", Str(b.value("chunk", nlohmann::json())),
+                                                     Str(b["object"]), Str(b["error"]));
+      }
+      return (*r)["ok"].get<bool>() ? 0 : 2;
+    };
+  });
+
+  auto* del = snap->add_subcommand("delete", "delete a snapshot (frees only what no other snapshot needs)");
+  del->add_option("id", a->id, "snapshot id")->required();
+  del->callback([=] {
+    *action = [=] {
+      return Run(*ctx, "snapshot.delete", {{"id", a->id}}, [&](const nlohmann::json& r) {
+        fmt::print("deleted {} ({} objects freed)\n", Str(r["id"]), r["objects_freed"].get<uint64_t>());
+      });
+    };
+  });
+
+  auto* store = app->add_subcommand("store", "snapshot store maintenance");
+  store->require_subcommand(1);
+  auto* gc = store->add_subcommand("gc", "remove objects no snapshot references");
+  gc->callback([=] {
+    *action = [=] {
+      return Run(*ctx, "store.gc", nlohmann::json::object(), [](const nlohmann::json& r) {
+        fmt::print("{} objects examined, {} removed\n", r["objects_examined"].get<uint64_t>(),
+                   r["objects_removed"].get<uint64_t>());
+      });
+    };
+  });
+  auto* check = store->add_subcommand("check", "every referenced object exists and every object is referenced");
+  check->callback([=] {
+    *action = [=] {
+      auto r = Dispatch(*ctx, "store.check", nlohmann::json::object());
+      if (!r.ok()) return Fail(r.status());
+      if (ctx->json) {
+        fmt::print("{}\n", r->dump(2));
+      } else {
+        fmt::print("{} objects, {} referenced: {}\n", (*r)["objects"].get<uint64_t>(),
+                   (*r)["referenced"].get<uint64_t>(), (*r)["ok"].get<bool>() ? "clean" : "PROBLEMS");
+        for (const auto& p : (*r)["problems"]) fmt::print("  {}: {}\n", Str(p["object"]), Str(p["error"]));
+      }
+      return (*r)["ok"].get<bool>() ? 0 : 2;
+    };
+  });
+}
+
+}  // namespace ebs::cli
