@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Snapshots through the real binary and real NBD clients: a chain of five
+# with random changes, deletes in the middle, restores byte-identical to the
+# volume at each time; incremental and deduplicated storage; diff; verify and
+# restore refusing a corrupt object; store check and gc; clear errors.
+source "$(dirname "$0")/lib.sh"
+need nbdcopy
+
+W="$PY $E2E_DIR/snapshot_workload.py"
+js() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
+objects() { find "$EBS_DATA_DIR/store/chunks" -type f 2>/dev/null | wc -l; }
+image() { nbdcopy "$(uri "$1")" "$T/$2.img"; }  # sparse copy of a volume
+
+"$EBS" volume create a --size 1G >/dev/null
+start_server
+$W "$(uri a)" init
+
+declare -a IDS CHANGED
+for i in 1 2 3 4 5; do
+  IDS[$i]=$("$EBS" snapshot create a --description "step $i" --json | js 'd[0]["id"]')
+  image a "a$i"
+  CHANGED[$i]=$($W "$(uri a)" mutate "$((i + 10))" 3)
+done
+pass "five snapshots: ${IDS[*]}"
+
+# Describe: completed, parent chain, sizes.
+d=$("$EBS" snapshot describe "${IDS[3]}" --json)
+[ "$(echo "$d" | js 'd["state"]')" = completed ] || fail "snapshot 3 not completed"
+[ "$(echo "$d" | js 'd["parent"]')" = "${IDS[2]}" ] || fail "snapshot 3's parent is not snapshot 2"
+[ "$(echo "$d" | js 'd["changed_bytes"] <= 3 * 524288')" = True ] || fail "snapshot 3 changed more than 3 chunks"
+[ "$("$EBS" snapshot describe "${IDS[1]}" --json | js 'd["stored_bytes"] < d["logical_bytes"]')" = True ] \
+  || fail "the first snapshot's text chunks were not compressed"
+pass "describe: state, parent, changed and stored sizes"
+
+# Diff between 3 and 5 = the chunks changed after taking 3 and after taking 4.
+want=$(echo "${CHANGED[3]} ${CHANGED[4]}" | tr ' ' '\n' | sort -n | uniq | tr '\n' ' ')
+got=$("$EBS" snapshot diff "${IDS[3]}" "${IDS[5]}" --json | js '" ".join(str(c["chunk"]) for c in d["chunks"])')
+[ "$(echo "$got" | tr ' ' '\n' | sort -n | tr '\n' ' ')" = "$want" ] || fail "diff 3..5: got '$got', want '$want'"
+pass "diff lists exactly the changed chunks"
+
+# Incremental: k changed chunks store at most k objects; zeros store nothing;
+# the same data in another volume stores nothing new.
+"$EBS" snapshot create a >/dev/null  # takes in the changes made after snapshot 5
+before=$(objects)
+$W "$(uri a)" mutate 99 3 >/dev/null
+"$EBS" snapshot create a >/dev/null
+after=$(objects)
+[ $((after - before)) -le 2 ] || fail "3 changed chunks (one zeroed) stored $((after - before)) objects"
+$W "$(uri a)" zero-chunk 1500
+before=$(objects); "$EBS" snapshot create a >/dev/null; after=$(objects)
+[ "$after" = "$before" ] || fail "a zero chunk was stored"
+"$EBS" volume create b --size 1G >/dev/null
+nbdcopy "$(uri a)" "$(uri b)"
+before=$(objects); "$EBS" snapshot create b >/dev/null; after=$(objects)
+[ "$after" = "$before" ] || fail "identical data in a second volume stored $((after - before)) new objects"
+pass "incremental and deduplicated"
+
+# Delete 2 and 4, restore 1, 3 and 5: byte-identical to the volume then.
+"$EBS" snapshot delete "${IDS[2]}" >/dev/null
+"$EBS" snapshot delete "${IDS[4]}" >/dev/null
+for i in 1 3 5; do
+  "$EBS" snapshot restore "${IDS[$i]}" --volume "r$i" >/dev/null
+  image "r$i" "r$i"
+  cmp "$T/a$i.img" "$T/r$i.img" || fail "restore of snapshot $i differs from the volume at its time"
+done
+"$EBS" volume create r5b --snapshot "${IDS[5]}" >/dev/null
+image r5b r5b
+cmp "$T/a5.img" "$T/r5b.img" || fail "volume create --snapshot differs"
+[ "$("$EBS" volume describe r3 --json | js 'd["source_snapshot"]')" = "${IDS[3]}" ] || fail "source snapshot not recorded"
+pass "restores after deleting snapshots 2 and 4 are byte-identical"
+
+"$EBS" store check >/dev/null || fail "store check not clean: $("$EBS" store check)"
+[ "$("$EBS" store gc --json | js 'd["objects_removed"]')" = 0 ] || fail "gc found garbage that delete should have freed"
+"$EBS" store check >/dev/null || fail "store check not clean after gc"
+pass "store check clean, gc leaves exactly what the snapshots need"
+
+# Clear errors for bad input; nothing changes.
+expect_fail() {  # expect_fail PATTERN CMD...
+  local pattern=$1; shift
+  local out rc=0
+  out=$("$@" 2>&1) || rc=$?
+  [ $rc -ne 0 ] || fail "'$*' succeeded"
+  echo "$out" | grep -q -- "$pattern" || fail "'$*' said '$out', expected '$pattern'"
+}
+expect_fail "does not exist" "$EBS" snapshot describe snap-00000000000000000
+expect_fail "does not exist" "$EBS" snapshot restore snap-00000000000000000 --volume x
+expect_fail "already exists" "$EBS" snapshot restore "${IDS[1]}" --volume r1
+expect_fail "different volumes" "$EBS" snapshot diff "${IDS[1]}" "$("$EBS" snapshot list --json | js '[s["id"] for s in d if s["volume"]=="b"][0]')"
+# A volume with an open connection cannot be snapshotted yet: refused, clearly.
+"$PY" "$E2E_DIR/hold_connection.py" "$(uri a)" "$T/held" idle 30 &
+HOLD=$!
+for _ in $(seq 1 100); do grep -q ready "$T/held" 2>/dev/null && break; sleep 0.05; done
+expect_fail "VolumeInUse" "$EBS" snapshot create a
+kill "$HOLD" 2>/dev/null; wait "$HOLD" 2>/dev/null || true
+pass "clear errors"
+
+# Corruption: one flipped byte in an object of snapshot 5.
+obj=$(find "$EBS_DATA_DIR/store/chunks" -type f | sort | head -n 1)
+"$PY" - "$obj" <<'PYEOF'
+import sys
+p = sys.argv[1]
+b = bytearray(open(p, "rb").read())
+b[len(b) // 2] ^= 0x5A
+open(p, "wb").write(bytes(b))
+PYEOF
+bad_in=""
+for i in 1 3 5; do
+  rc=0; out=$("$EBS" snapshot verify "${IDS[$i]}" 2>&1) || rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "$out" | grep -q "bad: chunk" || fail "verify did not name the bad chunk: $out"
+    bad_in="$bad_in $i"
+    expect_fail "corrupt\|checksum\|mismatch" "$EBS" snapshot restore "${IDS[$i]}" --volume "bad$i"
+    "$EBS" volume describe "bad$i" >/dev/null 2>&1 && fail "a refused restore left volume bad$i behind"
+  fi
+done
+[ -n "$bad_in" ] || fail "no snapshot's verify noticed the flipped byte"
+rc=0; "$EBS" store check >/dev/null || rc=$?
+pass "a flipped byte is reported by verify (snapshots$bad_in) and restore refuses"
+stop_server
