@@ -202,6 +202,27 @@ Status WriteSetFile(const std::string& path, const SetFile& s) {
   return SyncDir(DirOf(path));
 }
 
+// What a file in the tracking file's directory is to the tracker of `base`:
+// `base` itself, a cut set `base.<generation>`, a temporary file
+// (`base.tmp`, `base.<generation>.tmp`: an unfinished atomic write), or not
+// ours.
+enum class FileRole { kOther, kMain, kCut, kTemporary };
+
+FileRole RoleOf(const std::string& base, const std::string& name) {
+  if (name == base) return FileRole::kMain;
+  if (name.size() <= base.size() + 1 || name.compare(0, base.size() + 1, base + ".") != 0) return FileRole::kOther;
+  std::string rest = name.substr(base.size() + 1);
+  auto generation = [](const std::string& s) {
+    return !s.empty() && s.size() <= 20 &&
+           std::all_of(s.begin(), s.end(), [](unsigned char c) { return c >= '0' && c <= '9'; });
+  };
+  if (rest == "tmp") return FileRole::kTemporary;
+  if (rest.size() > 4 && rest.compare(rest.size() - 4, 4, ".tmp") == 0) {
+    return generation(rest.substr(0, rest.size() - 4)) ? FileRole::kTemporary : FileRole::kOther;
+  }
+  return generation(rest) ? FileRole::kCut : FileRole::kOther;
+}
+
 // Calls set_word(w, mask) for the words of a bitmap of `dst_count` chunks of
 // `dst_cs` bytes that must be marked to cover every chunk marked in `src`.
 template <typename F>
@@ -305,22 +326,16 @@ Result<std::shared_ptr<ChangeTracker>> ChangeTracker::Open(const std::string& pa
   std::vector<std::string> cut_paths;
   {
     std::error_code ec;
-    auto digits = [](const std::string& s) {
-      return std::all_of(s.begin(), s.end(), [](unsigned char c) { return c >= '0' && c <= '9'; });
-    };
     for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-      const std::string name = entry.path().filename().string();
-      if (name.size() <= base.size() + 1 || name.compare(0, base.size() + 1, base + ".") != 0) continue;
-      std::string rest = name.substr(base.size() + 1);
-      const bool tmp = rest.size() >= 3 && rest.compare(rest.size() - 3, 3, "tmp") == 0;
-      if (tmp) rest.resize(rest.size() - 3);
-      if (tmp && (rest.empty() || rest.back() == '.')) {
-        if (!rest.empty()) rest.pop_back();
-        if (digits(rest)) ::unlink(entry.path().c_str());
-        continue;
-      }
-      if (!tmp && !rest.empty() && rest.size() <= 20 && digits(rest)) {
-        cut_paths.push_back(entry.path().string());
+      switch (RoleOf(base, entry.path().filename().string())) {
+        case FileRole::kCut:
+          cut_paths.push_back(entry.path().string());
+          break;
+        case FileRole::kTemporary:
+          ::unlink(entry.path().c_str());
+          break;
+        default:
+          break;
       }
     }
     if (ec) return Status::FromErrno(ec.value(), "list " + dir);
@@ -529,7 +544,7 @@ Status ChangeTracker::Mark(uint64_t offset, uint64_t length) {
 void ChangeTracker::Run() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    if (wanted_seq_ > started_seq_) {
+    if (wanted_seq_ > started_seq_ && !hold_persists_) {
       lock.unlock();
       {
         std::lock_guard<std::mutex> io(io_mu_);
@@ -704,6 +719,15 @@ Result<ChangeSet> ChangeTracker::Cut() {
         dirty_pages_.push_back(static_cast<uint32_t>(page));
       }
     }
+    // A queued request has not reached the data file: it belongs to the new
+    // epoch, all of it, including chunks that were durable (and so just cut).
+    // Re-mark those; this cut's persist releases the request.
+    for (IoRequest* r = waiters_head_; r != nullptr; r = r->link) {
+      const uint64_t first = r->offset >> chunk_shift_;
+      const uint64_t last = (r->offset + r->length - 1) >> chunk_shift_;
+      for (uint64_t w = first / 64; w <= last / 64; ++w) SetBitsLocked(w, MaskFor(w, first, last));
+      r->done = started_seq_ + 1;
+    }
     generation_ = cut.generation + 1;
     header_dirty_ = true;
   }
@@ -804,6 +828,32 @@ uint64_t ChangeTracker::generation() const {
 uint64_t ChangeTracker::chunk_count() const {
   std::lock_guard<std::mutex> lock(mu_);
   return chunk_count_;
+}
+
+void ChangeTracker::TEST_HoldPersists(bool hold) {
+  std::lock_guard<std::mutex> lock(mu_);
+  hold_persists_ = hold;
+  cv_.notify_all();
+}
+
+Status ChangeTracker::Remove(const std::string& path) {
+  const std::string dir = DirOf(path);
+  const std::string base = std::filesystem::path(path).filename().string();
+  std::error_code ec;
+  std::vector<std::string> doomed;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (RoleOf(base, entry.path().filename().string()) != FileRole::kOther) doomed.push_back(entry.path().string());
+  }
+  if (ec) return Status::FromErrno(ec.value(), "list " + dir);
+  // Cut sets first: a crash part way leaves no cut set without its main file
+  // to be merged into a later, unrelated volume of the same name.
+  auto is_main = [&](const std::string& p) { return std::filesystem::path(p).filename() == base; };
+  std::sort(doomed.begin(), doomed.end(),
+            [&](const std::string& a, const std::string& b) { return is_main(a) < is_main(b); });
+  for (const auto& p : doomed) {
+    if (::unlink(p.c_str()) != 0 && errno != ENOENT) return Status::FromErrno(errno, "remove " + p);
+  }
+  return SyncDir(dir);
 }
 
 ChangeTracker::Stats ChangeTracker::stats() const {

@@ -20,6 +20,8 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <future>
 #include <iostream>
 #include <random>
 #include <set>
@@ -364,7 +366,9 @@ TEST_F(ChangeTrackerTest, GroupCommitBatchesFirstTouchWrites) {
 TEST_F(ChangeTrackerTest, CutCommitAbortAndRestart) {
   Build(8 * kMiB, 512 * kKiB);  // 16 chunks
   std::vector<char> buf(4096, 'a');
-  auto write_chunk = [&](uint64_t c) { return RunIo(*loop_a_, *layer_, IoKind::kWrite, c * chunk_size_, 4096, buf.data()); };
+  auto write_chunk = [&](uint64_t c) {
+    return RunIo(*loop_a_, *layer_, IoKind::kWrite, c * chunk_size_, 4096, buf.data());
+  };
   for (uint64_t c : {1, 2, 3}) ASSERT_EQ(0, write_chunk(c));
   const uint64_t g1 = tracker_->generation();
 
@@ -429,6 +433,63 @@ TEST_F(ChangeTrackerTest, CutCommitAbortAndRestart) {
   EXPECT_EQ(0u, empty->Count());
   ASSERT_TRUE(tracker_->Commit(empty->generation).ok());
   EXPECT_EQ(0u, check_->violations.load());
+}
+
+// A request queued for its marks when the cut comes has not reached the
+// data file: it belongs to the new epoch, every chunk of it, including a
+// chunk that was durable before and went into the cut set.
+TEST_F(ChangeTrackerTest, RequestsQueuedAtACutLandInTheNewEpoch) {
+  Build(8 * kMiB, 512 * kKiB);
+  ASSERT_TRUE(tracker_->Mark(512 * kKiB, 1).ok());  // chunk 1 durable
+  tracker_->TEST_HoldPersists(true);
+  std::vector<char> buf(8192, 'q');
+  std::vector<Op> ops{{IoKind::kWrite, 1024 * kKiB - 4096, 8192, buf.data()},  // chunks 1 and 2
+                      {IoKind::kWrite, 5 * 512 * kKiB, 4096, buf.data()}};     // chunk 5
+  auto done = std::async(std::launch::async, [&] { return RunBatch(*loop_a_, *layer_, ops); });
+  while (tracker_->stats().queued < 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_EQ(0u, check_->changes_seen.load()) << "held: nothing may go down";
+
+  auto cut = tracker_->Cut();  // persists itself, so it releases the queued requests
+  ASSERT_TRUE(cut.ok());
+  EXPECT_EQ((std::vector<uint64_t>{1}), cut->Chunks());
+  ASSERT_EQ(std::future_status::ready, done.wait_for(std::chrono::seconds(5))) << "queued requests hang";
+  for (int r : done.get()) EXPECT_EQ(0, r);
+  EXPECT_EQ((std::set<uint64_t>{1, 2, 5}), ChunkSet(tracker_->Marked()));
+  ExpectMarkedOnDisk({1, 2, 5});
+  EXPECT_EQ(0u, check_->violations.load());
+  tracker_->TEST_HoldPersists(false);
+  ASSERT_TRUE(tracker_->Commit(cut->generation).ok());
+}
+
+TEST_F(ChangeTrackerTest, RemoveDeletesEveryFileOfAVolume) {
+  Build(8 * kMiB, 512 * kKiB);
+  ASSERT_TRUE(tracker_->Mark(0, 1).ok());
+  ASSERT_TRUE(tracker_->Cut().ok());
+  ASSERT_TRUE(tracker_->Mark(0, 1).ok());
+  ASSERT_TRUE(tracker_->Cut().ok());
+  const std::string other = dir_.path() + "/vol.changes-not-ours";
+  { std::ofstream(other) << "x"; }
+  layer_.reset();
+  tracker_.reset();
+  ASSERT_TRUE(ChangeTracker::Remove(changes_).ok());
+  std::vector<std::string> left;
+  for (const auto& e : std::filesystem::directory_iterator(dir_.path())) left.push_back(e.path().filename());
+  EXPECT_EQ((std::vector<std::string>{"vol.changes-not-ours"}), left);
+}
+
+TEST_F(ChangeTrackerTest, OpenRemovesUnfinishedTemporaryFiles) {
+  Build(8 * kMiB, 512 * kKiB);
+  ASSERT_TRUE(tracker_->Mark(0, 1).ok());
+  layer_.reset();
+  tracker_.reset();
+  // What a crash inside an atomic write leaves: never merged, just removed.
+  for (const char* leftover : {".tmp", ".7.tmp"}) {
+    std::ofstream(changes_ + leftover) << "half written";
+  }
+  Reopen(size_);
+  EXPECT_FALSE(std::filesystem::exists(changes_ + ".tmp"));
+  EXPECT_FALSE(std::filesystem::exists(changes_ + ".7.tmp"));
+  EXPECT_EQ((std::vector<uint64_t>{0}), tracker_->Marked().Chunks());
 }
 
 TEST_F(ChangeTrackerTest, MarkBlockingFormAndOutOfRange) {

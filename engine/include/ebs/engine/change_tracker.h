@@ -91,8 +91,9 @@ class ChangeTracker {
   // process died) is merged back into the current set and removed: that
   // snapshot did not complete, so the next one must include its changes.
   // Errors: ENOENT (missing and kFail), EBADMSG (a file is damaged: bad
-  // magic, version, checksum or truncated; the caller may delete it and
+  // magic, version, checksum or truncated; the caller may Remove it and
   // reopen with kCreateAllMarked), or the errno of the failing syscall.
+  // REQUIRES: no other tracker (in this or another process) has `path` open.
   static Result<std::shared_ptr<ChangeTracker>> Open(const std::string& path, uint64_t volume_size,
                                                      const Options& options);
   // Waits for persists in progress and any still requested. REQUIRES: no
@@ -124,13 +125,15 @@ class ChangeTracker {
   // epoch. Before it returns, the set is durable in `<path>.<generation>`
   // and the current set on disk is cleared; the returned set's `generation`
   // is the key for Commit or Abort. Until then the set survives restarts
-  // (Open merges it back). Marks still being persisted for waiting requests
-  // belong to the new epoch: those requests have not reached the data file.
-  // REQUIRES: no write, trim or write-zeroes is between its mark and its
-  // completion (the snapshot holds new writes and drains those in flight
-  // for the instant of the cut); otherwise such a write could land after
-  // the cut while recorded only in the cut set. On failure nothing is cut
-  // (marks are at worst kept twice).
+  // (Open merges it back). Requests still queued for their marks have not
+  // reached the data file, so they belong to the new epoch: their chunks
+  // are marked in it (even chunks that were durable and are in the cut
+  // set) and this cut's persist releases them.
+  // REQUIRES: no write, trim or write-zeroes that has passed the tracker
+  // (kDurable, or released) is still in flight: the snapshot holds new
+  // writes and drains those in flight for the instant of the cut. Otherwise
+  // such a write could land after the cut while recorded only in the cut
+  // set. On failure nothing is cut (marks are at worst kept twice).
   Result<ChangeSet> Cut();
   // The snapshot of cut `generation` is durably complete: forget its set.
   // ENOENT when no such cut is pending.
@@ -144,6 +147,11 @@ class ChangeTracker {
   // Marks every chunk (a volume restored from elsewhere, an unclean shutdown
   // the caller cannot otherwise account for), durably.
   Status MarkAll();
+
+  // Deletes the tracking file of `path` and every cut set and temporary file
+  // of it (volume deletion), so a later volume of the same name inherits
+  // nothing. REQUIRES: no tracker is open on `path`.
+  static Status Remove(const std::string& path);
 
   // The durably marked chunks of the current epoch (for tests and stats).
   ChangeSet Marked() const;
@@ -160,6 +168,10 @@ class ChangeTracker {
     uint64_t failed_persists = 0;
   };
   Stats stats() const;
+
+  // Tests: while held, the tracker's thread starts no persist, so requests
+  // stay queued (Cut, Abort, MarkAll, Resize still persist themselves).
+  void TEST_HoldPersists(bool hold);
 
  private:
   struct DurableBits;  // the lock-free view the hot path tests
@@ -211,6 +223,7 @@ class ChangeTracker {
   IoRequest* waiters_tail_ = nullptr;  // GUARDED_BY(mu_)
   bool idle_ = false;           // GUARDED_BY(mu_): the thread waits on cv_
   bool stop_ = false;           // GUARDED_BY(mu_)
+  bool hold_persists_ = false;  // GUARDED_BY(mu_)
   Stats stats_;                 // GUARDED_BY(mu_)
   std::thread thread_;
 };
