@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "ebs/engine/file_device.h"
+#include "ebs/engine/volume_type.h"  // kKiB, kMiB
 #include "test_util.h"
 
 namespace ebs {
@@ -59,9 +60,6 @@ class DataDir {
  private:
   std::string path_;
 };
-
-constexpr uint64_t kKiB = 1024;
-constexpr uint64_t kMiB = 1024 * kKiB;
 
 // Reads chunk `chunk`'s bit straight from the tracking file (a fresh open
 // each time: what a restarted process would find). Format per
@@ -712,6 +710,15 @@ TEST(ChangeTrackerCrashTest, EveryChangedChunkIsMarkedAfterAKill) {
       CrashChild(data, changes, seed, pipefd[1]);
     }
     ::close(pipefd[1]);
+    struct Reaper {  // never leaves the child behind when an assertion returns early
+      pid_t pid;
+      ~Reaper() {
+        if (pid > 0) {
+          kill(pid, SIGKILL);
+          waitpid(pid, nullptr, 0);
+        }
+      }
+    } reaper{pid};
     std::mt19937_64 rng(seed * 7919);
     // Wait for the child to get going (at least one batch done), then kill
     // it at a random moment.
@@ -726,6 +733,7 @@ TEST(ChangeTrackerCrashTest, EveryChangedChunkIsMarkedAfterAKill) {
     ASSERT_EQ(0, kill(pid, SIGKILL));
     int status = 0;
     ASSERT_EQ(pid, waitpid(pid, &status, 0));
+    reaper.pid = 0;
     int batches = batches_first;
     while (read(pipefd[0], &c, 1) == 1) ++batches;  // the write end is closed now
     ::close(pipefd[0]);
