@@ -18,8 +18,8 @@ VOLUMES = [
     ("gp3", 10, None, None), ("gp3", 1000, 16000, 1000),
     ("io1", 100, 5000, None), ("io1", 1000, 20000, None),
     ("io2", 100, 20000, None), ("io2", 1000, 64000, None),
-    ("st1", 1024, None, None), ("st1", 16384, None, None),
-    ("sc1", 1024, None, None), ("sc1", 16384, None, None),
+    ("st1", 1024, None, None), ("st1", 12288, None, None),
+    ("sc1", 1024, None, None), ("sc1", 12288, None, None),
     ("standard", 10, None, None), ("standard", 1024, None, None),
 ]
 QUICK = {("gp2", 100), ("gp3", 10), ("io1", 100), ("io2", 100), ("st1", 1024), ("sc1", 1024), ("standard", 10)}

@@ -1,3 +1,4 @@
+#include "ebs/engine/file_util.h"
 #include "ebs/engine/change_tracker.h"
 
 #include <fcntl.h>
@@ -117,16 +118,6 @@ std::string DirOf(const std::string& path) {
   return dir.empty() ? "." : dir;
 }
 
-// Makes creations, renames and removals in `dir` durable.
-Status SyncDir(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Status::FromErrno(errno, "open " + dir);
-  int rc = fsync(fd);
-  int err = errno;
-  ::close(fd);
-  return rc == 0 ? Status::Ok() : Status::FromErrno(err, "fsync " + dir);
-}
-
 Result<SetFile> ReadSetFile(int fd, const std::string& path) {
   char page[kHeaderBytes];
   EBS_RETURN_IF_ERROR(PreadAll(fd, page, kHeaderBytes, 0, path));
@@ -199,7 +190,7 @@ Status WriteSetFile(const std::string& path, const SetFile& s) {
     ::unlink(tmp.c_str());
     return st;
   }
-  return SyncDir(DirOf(path));
+  return SyncDirectory(DirOf(path));
 }
 
 // What a file in the tracking file's directory is to the tracker of `base`:
@@ -434,7 +425,7 @@ Result<std::shared_ptr<ChangeTracker>> ChangeTracker::Open(const std::string& pa
   // The merged cut sets are durable in the current set: forget them. A
   // removal lost in a crash only merges the same marks again.
   for (const auto& p : cut_paths) ::unlink(p.c_str());
-  if (!cut_paths.empty()) EBS_RETURN_IF_ERROR(SyncDir(dir));
+  if (!cut_paths.empty()) EBS_RETURN_IF_ERROR(SyncDirectory(dir));
 
   t->thread_ = std::thread([raw = t.get()] {
     pthread_setname_np(pthread_self(), "ebs-changes");
@@ -743,7 +734,7 @@ Result<ChangeSet> ChangeTracker::Cut() {
     }
     if (PersistLocked().ok()) {
       ::unlink(cut_path.c_str());
-      (void)SyncDir(DirOf(path_));
+      (void)SyncDirectory(DirOf(path_));
     }
     return st;
   }
@@ -757,7 +748,7 @@ Status ChangeTracker::Commit(uint64_t generation) {
     if (errno == ENOENT) return Status::NotFound("no pending change set " + cut_path);
     return Status::FromErrno(errno, "remove " + cut_path);
   }
-  return SyncDir(DirOf(path_));
+  return SyncDirectory(DirOf(path_));
 }
 
 Status ChangeTracker::Abort(uint64_t generation) {
@@ -775,7 +766,7 @@ Status ChangeTracker::Abort(uint64_t generation) {
   // Only once the marks are durable in the current set may the cut set go.
   EBS_RETURN_IF_ERROR(PersistLocked());
   if (::unlink(cut_path.c_str()) != 0) return Status::FromErrno(errno, "remove " + cut_path);
-  return SyncDir(DirOf(path_));
+  return SyncDirectory(DirOf(path_));
 }
 
 Status ChangeTracker::Resize(uint64_t new_volume_size) {
@@ -853,7 +844,7 @@ Status ChangeTracker::Remove(const std::string& path) {
   for (const auto& p : doomed) {
     if (::unlink(p.c_str()) != 0 && errno != ENOENT) return Status::FromErrno(errno, "remove " + p);
   }
-  return SyncDir(dir);
+  return SyncDirectory(dir);
 }
 
 ChangeTracker::Stats ChangeTracker::stats() const {

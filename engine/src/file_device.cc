@@ -1,4 +1,5 @@
 #include "ebs/engine/file_device.h"
+#include "ebs/engine/size.h"
 
 #include <fcntl.h>
 #include <linux/falloc.h>
@@ -42,6 +43,11 @@ Result<std::shared_ptr<FileDevice>> FileDevice::Open(const std::string& path, ui
   if (static_cast<uint64_t>(st.st_size) < size && ftruncate(fd, static_cast<off_t>(size)) != 0) {
     int err = errno;
     ::close(fd);
+    if (err == EFBIG) {
+      return Status::Error(EFBIG, "the file system holding " + path + " cannot hold a " + FormatSize(size) +
+                                      " file (ext4 stops just short of 16 TiB): put the data directory on "
+                                      "XFS or btrfs for volumes this large");
+    }
     return Status::FromErrno(err, "truncate " + path);
   }
   return std::shared_ptr<FileDevice>(new FileDevice(fd, size));

@@ -6,9 +6,8 @@
 #include "ebs/engine/volume_manager.h"
 
 namespace ebs {
-namespace {
 
-Result<VolumeParams> ParamsFromArgs(const nlohmann::json& args) {
+Result<VolumeParams> VolumeParamsFromArgs(const nlohmann::json& args) {
   VolumeParams p;
   if (args.contains("type") && !args["type"].is_null()) {
     auto t = ParseVolumeType(args["type"].get<std::string>());
@@ -31,11 +30,9 @@ Result<VolumeParams> ParamsFromArgs(const nlohmann::json& args) {
   return p;
 }
 
-}  // namespace
-
 void RegisterVolumeCommands(CommandRegistry* registry, VolumeManager* manager) {
   registry->Register("volume.create", [manager](const nlohmann::json& args) -> Result<nlohmann::json> {
-    auto p = ParamsFromArgs(args);
+    auto p = VolumeParamsFromArgs(args);
     if (!p.ok()) return p.status();
     if (!p->type) p->type = VolumeType::kGp3;
     if (!p->size_bytes) return Status::InvalidArgument("MissingParameter: --size is required");
@@ -66,7 +63,7 @@ void RegisterVolumeCommands(CommandRegistry* registry, VolumeManager* manager) {
     return manager->Stats(args.at("name").get<std::string>());
   });
   registry->Register("volume.modify", [manager](const nlohmann::json& args) -> Result<nlohmann::json> {
-    auto p = ParamsFromArgs(args);
+    auto p = VolumeParamsFromArgs(args);
     if (!p.ok()) return p.status();
     auto info = manager->Modify(args.at("name").get<std::string>(), *p);
     if (!info.ok()) return info.status();

@@ -1,3 +1,4 @@
+#include "ebs/engine/file_util.h"
 #include "ebs/engine/volume_manager.h"
 
 #include <dirent.h>
@@ -25,16 +26,6 @@ std::string NewVolumeId() {
   // AWS volume ids carry 17 hex digits.
   uint64_t high = gen() & 0xf;
   return fmt::format("vol-{:01x}{:016x}", high, gen());
-}
-
-Status SyncDir(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Status::FromErrno(errno, "open " + dir);
-  int rc = fsync(fd);
-  int err = errno;
-  ::close(fd);
-  if (rc != 0) return Status::FromErrno(err, "fsync " + dir);
-  return Status::Ok();
 }
 
 Status MakeDir(const std::string& dir, mode_t mode) {
@@ -219,7 +210,7 @@ Result<VolumeInfo> VolumeManager::Create(const std::string& name, const VolumePa
   auto dev = FileDevice::Open(DataFilePath(r.id), r.config.size_bytes, /*create=*/true);
   if (!dev.ok()) return dev.status();
   dev->reset();
-  EBS_RETURN_IF_ERROR(SyncDir(data_dir_ + "/volumes"));
+  EBS_RETURN_IF_ERROR(SyncDirectory(data_dir_ + "/volumes"));
   Status st = catalog_->Put(r);
   if (!st.ok()) {
     unlink(DataFilePath(r.id).c_str());
@@ -270,7 +261,7 @@ Status VolumeManager::Delete(const std::string& name, bool force) {
   if (unlink(DataFilePath(r->id).c_str()) != 0 && errno != ENOENT) {
     return Status::FromErrno(errno, "remove data file of " + name);
   }
-  return SyncDir(data_dir_ + "/volumes");
+  return SyncDirectory(data_dir_ + "/volumes");
 }
 
 Result<VolumeInfo> VolumeManager::Modify(const std::string& name, const VolumeParams& params) {

@@ -561,18 +561,9 @@ void RegisterSnapshotCommands(CommandRegistry* registry, SnapshotService* servic
     return SnapshotToJson(*r);
   });
   registry->Register("snapshot.restore", [service](const nlohmann::json& args) -> Result<nlohmann::json> {
-    VolumeParams p;
-    if (args.contains("type") && !args["type"].is_null()) {
-      auto t = ParseVolumeType(args["type"].get<std::string>());
-      if (!t.ok()) return t.status();
-      p.type = *t;
-    }
-    if (args.contains("size_bytes") && !args["size_bytes"].is_null()) p.size_bytes = args["size_bytes"].get<uint64_t>();
-    if (args.contains("iops") && !args["iops"].is_null()) p.iops = args["iops"].get<uint32_t>();
-    if (args.contains("throughput_mibps") && !args["throughput_mibps"].is_null()) {
-      p.throughput_mibps = args["throughput_mibps"].get<uint32_t>();
-    }
-    auto r = service->Restore(args.at("id").get<std::string>(), args.at("volume").get<std::string>(), p);
+    auto p = VolumeParamsFromArgs(args);
+    if (!p.ok()) return p.status();
+    auto r = service->Restore(args.at("id").get<std::string>(), args.at("volume").get<std::string>(), *p);
     if (!r.ok()) return r.status();
     return r->ToJson();
   });

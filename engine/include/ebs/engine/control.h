@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ebs/engine/status.h"
+#include "ebs/engine/volume_type.h"
 
 namespace ebs {
 
@@ -37,7 +38,11 @@ class CommandRegistry {
   std::map<std::string, CommandHandler> handlers_;
 };
 
-// volume.create|list|describe|delete|modify over `manager`.
+// Reads volume parameters (type, size_bytes, iops, throughput_mibps; each
+// optional) from a control request's arguments, refusing bad values.
+Result<VolumeParams> VolumeParamsFromArgs(const nlohmann::json& args);
+
+// volume.create|list|describe|delete|modify|stats over `manager`.
 void RegisterVolumeCommands(CommandRegistry* registry, VolumeManager* manager);
 
 // Listens on a Unix socket and answers each request line with the registry.
