@@ -127,8 +127,10 @@ void Connection::PostRecv() {
   if (payload_slot_ != nullptr && payload_error_ == 0 && rpos_ == rend_ &&
       payload_slot_->req.length - payload_have_ >= kDirectRecvThreshold) {
     sqe = loop_->GetSqe(&recv_op_);
+    // MSG_WAITALL: the kernel gathers the whole payload before completing,
+    // instead of waking this loop for every piece that arrives.
     io_uring_prep_recv(sqe, fd_, payload_slot_->buf.get() + payload_have_,
-                       payload_slot_->req.length - payload_have_, 0);
+                       payload_slot_->req.length - payload_have_, MSG_WAITALL);
     recv_direct_ = true;
   } else {
     if (rpos_ == rend_) {
