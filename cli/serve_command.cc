@@ -41,6 +41,7 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGINT);
   sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGHUP);  // the terminal went away: stop as cleanly as for Ctrl-C
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
@@ -113,7 +114,8 @@ int Serve(const Context& ctx, const ServeArgs& a) {
 
   int sig = 0;
   sigwait(&sigs, &sig);
-  fmt::print("ebs: {} received: finishing in-flight requests\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  fmt::print("ebs: {} received: finishing in-flight requests\n",
+             sig == SIGINT ? "SIGINT" : sig == SIGHUP ? "SIGHUP" : "SIGTERM");
   std::fflush(stdout);
   (*server)->Shutdown();
   exporter.reset();
