@@ -16,6 +16,7 @@
 #include "ebs/engine/metrics_exporter.h"
 #include "ebs/engine/volume_manager.h"
 #include "ebs/nbd/server.h"
+#include "ebs/nbd/tls.h"
 #include "ebs/snapshot/snapshot_service.h"
 
 namespace ebs::cli {
@@ -32,7 +33,49 @@ struct ServeArgs {
   double optimizing_seconds = 0;
   bool modification_rate_limit = false;
   std::vector<std::string> faults;
+  std::string tls = "off";
+  std::string tls_certs;
+  std::string tls_psk;
+  bool tls_verify_peer = false;
+  std::vector<std::string> exports_tcp;   // empty: every volume
+  std::vector<std::string> exports_unix;  // empty: every volume
 };
+
+// --tls and its credentials, checked before anything is opened or bound.
+Status ConfigureTls(const ServeArgs& a, nbd::ServerOptions* opts) {
+  bool creds = !a.tls_certs.empty() || !a.tls_psk.empty();
+  if (a.tls == "off") {
+    if (creds || a.tls_verify_peer) {
+      return Status::InvalidArgument("--tls-certs, --tls-psk and --tls-verify-peer need --tls on or --tls require");
+    }
+    opts->tls = nbd::TlsMode::kOff;
+    return Status::Ok();
+  }
+  if (!creds) {
+    return Status::InvalidArgument("--tls " + a.tls +
+                                   " needs credentials: --tls-certs DIR (server-cert.pem, server-key.pem) "
+                                   "and/or --tls-psk FILE (psktool's USERNAME:HEXKEY lines)");
+  }
+  opts->tls = a.tls == "require" ? nbd::TlsMode::kRequire : nbd::TlsMode::kOn;
+  nbd::TlsConfig config;
+  config.certs_dir = a.tls_certs;
+  config.psk_file = a.tls_psk;
+  config.verify_peer = a.tls_verify_peer;
+  auto loaded = nbd::TlsCredentials::Load(config);
+  if (!loaded.ok()) return loaded.status();
+  opts->tls_credentials = *loaded;
+  return Status::Ok();
+}
+
+Result<std::optional<std::vector<std::string>>> ExportList(const std::string& flag,
+                                                           const std::vector<std::string>& names) {
+  if (names.empty()) return std::optional<std::vector<std::string>>();
+  for (const auto& n : names) {
+    Status st = VolumeManager::ValidateName(n);
+    if (!st.ok()) return Status::InvalidArgument(flag + ": " + st.message());
+  }
+  return std::optional<std::vector<std::string>>(names);
+}
 
 int Serve(const Context& ctx, const ServeArgs& a) {
   // Signals are taken synchronously by this thread; every thread started
@@ -44,6 +87,17 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   sigaddset(&sigs, SIGHUP);  // the terminal went away: stop as cleanly as for Ctrl-C
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
+
+  // Options that can be wrong are checked before the data directory is opened.
+  nbd::ServerOptions opts;
+  Status tls_status = ConfigureTls(a, &opts);
+  if (!tls_status.ok()) return Fail(tls_status);
+  auto tcp_exports = ExportList("--exports-tcp", a.exports_tcp);
+  if (!tcp_exports.ok()) return Fail(tcp_exports.status());
+  auto unix_exports = ExportList("--exports-unix", a.exports_unix);
+  if (!unix_exports.ok()) return Fail(unix_exports.status());
+  opts.tcp_exports = *tcp_exports;
+  opts.unix_exports = *unix_exports;
 
   ManagerOptions mopts = ManagerOptionsFromEnv();
   mopts.throttle = !a.no_throttle;
@@ -76,7 +130,6 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   auto control = ControlServer::Start(ctx.data_dir + "/control.sock", &registry);
   if (!control.ok()) return Fail(control.status());
 
-  nbd::ServerOptions opts;
   opts.tcp_listen = a.listen.empty() ? std::vector<std::string>{"127.0.0.1:10809"} : a.listen;
   if (opts.tcp_listen.size() == 1 && opts.tcp_listen[0] == "none") opts.tcp_listen.clear();
   opts.unix_socket = a.socket.empty() ? ctx.data_dir + "/nbd.sock" : a.socket;
@@ -99,15 +152,36 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   if (exporter) fmt::print("ebs: metrics on http://{}/metrics\n", exporter->address());
   if (!a.faults.empty()) fmt::print("ebs: FAULT INJECTION is on for testing: {}\n", fmt::join(a.faults, "; "));
   if (a.no_throttle) fmt::print("ebs: throttling is OFF (--no-throttle): volumes run unlimited\n");
+  if (opts.tls_credentials) {
+    fmt::print("ebs: TLS {}: {}\n",
+               opts.tls == nbd::TlsMode::kRequire ? "required" : "offered (clients may stay plain)",
+               opts.tls_credentials->description());
+    for (const auto& w : opts.tls_credentials->warnings()) fmt::print("ebs: warning: {}\n", w);
+  }
+  if (opts.tcp_exports) fmt::print("ebs: TCP exports only: {}\n", fmt::join(*opts.tcp_exports, ", "));
+  if (opts.unix_exports) fmt::print("ebs: Unix socket exports only: {}\n", fmt::join(*opts.unix_exports, ", "));
   std::string example = volumes.ok() && !volumes->empty() ? volumes->front().record.name : "NAME";
-  if (!opts.unix_socket.empty()) {
+  if (opts.tls == nbd::TlsMode::kRequire) {
+    // Plain URIs would be refused: show the TLS ones.
+    std::string query = !a.tls_certs.empty() ? "tls-certificates=" + a.tls_certs : "tls-psk-file=" + a.tls_psk;
+    std::string user = a.tls_certs.empty() ? "USER@" : "";
+    if (!opts.unix_socket.empty()) {
+      fmt::print("ebs: connect:  nbdinfo 'nbds+unix://{}/{}?socket={}&{}'\n", user, example, opts.unix_socket, query);
+    }
+    for (const auto& addr : (*server)->addresses()) {
+      if (addr.rfind("unix:", 0) == 0) continue;
+      fmt::print("ebs: over TCP: nbdinfo 'nbds://{}{}/{}?{}'\n", user, addr, example, query);
+    }
+  } else if (!opts.unix_socket.empty()) {
     fmt::print("ebs: connect:  nbdinfo 'nbd+unix:///{}?socket={}'\n", example, opts.unix_socket);
     fmt::print("ebs: mount:    mkdir -p /tmp/ebs-fuse && nbdfuse /tmp/ebs-fuse/disk 'nbd+unix:///{}?socket={}' &\n"
                "              dev=$(losetup -f --show /tmp/ebs-fuse/disk); mkfs.ext4 $dev; mount $dev /mnt\n",
                example, opts.unix_socket);
   }
-  for (const auto& addr : (*server)->addresses()) {
-    if (addr.rfind("unix:", 0) != 0) fmt::print("ebs: over TCP: nbdinfo nbd://{}/{}\n", addr, example);
+  if (opts.tls != nbd::TlsMode::kRequire) {
+    for (const auto& addr : (*server)->addresses()) {
+      if (addr.rfind("unix:", 0) != 0) fmt::print("ebs: over TCP: nbdinfo nbd://{}/{}\n", addr, example);
+    }
   }
   fmt::print("ebs: ready (Ctrl-C or SIGTERM to stop)\n");
   std::fflush(stdout);
@@ -155,6 +229,29 @@ void AddServeCommand(CLI::App* app, Context* ctx, std::function<int()>* action) 
                     "TESTING ONLY: fail requests of a volume, e.g. "
                     "'volume=vol0,error=EIO,rate=0.1,ops=read+write,seed=7,trigger=/tmp/fail' "
                     "(with trigger, only while that file exists)");
+  serve->add_option("--tls", a->tls,
+                    "TLS (STARTTLS) on every listener: off; on (clients choose); require (a client that does not "
+                    "start TLS gets ERR_TLS_REQD and no export information)")
+      ->check(CLI::IsMember({"off", "on", "require"}))
+      ->default_str("off");
+  serve->add_option("--tls-certs", a->tls_certs,
+                    "X.509 directory as nbdkit and qemu lay it out: server-cert.pem, server-key.pem; ca-cert.pem "
+                    "(and ca-crl.pem) for --tls-verify-peer")
+      ->type_name("DIR");
+  serve->add_option("--tls-psk", a->tls_psk, "pre-shared keys: USERNAME:HEXKEY lines, as psktool writes them")
+      ->type_name("FILE");
+  serve->add_flag("--tls-verify-peer", a->tls_verify_peer,
+                  "require a client certificate signed by ca-cert.pem (default: client certificates are not "
+                  "asked for)");
+  serve->add_option("--exports-tcp", a->exports_tcp,
+                    "volumes the TCP listeners export, comma-separated (default: every volume); the others are "
+                    "invisible there")
+      ->delimiter(',')
+      ->type_name("NAME");
+  serve->add_option("--exports-unix", a->exports_unix,
+                    "volumes the Unix socket exports, comma-separated (default: every volume)")
+      ->delimiter(',')
+      ->type_name("NAME");
   serve->callback([=] { *action = [=] { return Serve(*ctx, *a); }; });
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the seed corpus of nbd_stream_fuzzer: valid client streams for the
 main paths (list, info, go with structured replies and base:allocation,
-export-name, every command). Run from this folder: ./make_seeds.py"""
+export-name, every command, STARTTLS and the start of a TLS handshake).
+Run from this folder: ./make_seeds.py"""
 import os
 import struct
 
@@ -30,6 +31,14 @@ def cmd(typ, offset=0, length=0, flags=0, cookie=1, payload=b""):
     return struct.pack(">IHHQQI", REQ, flags, typ, cookie, offset, length) + payload
 
 
+def client_hello():
+    """A minimal TLS 1.2 ClientHello offering TLS_PSK_WITH_AES_128_GCM_SHA256."""
+    body = struct.pack(">H", 0x0303) + bytes(32) + b"\x00" + struct.pack(">HH", 2, 0x00A8) + b"\x01\x00"
+    body += struct.pack(">H", 0)  # no extensions
+    hs = b"\x01" + struct.pack(">I", len(body))[1:] + body
+    return b"\x16" + struct.pack(">HH", 0x0303, len(hs)) + hs
+
+
 FLAGS = struct.pack(">I", 3)
 GO_STRUCTURED = FLAGS + opt(8) + opt(10, meta_req("vol0", ["base:allocation"])) + opt(7, info_req("vol0", [1, 2, 3]))
 commands = (
@@ -43,7 +52,9 @@ seeds = {
     "meta": FLAGS + opt(9, meta_req("vol0", [])) + opt(8) + opt(10, meta_req("vol0", ["base:allocation"])) + opt(2),
     "go_commands": GO_STRUCTURED + commands,
     "export_name_simple": struct.pack(">I", 1) + opt(1, b"vol0") + commands,
-    "unknown_options": FLAGS + opt(99, b"xx") + opt(5) + opt(11) + opt(4, b"vol0") + opt(2),
+    "unknown_options": FLAGS + opt(99, b"xx") + opt(11) + opt(4, b"vol0") + opt(5, b"x") + opt(2),
+    # The server offers TLS: what follows STARTTLS goes to the TLS handshake.
+    "starttls": FLAGS + opt(3) + opt(5) + client_hello(),
 }
 os.makedirs("corpus", exist_ok=True)
 for name, data in seeds.items():

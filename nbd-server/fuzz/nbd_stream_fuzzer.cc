@@ -1,7 +1,9 @@
 // libFuzzer target: the bytes a client sends, from the first handshake byte
 // through the transmission phase, fed to the real server over a Unix socket
 // (real event loop, real catalog, real volume). Whatever arrives, the server
-// must not crash, hang or leak; ASan and UBSan watch it.
+// must not crash, hang or leak; ASan and UBSan watch it. The server offers TLS
+// (--tls on, PSK): plain inputs are served as without it, and an input that
+// sends STARTTLS feeds what follows to the TLS handshake.
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -13,12 +15,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 
 #include "ebs/engine/event_loop.h"
 #include "ebs/engine/volume_manager.h"
 #include "ebs/nbd/server.h"
+#include "ebs/nbd/tls.h"
 
 namespace {
 
@@ -59,6 +63,13 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   fx->loop->Start("fuzz-loop");
   ebs::nbd::ServerOptions opts;
   opts.unix_socket = fx->socket;
+  std::ofstream(fx->dir + "/keys.psk") << "fuzz:00112233445566778899aabbccddeeff\n";
+  ebs::nbd::TlsConfig tls;
+  tls.psk_file = fx->dir + "/keys.psk";
+  auto creds = ebs::nbd::TlsCredentials::Load(tls);
+  if (!creds.ok()) Die(creds.status().message());
+  opts.tls = ebs::nbd::TlsMode::kOn;
+  opts.tls_credentials = *creds;
   auto s = ebs::nbd::Server::Start(opts, fx->volumes.get(), {fx->loop.get()});
   if (!s.ok()) Die(s.status().message());
   fx->server = std::move(*s);

@@ -26,6 +26,10 @@ constexpr size_t kMaxRetainedBytes = 64u << 20;
 // Read and write payloads in flight per connection: past this, requests wait
 // in the socket (at least one is always taken, whatever its size).
 constexpr uint64_t kMaxInflightBytes = 64u << 20;
+// TLS: ciphertext read per recv, and plaintext encrypted ahead of the socket
+// (the ciphertext waiting to be sent stays around this size).
+constexpr size_t kTlsRecvBuffer = 256 * 1024;
+constexpr size_t kTlsOutHighWater = 2u << 20;
 
 bool AllZero(const char* p, size_t n) {
   // Word at a time; real data usually differs in the first bytes.
@@ -43,8 +47,13 @@ bool AllZero(const char* p, size_t n) {
 
 }  // namespace
 
-Connection::Connection(Server* server, LoopState* loop, int fd)
-    : server_(server), loop_state_(loop), loop_(loop->loop), fd_(fd), handshake_(this) {
+Connection::Connection(Server* server, LoopState* loop, int fd, const ExportFilter* exports)
+    : server_(server),
+      loop_state_(loop),
+      loop_(loop->loop),
+      fd_(fd),
+      exports_(exports),
+      handshake_(this, server->options().tls) {
   recv_op_.c = this;
   send_op_.c = this;
   rcap_ = 64 * 1024;  // grows to kRecvBuffer in transmission
@@ -89,6 +98,7 @@ std::vector<ExportInfo> Connection::List() {
   auto list = server_->volumes()->List();
   if (!list.ok()) return out;
   for (const auto& v : *list) {
+    if (!exports_->Allows(v.record.name)) continue;
     const VolumeConfig& c = v.record.config;
     out.push_back({v.record.name,
                    fmt::format("{} {} ({})", VolumeTypeName(c.type), FormatSize(c.size_bytes), v.record.id),
@@ -99,6 +109,7 @@ std::vector<ExportInfo> Connection::List() {
 
 std::optional<ExportInfo> Connection::Find(const std::string& requested) {
   std::string name = requested.empty() ? server_->options().default_export : requested;
+  if (!exports_->Allows(name)) return std::nullopt;  // as if it did not exist
   auto v = server_->volumes()->Describe(name);
   if (!v.ok()) return std::nullopt;
   const VolumeConfig& c = v->record.config;
@@ -120,41 +131,51 @@ std::optional<ExportInfo> Connection::Open(const std::string& requested) {
 
 // --- Receiving ------------------------------------------------------------
 
+bool Connection::MakeRoom() {
+  if (rpos_ == rend_) {
+    rpos_ = rend_ = 0;
+  } else if (rend_ == rcap_ && rpos_ > 0) {
+    std::memmove(rbuf_.get(), rbuf_.get() + rpos_, rend_ - rpos_);
+    rend_ -= rpos_;
+    rpos_ = 0;
+  }
+  if (rend_ == rcap_ && transmission_) return false;  // full of requests waiting for slots
+  if (rend_ == rcap_) {
+    // The handshake needs a whole option in the buffer (bounded by
+    // kMaxOptionLength); the transmission phase never does.
+    size_t ncap = rcap_ * 2;
+    std::unique_ptr<char[]> n(new char[ncap]);
+    std::memcpy(n.get(), rbuf_.get() + rpos_, rend_ - rpos_);
+    rend_ -= rpos_;
+    rpos_ = 0;
+    rbuf_ = std::move(n);
+    rcap_ = ncap;
+  }
+  return true;
+}
+
 void Connection::PostRecv() {
   if (recv_pending_ || closing_ || dead_) return;
   if (transmission_ && payload_slot_ == nullptr && free_slots_ == nullptr) return;  // backpressure
   io_uring_sqe* sqe;
-  if (payload_slot_ != nullptr && payload_error_ == 0 && rpos_ == rend_ &&
-      payload_slot_->req.length - payload_have_ >= kDirectRecvThreshold) {
+  if (tls_) {
+    if (tls_->has_pending_input()) return;  // decrypt what is here first (TlsInput)
+    sqe = loop_->GetSqe(&recv_op_);
+    io_uring_prep_recv(sqe, fd_, tls_rbuf_.get(), kTlsRecvBuffer, 0);
+    recv_into_ = RecvInto::kCipher;
+  } else if (payload_slot_ != nullptr && payload_error_ == 0 && rpos_ == rend_ &&
+             payload_slot_->req.length - payload_have_ >= kDirectRecvThreshold) {
     sqe = loop_->GetSqe(&recv_op_);
     // MSG_WAITALL: the kernel gathers the whole payload before completing,
     // instead of waking this loop for every piece that arrives.
     io_uring_prep_recv(sqe, fd_, payload_slot_->buf.get() + payload_have_,
                        payload_slot_->req.length - payload_have_, MSG_WAITALL);
-    recv_direct_ = true;
+    recv_into_ = RecvInto::kPayload;
   } else {
-    if (rpos_ == rend_) {
-      rpos_ = rend_ = 0;
-    } else if (rend_ == rcap_ && rpos_ > 0) {
-      std::memmove(rbuf_.get(), rbuf_.get() + rpos_, rend_ - rpos_);
-      rend_ -= rpos_;
-      rpos_ = 0;
-    }
-    if (rend_ == rcap_ && transmission_) return;  // full of requests waiting for slots
-    if (rend_ == rcap_) {
-      // The handshake needs a whole option in the buffer (bounded by
-      // kMaxOptionLength); the transmission phase never does.
-      size_t ncap = rcap_ * 2;
-      std::unique_ptr<char[]> n(new char[ncap]);
-      std::memcpy(n.get(), rbuf_.get() + rpos_, rend_ - rpos_);
-      rend_ -= rpos_;
-      rpos_ = 0;
-      rbuf_ = std::move(n);
-      rcap_ = ncap;
-    }
+    if (!MakeRoom()) return;
     sqe = loop_->GetSqe(&recv_op_);
     io_uring_prep_recv(sqe, fd_, rbuf_.get() + rend_, rcap_ - rend_, 0);
-    recv_direct_ = false;
+    recv_into_ = RecvInto::kBuffer;
   }
   recv_pending_ = true;
 }
@@ -171,12 +192,20 @@ void Connection::OnRecv(int res) {
     MaybeFinish();
     return;
   }
-  if (recv_direct_) {
-    payload_have_ += static_cast<size_t>(res);
-  } else {
-    rend_ += static_cast<size_t>(res);
+  switch (recv_into_) {
+    case RecvInto::kPayload:
+      payload_have_ += static_cast<size_t>(res);
+      Process();
+      break;
+    case RecvInto::kBuffer:
+      rend_ += static_cast<size_t>(res);
+      Process();
+      break;
+    case RecvInto::kCipher:
+      tls_->Feed(tls_rbuf_.get(), static_cast<size_t>(res));
+      TlsInput();
+      break;
   }
-  Process();
   PostRecv();
   MaybeFinish();
 }
@@ -197,11 +226,143 @@ bool Connection::ProcessHandshake() {
       StartTransmission();
       return true;
     case Handshake::State::kClosed:
-      closing_ = true;
+      StopReading();
+      return false;
+    case Handshake::State::kStartTls:
+      if (!tls_) StartTls();
       return false;
     default:
       return false;
   }
+}
+
+// --- TLS ------------------------------------------------------------------
+
+void Connection::StartTls() {
+  auto session = TlsSession::Create(server_->options().tls_credentials, &wire_out_);
+  if (!session.ok()) {
+    std::fprintf(stderr, "ebs: closing connection: %s\n", session.status().message().c_str());
+    StopReading();
+    return;
+  }
+  // The ACK goes out in the clear, after any handshake bytes already in
+  // flight and before the first TLS record.
+  wire_out_ = std::move(hs_out_);
+  hs_out_.clear();
+  tls_ = std::move(*session);
+  tls_rbuf_.reset(new char[kTlsRecvBuffer]);
+  // Bytes that came after STARTTLS belong to the TLS stream (a client may
+  // not send any before it has the ACK): fed to TLS, never read as options.
+  if (rend_ > rpos_) tls_->Feed(rbuf_.get() + rpos_, rend_ - rpos_);
+  rpos_ = rend_ = 0;
+  TlsInput();
+}
+
+void Connection::TlsFailed(const std::string& why) {
+  std::fprintf(stderr, "ebs: closing connection: %s\n", why.c_str());
+  tls_failed_ = true;
+  StopReading();
+  FlushSends();  // an alert for the peer, if TLS produced one
+}
+
+void Connection::TlsInput() {
+  if (closing_ || dead_ || tls_failed_) return;
+  if (!tls_->handshake_done()) {
+    ssize_t r = tls_->Handshake();
+    if (r == TlsSession::kAgain) {
+      FlushSends();
+      return;
+    }
+    if (r != 0) {
+      TlsFailed(tls_->error());
+      return;
+    }
+    handshake_.TlsEstablished();  // option haggling starts again, inside TLS
+  }
+  while (!closing_ && !dead_) {
+    if (transmission_ && payload_slot_ == nullptr && free_slots_ == nullptr) break;  // backpressure
+    if (!MakeRoom()) break;
+    ssize_t n = tls_->Read(rbuf_.get() + rend_, rcap_ - rend_);
+    if (n == TlsSession::kAgain) break;
+    if (n == TlsSession::kClosed) {
+      StopReading();
+      break;
+    }
+    if (n < 0) {
+      TlsFailed(tls_->error());
+      return;
+    }
+    rend_ += static_cast<size_t>(n);
+    Process();
+  }
+  FlushSends();
+}
+
+void Connection::FlushTls() {
+  if (tls_->handshake_done() && !tls_failed_) {
+    size_t budget = wire_out_.size() < kTlsOutHighWater ? kTlsOutHighWater - wire_out_.size() : 0;
+    bool corked = !hs_out_.empty() || (sq_count_ > 0 && budget > 0);
+    bool ok = true;
+    // Corked, a reply header and its data share records.
+    if (corked) tls_->Cork();
+    if (!hs_out_.empty()) {
+      ok = tls_->Write(hs_out_.data(), hs_out_.size());
+      hs_out_.clear();
+    }
+    while (ok && sq_count_ > 0 && budget > 0) {
+      Slot* s = sendq_[sq_head_];
+      size_t total = s->reply_len + s->data_len;
+      while (ok && send_off_ < total && budget > 0) {
+        const char* p;
+        size_t n;
+        if (send_off_ < s->reply_len) {
+          p = s->reply + send_off_;
+          n = s->reply_len - send_off_;
+        } else {
+          p = s->data + (send_off_ - s->reply_len);
+          n = total - send_off_;
+        }
+        n = std::min(n, budget);
+        ok = tls_->Write(p, n);
+        send_off_ += n;
+        budget -= n;
+      }
+      if (send_off_ < total) break;
+      // Encrypted: the ciphertext holds it now.
+      sq_head_ = (sq_head_ + 1) % sendq_.size();
+      --sq_count_;
+      send_off_ = 0;
+      ReleaseSlot(s);
+    }
+    if (corked && ok) ok = tls_->Uncork();
+    if (!ok) {
+      std::fprintf(stderr, "ebs: closing connection: %s\n", tls_->error().c_str());
+      tls_failed_ = true;
+      SendFailed();
+      return;
+    }
+  }
+  if (send_pending_) return;
+  io_uring_sqe* sqe;
+  if (hs_sending_off_ < hs_sending_.size()) {
+    // Handshake bytes from before STARTTLS (its ACK among them) go first.
+    sqe = loop_->GetSqe(&send_op_);
+    io_uring_prep_send(sqe, fd_, hs_sending_.data() + hs_sending_off_, hs_sending_.size() - hs_sending_off_,
+                       MSG_NOSIGNAL);
+    sending_ = Sending::kHandshake;
+    send_pending_ = true;
+    return;
+  }
+  if (wire_off_ == wire_sending_.size()) {
+    if (wire_out_.empty()) return;
+    wire_sending_.swap(wire_out_);  // both keep their capacity: no allocation once warm
+    wire_out_.clear();
+    wire_off_ = 0;
+  }
+  sqe = loop_->GetSqe(&send_op_);
+  io_uring_prep_send(sqe, fd_, wire_sending_.data() + wire_off_, wire_sending_.size() - wire_off_, MSG_NOSIGNAL);
+  sending_ = Sending::kWire;
+  send_pending_ = true;
 }
 
 void Connection::StartTransmission() {
@@ -516,11 +677,24 @@ void Connection::Enqueue(Slot* s) {
 }
 
 void Connection::FlushSends() {
-  if (send_pending_ || dead_) return;
+  if (dead_) return;
+  if (tls_) {
+    FlushTls();
+    return;
+  }
+  if (send_pending_) return;
   io_uring_sqe* sqe;
-  if (hs_out_off_ < hs_out_.size()) {
+  if (hs_sending_off_ == hs_sending_.size() && !hs_out_.empty()) {
+    // Replies appended while a send is in flight must not move its bytes.
+    hs_sending_.swap(hs_out_);
+    hs_out_.clear();
+    hs_sending_off_ = 0;
+  }
+  if (hs_sending_off_ < hs_sending_.size()) {
     sqe = loop_->GetSqe(&send_op_);
-    io_uring_prep_send(sqe, fd_, hs_out_.data() + hs_out_off_, hs_out_.size() - hs_out_off_, MSG_NOSIGNAL);
+    io_uring_prep_send(sqe, fd_, hs_sending_.data() + hs_sending_off_, hs_sending_.size() - hs_sending_off_,
+                       MSG_NOSIGNAL);
+    sending_ = Sending::kHandshake;
     send_pending_ = true;
     return;
   }
@@ -546,7 +720,20 @@ void Connection::FlushSends() {
   msg_.msg_iovlen = niov;
   sqe = loop_->GetSqe(&send_op_);
   io_uring_prep_sendmsg(sqe, fd_, &msg_, MSG_NOSIGNAL);
+  sending_ = Sending::kReplies;
   send_pending_ = true;
+}
+
+void Connection::SendFailed() {
+  dead_ = true;
+  closing_ = true;
+  while (sq_count_ > 0) {
+    Slot* s = sendq_[sq_head_];
+    sq_head_ = (sq_head_ + 1) % sendq_.size();
+    --sq_count_;
+    ReleaseSlot(s);
+  }
+  ::shutdown(fd_, SHUT_RDWR);
 }
 
 void Connection::OnSend(int res) {
@@ -556,25 +743,22 @@ void Connection::OnSend(int res) {
     return;
   }
   if (res < 0) {
-    dead_ = true;
-    closing_ = true;
-    while (sq_count_ > 0) {
-      Slot* s = sendq_[sq_head_];
-      sq_head_ = (sq_head_ + 1) % sendq_.size();
-      --sq_count_;
-      ReleaseSlot(s);
-    }
-    ::shutdown(fd_, SHUT_RDWR);
+    SendFailed();
     MaybeFinish();
     return;
   }
   size_t n = static_cast<size_t>(res);
-  if (hs_out_off_ < hs_out_.size()) {
-    hs_out_off_ += n;
-    if (hs_out_off_ == hs_out_.size()) {
-      hs_out_.clear();
-      hs_out_.shrink_to_fit();
-      hs_out_off_ = 0;
+  if (sending_ == Sending::kHandshake) {
+    hs_sending_off_ += n;
+    if (hs_sending_off_ == hs_sending_.size()) {
+      std::string().swap(hs_sending_);  // the handshake is over soon: give the memory back
+      hs_sending_off_ = 0;
+    }
+  } else if (sending_ == Sending::kWire) {
+    wire_off_ += n;
+    if (wire_off_ == wire_sending_.size()) {
+      wire_sending_.clear();
+      wire_off_ = 0;
     }
   } else {
     n += send_off_;
@@ -593,8 +777,9 @@ void Connection::OnSend(int res) {
   if (transmission_) {
     // Freed slots may unblock requests waiting in the receive buffer.
     ProcessRequests();
-    PostRecv();
   }
+  if (tls_) TlsInput();  // and ciphertext waiting for room
+  if (transmission_ || tls_) PostRecv();
   MaybeFinish();  // may delete this
 }
 
@@ -629,9 +814,16 @@ void Connection::MaybeFinish() {
     payload_slot_ = nullptr;
   }
   if (slots_in_use_ > 0 || send_pending_) return;  // requests or replies outstanding
-  if (!dead_ && hs_out_off_ < hs_out_.size()) {
+  if (!dead_ && (!hs_out_.empty() || hs_sending_off_ < hs_sending_.size() || !wire_out_.empty() ||
+                 wire_off_ < wire_sending_.size())) {
     FlushSends();
-    return;
+    if (send_pending_) return;  // else nothing can be sent: give up on it
+  }
+  if (!dead_ && tls_ && tls_->handshake_done() && !tls_failed_ && !tls_bye_) {
+    tls_bye_ = true;
+    tls_->Bye();  // close_notify: the peer can tell our close from a cut
+    FlushSends();
+    if (send_pending_) return;
   }
   finished_ = true;
   server_->ConnectionClosed(loop_state_, this);  // deletes this

@@ -1,6 +1,11 @@
 // One NBD client connection, living on one event loop: the handshake, then
 // the transmission phase with many requests in flight. All methods run on the
 // loop's thread.
+//
+// TLS (after NBD_OPT_STARTTLS) stays on the same path: the ring still reads
+// and writes the socket, now into a ciphertext buffer, and a TlsSession
+// turns ciphertext into the plaintext receive buffer and queued replies into
+// ciphertext. A plain connection never touches any of it.
 #pragma once
 
 #include <sys/socket.h>
@@ -15,15 +20,18 @@
 #include "ebs/engine/volume_manager.h"
 #include "ebs/nbd/handshake.h"
 #include "ebs/nbd/protocol.h"
+#include "ebs/nbd/tls.h"
 
 namespace ebs::nbd {
 
+class ExportFilter;
 class Server;
 struct LoopState;
 
 class Connection final : public ExportDirectory {
  public:
-  Connection(Server* server, LoopState* loop, int fd);
+  // `exports` (owned by the server) limits what this connection may see.
+  Connection(Server* server, LoopState* loop, int fd, const ExportFilter* exports);
   ~Connection() override;
   void Start();
   // Stops reading; requests already read finish and are answered, then the
@@ -83,6 +91,20 @@ class Connection final : public ExportDirectory {
   void ReplyError(Slot* s, uint32_t error);
   void Enqueue(Slot* s);
   void FlushSends();
+  // The socket cannot take our replies: drop them and close.
+  void SendFailed();
+  // Makes room at rbuf_[rend_]: compacts, grows during the handshake. False
+  // when the buffer is full of requests waiting for slots.
+  bool MakeRoom();
+  // TLS: switches to TLS once STARTTLS is acknowledged.
+  void StartTls();
+  // TLS: runs the TLS handshake, then decrypts into rbuf_ and processes,
+  // as far as backpressure allows.
+  void TlsInput();
+  // TLS: encrypts pending handshake replies and queued request replies
+  // (bounded by kTlsOutHighWater) and sends the ciphertext.
+  void FlushTls();
+  void TlsFailed(const std::string& why);
   Slot* AllocSlot();
   void ReleaseSlot(Slot* s);
   bool EnsureBuffer(Slot* s, size_t n);
@@ -94,10 +116,12 @@ class Connection final : public ExportDirectory {
   LoopState* const loop_state_;
   EventLoop* const loop_;
   const int fd_;
+  const ExportFilter* const exports_;
 
   Handshake handshake_;
-  std::string hs_out_;
-  size_t hs_out_off_ = 0;
+  std::string hs_out_;      // handshake replies not yet sent
+  std::string hs_sending_;  // handshake bytes in flight: not touched until sent
+  size_t hs_sending_off_ = 0;
   bool transmission_ = false;
 
   std::unique_ptr<VolumeAttachment> attachment_;
@@ -115,7 +139,10 @@ class Connection final : public ExportDirectory {
   size_t rend_ = 0;
   RecvOp recv_op_;
   bool recv_pending_ = false;
-  bool recv_direct_ = false;  // the pending recv targets payload_slot_'s buffer
+  // Where the pending recv puts its bytes: rbuf_, payload_slot_'s buffer
+  // (a large WRITE payload), or tls_rbuf_ (ciphertext).
+  enum class RecvInto { kBuffer, kPayload, kCipher };
+  RecvInto recv_into_ = RecvInto::kBuffer;
 
   // A WRITE whose payload is still arriving (or being discarded).
   Slot* payload_slot_ = nullptr;
@@ -135,8 +162,20 @@ class Connection final : public ExportDirectory {
   size_t send_off_ = 0;  // bytes of sendq_[sq_head_] already sent
   SendOp send_op_;
   bool send_pending_ = false;
+  // What the pending send is sending.
+  enum class Sending { kHandshake, kReplies, kWire };
+  Sending sending_ = Sending::kHandshake;
   msghdr msg_{};
   iovec iov_[128];
+
+  // TLS, once STARTTLS is acknowledged (null on a plain connection).
+  std::unique_ptr<TlsSession> tls_;
+  std::unique_ptr<char[]> tls_rbuf_;  // ciphertext received
+  std::string wire_out_;      // bytes for the socket: the clear STARTTLS ACK, then ciphertext
+  std::string wire_sending_;  // bytes in flight: not touched until sent
+  size_t wire_off_ = 0;
+  bool tls_failed_ = false;
+  bool tls_bye_ = false;  // close_notify queued
 
   bool closing_ = false;  // read no more requests
   bool dead_ = false;     // the socket failed: drop replies

@@ -53,7 +53,13 @@ size_t Handshake::Consume(const char* data, size_t len, std::string* out) {
         Close("client sent unknown handshake flags");
         break;
       }
+      if (tls_mode_ == TlsMode::kRequire && !(flags & kClientFixedNewstyle)) {
+        // STARTTLS needs fixed newstyle, and nothing else is served without it.
+        Close("TLS is required but the client did not ask for fixed newstyle");
+        break;
+      }
       no_zeroes_ = flags & kClientNoZeroes;
+      fixed_newstyle_ = flags & kClientFixedNewstyle;
       state_ = State::kOptions;
       continue;
     }
@@ -62,7 +68,11 @@ size_t Handshake::Consume(const char* data, size_t len, std::string* out) {
       used += n;
       discard_ -= n;
       if (discard_ > 0) break;
-      ReplyError(out, discard_option_, kRepErrTooBig, "option data too long");
+      if (TlsRequired() && discard_option_ != kOptStartTls && discard_option_ != kOptAbort) {
+        ReplyError(out, discard_option_, kRepErrTlsReqd, "TLS is required: send NBD_OPT_STARTTLS first");
+      } else {
+        ReplyError(out, discard_option_, kRepErrTooBig, "option data too long");
+      }
       continue;
     }
     if (avail < kOptionHeaderSize) break;
@@ -89,7 +99,47 @@ size_t Handshake::Consume(const char* data, size_t len, std::string* out) {
   return used;
 }
 
+void Handshake::TlsEstablished() {
+  if (state_ != State::kStartTls) return;
+  tls_active_ = true;
+  state_ = State::kOptions;
+  structured_ = false;
+  meta_base_allocation_ = false;
+  meta_export_.clear();
+  block_size_requested_ = false;
+  export_ = ExportInfo{};
+}
+
+void Handshake::HandleStartTls(uint32_t len, std::string* out) {
+  if (tls_mode_ == TlsMode::kOff) {
+    ReplyError(out, kOptStartTls, kRepErrUnsup, "TLS is not enabled on this server (ebs serve --tls on|require)");
+    return;
+  }
+  if (tls_active_) {
+    ReplyError(out, kOptStartTls, kRepErrInvalid, "TLS is already running");
+    return;
+  }
+  if (!fixed_newstyle_) {  // the spec: NOTLS unless both sides agreed to fixed newstyle
+    ReplyError(out, kOptStartTls, kRepErrPolicy, "STARTTLS needs fixed newstyle negotiation");
+    return;
+  }
+  if (len != 0) {
+    ReplyError(out, kOptStartTls, kRepErrInvalid, "STARTTLS takes no data");
+    return;
+  }
+  Reply(out, kOptStartTls, kRepAck, "");
+  state_ = State::kStartTls;
+}
+
 void Handshake::HandleOption(uint32_t option, const char* data, uint32_t len, std::string* out) {
+  if (TlsRequired() && option != kOptStartTls && option != kOptAbort) {
+    if (option == kOptExportName) {  // it has no error reply: the spec says close
+      Close("client sent EXPORT_NAME without TLS, which is required");
+      return;
+    }
+    ReplyError(out, option, kRepErrTlsReqd, "TLS is required: send NBD_OPT_STARTTLS first");
+    return;
+  }
   switch (option) {
     case kOptExportName: {
       auto info = dir_->Open(std::string(data, len));
@@ -140,7 +190,7 @@ void Handshake::HandleOption(uint32_t option, const char* data, uint32_t len, st
       HandleMetaContext(option, data, len, out);
       return;
     case kOptStartTls:
-      ReplyError(out, option, kRepErrUnsup, "TLS is not supported by this server yet");
+      HandleStartTls(len, out);
       return;
     default:
       ReplyError(out, option, kRepErrUnsup, "option " + std::to_string(option) + " is not supported");

@@ -18,10 +18,15 @@
 
 namespace ebs::nbd {
 
+ExportFilter::ExportFilter(const std::optional<std::vector<std::string>>& names) : all_(!names.has_value()) {
+  if (names) names_.insert(names->begin(), names->end());
+}
+
 struct Server::Listener : IoCompletion {
   Server* server = nullptr;
   int fd = -1;
   bool tcp = false;
+  const ExportFilter* exports = nullptr;  // owned by the server
   std::string unix_path;
   void Arm() {
     io_uring_sqe* sqe = server->loops_[0]->GetSqe(this);
@@ -161,6 +166,11 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options, Volu
   s->volumes_ = volumes;
   s->loops_ = std::move(loops);
   if (s->loops_.empty()) return Status::InvalidArgument("the server needs at least one event loop");
+  if (options.tls != TlsMode::kOff && options.tls_credentials == nullptr) {
+    return Status::InvalidArgument("TLS is on but no credentials were given: --tls-certs DIR or --tls-psk FILE");
+  }
+  s->tcp_exports_ = ExportFilter(options.tcp_exports);
+  s->unix_exports_ = ExportFilter(options.unix_exports);
   for (const auto& spec : options.tcp_listen) {
     std::string bound;
     auto fd = ListenTcp(spec, &bound);
@@ -169,6 +179,7 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options, Volu
     l->server = s.get();
     l->fd = *fd;
     l->tcp = true;
+    l->exports = &s->tcp_exports_;
     s->listeners_.push_back(std::move(l));
     s->addresses_.push_back(bound);
   }
@@ -179,6 +190,7 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options, Volu
     l->server = s.get();
     l->fd = *fd;
     l->unix_path = options.unix_socket;
+    l->exports = &s->unix_exports_;
     s->listeners_.push_back(std::move(l));
     s->addresses_.push_back("unix:" + options.unix_socket);
   }
@@ -213,13 +225,14 @@ void Server::Accepted(Listener* l, int fd) {
   setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
   connections_.fetch_add(1);
   LoopState* ls = loop_states_[next_loop_.fetch_add(1) % loop_states_.size()].get();
-  ls->loop->Post([ls, fd] {
+  const ExportFilter* exports = l->exports;
+  ls->loop->Post([ls, fd, exports] {
     if (ls->stopping) {  // accepted just as the server began to stop
       ::close(fd);
       ls->server->connections_.fetch_sub(1);
       return;
     }
-    auto* c = new Connection(ls->server, ls, fd);
+    auto* c = new Connection(ls->server, ls, fd, exports);
     ls->connections.insert(c);
     c->Start();
   });

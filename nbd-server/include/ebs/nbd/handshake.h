@@ -29,11 +29,20 @@ class ExportDirectory {
   virtual std::optional<ExportInfo> Open(const std::string& name) = 0;
 };
 
+// The server's TLS policy (NBD spec, "TLS support"): kOff is NOTLS (STARTTLS
+// gets ERR_UNSUP), kOn is opportunistic (a client may upgrade, or not),
+// kRequire is FORCEDTLS (before STARTTLS every option but ABORT gets
+// ERR_TLS_REQD and reveals nothing; EXPORT_NAME closes the connection).
+enum class TlsMode { kOff, kOn, kRequire };
+
 class Handshake {
  public:
-  enum class State { kClientFlags, kOptions, kTransmission, kClosed };
+  // kStartTls: STARTTLS was acknowledged (the ACK is the last thing in `out`).
+  // Every byte after it belongs to TLS: Consume() takes nothing more until
+  // the connection has run the TLS handshake and called TlsEstablished().
+  enum class State { kClientFlags, kOptions, kStartTls, kTransmission, kClosed };
 
-  explicit Handshake(ExportDirectory* directory) : dir_(directory) {}
+  explicit Handshake(ExportDirectory* directory, TlsMode tls = TlsMode::kOff) : dir_(directory), tls_mode_(tls) {}
 
   // Appends the server greeting to `out`.
   void Start(std::string* out);
@@ -41,6 +50,12 @@ class Handshake {
   // Returns the bytes consumed; stop feeding once state() leaves kOptions.
   size_t Consume(const char* data, size_t len, std::string* out);
   State state() const { return state_; }
+  // REQUIRES: state() == kStartTls. Option haggling restarts inside TLS;
+  // what was negotiated in the clear (structured replies, meta contexts) is
+  // forgotten, so a man in the middle cannot have chosen it.
+  void TlsEstablished();
+  // TLS is running on this connection.
+  bool tls() const { return tls_active_; }
   // Why the handshake closed (for the log).
   const std::string& close_reason() const { return close_reason_; }
 
@@ -54,16 +69,22 @@ class Handshake {
 
  private:
   void HandleOption(uint32_t option, const char* data, uint32_t len, std::string* out);
+  void HandleStartTls(uint32_t len, std::string* out);
   void HandleInfoOrGo(uint32_t option, const char* data, uint32_t len, std::string* out);
   void HandleMetaContext(uint32_t option, const char* data, uint32_t len, std::string* out);
   void Reply(std::string* out, uint32_t option, uint32_t type, const std::string& payload);
   void ReplyError(std::string* out, uint32_t option, uint32_t type, const std::string& message);
   void Close(std::string reason);
+  // TLS is required and not running yet: the option may not be served.
+  bool TlsRequired() const { return tls_mode_ == TlsMode::kRequire && !tls_active_; }
 
   ExportDirectory* dir_;
+  const TlsMode tls_mode_;
+  bool tls_active_ = false;
   State state_ = State::kClientFlags;
   std::string close_reason_;
   bool no_zeroes_ = false;
+  bool fixed_newstyle_ = false;
   bool structured_ = false;
   bool meta_base_allocation_ = false;
   std::string meta_export_;

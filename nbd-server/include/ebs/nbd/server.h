@@ -5,12 +5,16 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "ebs/engine/event_loop.h"
 #include "ebs/engine/status.h"
 #include "ebs/engine/volume_manager.h"
+#include "ebs/nbd/handshake.h"
+#include "ebs/nbd/tls.h"
 
 namespace ebs::nbd {
 
@@ -19,6 +23,25 @@ struct ServerOptions {
   std::string unix_socket;              // empty: no Unix socket
   std::string default_export = "vol0";  // served for the empty export name
   bool read_only = false;
+  // Volumes the TCP listeners / the Unix socket export (LIST, INFO, GO and
+  // EXPORT_NAME see only these). nullopt: every volume.
+  std::optional<std::vector<std::string>> tcp_exports;
+  std::optional<std::vector<std::string>> unix_exports;
+  // TLS on every listener. Anything but kOff needs tls_credentials.
+  TlsMode tls = TlsMode::kOff;
+  std::shared_ptr<const TlsCredentials> tls_credentials;
+};
+
+// The volumes one listener exports.
+class ExportFilter {
+ public:
+  ExportFilter() = default;  // every volume
+  explicit ExportFilter(const std::optional<std::vector<std::string>>& names);
+  bool Allows(const std::string& name) const { return all_ || names_.count(name) > 0; }
+
+ private:
+  bool all_ = true;
+  std::unordered_set<std::string> names_;
 };
 
 class Connection;
@@ -53,6 +76,8 @@ class Server {
   void Accepted(Listener* l, int fd);
 
   ServerOptions options_;
+  ExportFilter tcp_exports_;
+  ExportFilter unix_exports_;
   VolumeManager* volumes_ = nullptr;
   std::vector<EventLoop*> loops_;
   std::vector<std::unique_ptr<LoopState>> loop_states_;
