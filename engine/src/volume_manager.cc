@@ -136,6 +136,10 @@ std::string VolumeManager::DataFilePath(const std::string& id) const {
   return data_dir_ + "/volumes/" + id + ".img";
 }
 
+std::string VolumeManager::ChangesFilePath(const std::string& id) const {
+  return data_dir_ + "/volumes/" + id + ".changes";
+}
+
 Status VolumeManager::ValidateName(const std::string& name) {
   // [A-Za-z0-9][A-Za-z0-9._-]{0,63}: safe as a file name and in a URI.
   auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); };
@@ -155,18 +159,23 @@ Status VolumeManager::ValidateName(const std::string& name) {
 Status VolumeManager::CleanOrphanFiles() {
   auto records = catalog_->List();
   if (!records.ok()) return records.status();
-  std::set<std::string> known;
-  for (const auto& r : *records) known.insert(r.id + ".img");
+  std::set<std::string> known;  // volume ids
+  for (const auto& r : *records) known.insert(r.id);
   std::string dir = data_dir_ + "/volumes";
   DIR* d = opendir(dir.c_str());
   if (d == nullptr) return Status::FromErrno(errno, "opendir " + dir);
-  std::vector<std::string> orphans;
+  std::vector<std::string> orphans;         // data files
+  std::set<std::string> orphan_trackers;    // ids whose change-tracking files are left
   while (dirent* e = readdir(d)) {
     std::string n = e->d_name;
-    if (n.size() > 4 && n.ends_with(".img") && !known.count(n)) orphans.push_back(n);
+    const std::string id = n.substr(0, n.find('.'));
+    if (id.empty() || known.count(id)) continue;
+    if (n.ends_with(".img")) orphans.push_back(n);
+    if (n.find(".changes") != std::string::npos) orphan_trackers.insert(id);
   }
   closedir(d);
   for (const auto& n : orphans) unlink((dir + "/" + n).c_str());
+  for (const auto& id : orphan_trackers) EBS_RETURN_IF_ERROR(ChangeTracker::Remove(ChangesFilePath(id)));
   return Status::Ok();
 }
 
@@ -210,10 +219,20 @@ Result<VolumeInfo> VolumeManager::Create(const std::string& name, const VolumePa
   auto dev = FileDevice::Open(DataFilePath(r.id), r.config.size_bytes, /*create=*/true);
   if (!dev.ok()) return dev.status();
   dev->reset();
+  // A new volume holds only zeros: nothing has changed yet.
+  ChangeTracker::Options topts;
+  topts.if_missing = ChangeTracker::IfMissing::kCreateEmpty;
+  auto tracker = ChangeTracker::Open(ChangesFilePath(r.id), r.config.size_bytes, topts);
+  if (!tracker.ok()) {
+    unlink(DataFilePath(r.id).c_str());
+    return tracker.status();
+  }
+  tracker->reset();
   EBS_RETURN_IF_ERROR(SyncDirectory(data_dir_ + "/volumes"));
   Status st = catalog_->Put(r);
   if (!st.ok()) {
     unlink(DataFilePath(r.id).c_str());
+    (void)ChangeTracker::Remove(ChangesFilePath(r.id));
     return st;
   }
   return InfoLocked(std::move(r));
@@ -261,6 +280,7 @@ Status VolumeManager::Delete(const std::string& name, bool force) {
   if (unlink(DataFilePath(r->id).c_str()) != 0 && errno != ENOENT) {
     return Status::FromErrno(errno, "remove data file of " + name);
   }
+  EBS_RETURN_IF_ERROR(ChangeTracker::Remove(ChangesFilePath(r->id)));
   return SyncDirectory(data_dir_ + "/volumes");
 }
 
@@ -327,9 +347,8 @@ Status VolumeManager::BeginExclusive(const std::string& name) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = open_.find(name);
   if (it != open_.end() && it->second->attachments() > 0) {
-    return Status::Busy(fmt::format("VolumeInUse: volume '{}' has {} open connection(s); snapshots of volumes in "
-                                    "use are not supported yet: disconnect them first",
-                                    name, it->second->attachments()));
+    return Status::Busy(fmt::format("VolumeInUse: volume '{}' has {} open connection(s)", name,
+                                    it->second->attachments()));
   }
   if (!exclusive_.insert(name).second) return Status::Busy("volume '" + name + "' is busy with another operation");
   return Status::Ok();
@@ -344,40 +363,65 @@ Result<std::unique_ptr<VolumeAttachment>> VolumeManager::Attach(const std::strin
   EBS_RETURN_IF_ERROR(ValidateName(name));
   std::lock_guard<std::mutex> lock(mu_);
   if (exclusive_.count(name)) {
-    return Status::Busy("volume '" + name + "' is busy (a snapshot or restore is in progress); try again shortly");
+    return Status::Busy("volume '" + name + "' is busy (a restore into it is in progress); try again shortly");
   }
-  auto it = open_.find(name);
-  std::shared_ptr<Volume> vol;
-  if (it != open_.end()) {
-    vol = it->second;
-  } else {
-    auto r = catalog_->Get(name);
-    if (!r.ok()) return r.status();
-    EBS_RETURN_IF_ERROR(AdvanceModifications(&*r));
-    auto dev = FileDevice::Open(DataFilePath(r->id), r->config.size_bytes, /*create=*/false);
-    if (!dev.ok()) return dev.status();
-    vol = std::make_shared<Volume>();
-    vol->name_ = name;
-    vol->metrics_ = std::make_unique<VolumeMetrics>(options_.clock->NowNs());
-    std::shared_ptr<BlockDevice> stack = std::move(*dev);
-    for (const FaultSpec& f : options_.faults) {
-      if (f.volume == name) stack = std::make_shared<FaultLayer>(std::move(stack), f);
-    }
-    if (options_.throttle) {
-      if (!scheduler_) scheduler_ = std::make_unique<ThrottleScheduler>(options_.clock);
-      auto throttle = std::make_shared<ThrottleLayer>(stack, ComputeLimits(r->config), scheduler_.get(),
-                                                      vol->metrics_.get(), options_.clock);
-      vol->throttle_ = throttle.get();
-      stack = std::move(throttle);
-      if (!r->modifications.empty()) ApplyLimits(vol.get(), r->modifications.back());
-    }
-    vol->device_ = std::make_shared<MetricsLayer>(std::move(stack), vol->metrics_.get(), options_.clock);
-    open_[name] = vol;
-  }
-  vol->attachments_.fetch_add(1);
-  return std::make_unique<VolumeAttachment>(this, std::move(vol));
+  auto vol = OpenLocked(name);
+  if (!vol.ok()) return vol.status();
+  (*vol)->attachments_.fetch_add(1);
+  return std::make_unique<VolumeAttachment>(this, std::move(*vol));
 }
 
+Result<std::shared_ptr<Volume>> VolumeManager::OpenVolume(const std::string& name) {
+  EBS_RETURN_IF_ERROR(ValidateName(name));
+  std::lock_guard<std::mutex> lock(mu_);
+  return OpenLocked(name);
+}
+
+Result<std::shared_ptr<Volume>> VolumeManager::OpenLocked(const std::string& name) {
+  auto it = open_.find(name);
+  if (it != open_.end()) return it->second;
+  auto r = catalog_->Get(name);
+  if (!r.ok()) return r.status();
+  EBS_RETURN_IF_ERROR(AdvanceModifications(&*r));
+  auto dev = FileDevice::Open(DataFilePath(r->id), r->config.size_bytes, /*create=*/false);
+  if (!dev.ok()) return dev.status();
+  // The tracking file is made with the volume; if it is lost or damaged,
+  // every chunk counts as changed so the next snapshot misses nothing.
+  ChangeTracker::Options topts;
+  topts.if_missing = ChangeTracker::IfMissing::kCreateAllMarked;
+  const std::string changes = ChangesFilePath(r->id);
+  auto tracker = ChangeTracker::Open(changes, r->config.size_bytes, topts);
+  if (!tracker.ok() && tracker.status().code() == EBADMSG) {
+    fprintf(stderr, "ebs: volume %s: change tracking file damaged (%s); the next snapshot reads every chunk\n",
+            name.c_str(), tracker.status().message().c_str());
+    EBS_RETURN_IF_ERROR(ChangeTracker::Remove(changes));
+    tracker = ChangeTracker::Open(changes, r->config.size_bytes, topts);
+  }
+  if (!tracker.ok()) return tracker.status();
+  auto vol = std::make_shared<Volume>();
+  vol->name_ = name;
+  vol->id_ = r->id;
+  vol->metrics_ = std::make_unique<VolumeMetrics>(options_.clock->NowNs());
+  vol->tracker_ = *tracker;
+  std::shared_ptr<BlockDevice> stack = std::make_shared<ChangeTrackingLayer>(std::move(*dev), *tracker);
+  auto cow = std::make_shared<CopyOnWriteLayer>(std::move(stack));
+  vol->copy_on_write_ = cow.get();
+  stack = std::move(cow);
+  for (const FaultSpec& f : options_.faults) {
+    if (f.volume == name) stack = std::make_shared<FaultLayer>(std::move(stack), f);
+  }
+  if (options_.throttle) {
+    if (!scheduler_) scheduler_ = std::make_unique<ThrottleScheduler>(options_.clock);
+    auto throttle = std::make_shared<ThrottleLayer>(stack, ComputeLimits(r->config), scheduler_.get(),
+                                                    vol->metrics_.get(), options_.clock);
+    vol->throttle_ = throttle.get();
+    stack = std::move(throttle);
+    if (!r->modifications.empty()) ApplyLimits(vol.get(), r->modifications.back());
+  }
+  vol->device_ = std::make_shared<MetricsLayer>(std::move(stack), vol->metrics_.get(), options_.clock);
+  open_[name] = vol;
+  return vol;
+}
 void VolumeManager::Detach(Volume* volume) {
   // The volume stays open (counters, credits) until deleted or shut down.
   volume->attachments_.fetch_sub(1);

@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
+#include <iterator>
+#include <map>
 #include <random>
 #include <thread>
 #include <unordered_map>
@@ -77,23 +80,6 @@ Result<std::vector<uint64_t>> AllocatedChunks(int fd, uint64_t size, uint32_t ch
   return out;
 }
 
-Status ReadChunk(int fd, uint64_t chunk, uint32_t chunk_size, uint64_t volume_size, std::string* buf) {
-  uint64_t off = chunk * chunk_size;
-  size_t len = static_cast<size_t>(std::min<uint64_t>(chunk_size, volume_size - off));
-  buf->assign(len, '\0');
-  size_t done = 0;
-  while (done < len) {
-    ssize_t n = pread(fd, buf->data() + done, len - done, static_cast<off_t>(off + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "read chunk " + std::to_string(chunk));
-    }
-    if (n == 0) break;  // past the end of a short file: zeros
-    done += static_cast<size_t>(n);
-  }
-  return Status::Ok();
-}
-
 }  // namespace
 
 nlohmann::json SnapshotToJson(const SnapshotRecord& r) {
@@ -138,134 +124,293 @@ Result<std::unique_ptr<SnapshotService>> SnapshotService::Open(const std::string
   auto index = SnapshotIndex::Open(root + "/index");
   if (!index.ok()) return index.status();
   s->index_ = std::move(*index);
+  EBS_RETURN_IF_ERROR(s->RecoverInterrupted());
   return s;
 }
 
-Result<std::vector<SnapshotRecord>> SnapshotService::Create(const std::vector<std::string>& volumes,
-                                                            const std::string& description) {
-  if (volumes.empty()) return Status::InvalidArgument("name at least one volume to snapshot");
-  std::lock_guard<std::mutex> lock(mu_);
-  // Hold every volume first: with none attached, the cut is one instant
-  // across all of them.
-  std::vector<std::string> held;
-  auto release = [&] {
-    for (const auto& v : held) volumes_->EndExclusive(v);
-  };
-  for (const auto& v : volumes) {
-    Status st = volumes_->BeginExclusive(v);
-    if (!st.ok()) {
-      release();
-      return st;
-    }
-    held.push_back(v);
-  }
-  std::vector<SnapshotRecord> out;
-  for (const auto& v : volumes) {
-    auto r = CreateOne(v, description);
-    if (!r.ok()) {
-      release();
-      return r.status();
-    }
-    out.push_back(*r);
-  }
-  release();
-  return out;
-}
-
-Result<SnapshotRecord> SnapshotService::CreateOne(const std::string& volume, const std::string& description) {
-  auto info = volumes_->Describe(volume);
-  if (!info.ok()) return info.status();
-  const VolumeRecord& vr = info->record;
-  SnapshotRecord rec;
-  rec.id = NewSnapshotId();
-  rec.state = SnapshotState::kPending;
-  rec.volume_name = vr.name;
-  rec.volume_id = vr.id;
-  rec.lineage = vr.id;
-  rec.volume_size = vr.config.size_bytes;
-  rec.chunk_size = chunk_size_;
-  rec.created_at_ms = NowMs();
-  rec.description = description;
-
-  // The parent: the newest snapshot of this volume's lineage.
+Status SnapshotService::RecoverInterrupted() {
   auto all = index_->ListSnapshots();
   if (!all.ok()) return all.status();
-  const SnapshotRecord* parent = nullptr;
-  for (const auto& r : *all) {
-    if (r.lineage == rec.lineage && r.state == SnapshotState::kCompleted && (!parent || r.seq > parent->seq)) parent = &r;
+  bool any = false;
+  for (auto r : *all) {
+    if (r.state != SnapshotState::kPending) continue;
+    r.state = SnapshotState::kError;
+    r.error = "interrupted: the process taking it stopped before it completed";
+    EBS_RETURN_IF_ERROR(index_->PutSnapshot(r));
+    any = true;
   }
-  auto members = index_->ListLineage(rec.lineage);
-  if (!members.ok()) return members.status();
-  rec.seq = members->empty() ? 1 : members->back().seq + 1;
-  if (parent) rec.parent_id = parent->id;
-  EBS_RETURN_IF_ERROR(index_->PutSnapshot(rec));
-
-  auto fail = [&](const Status& st) -> Status {
-    rec.state = SnapshotState::kError;
-    rec.error = st.message();
-    (void)index_->PutSnapshot(rec);
-    return st;
-  };
-
-  // What the lineage holds now (the base this snapshot is a delta against).
-  std::unordered_map<uint64_t, ContentHash> base;
-  if (!members->empty()) {
-    auto map = index_->ChangedChunks(rec.lineage, 0, members->back().seq);
-    if (!map.ok()) return fail(map.status());
-    for (const auto& e : *map) {
-      if (!e.hash.IsZeroChunk()) base[e.chunk] = e.hash;
-    }
+  // Its uploaded objects are referenced by nothing.
+  if (any) {
+    auto gc = Gc();
+    if (!gc.ok()) return gc.status();
   }
-  std::string path = volumes_->DataFilePath(vr.id);
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return fail(Status::FromErrno(errno, "open " + path));
-  auto allocated = AllocatedChunks(fd, rec.volume_size, chunk_size_);
-  if (!allocated.ok()) {
-    ::close(fd);
-    return fail(allocated.status());
-  }
-  // Candidates: chunks with data now, and chunks that had data before (they
-  // may have become holes).
-  std::vector<uint64_t> candidates = *allocated;
-  for (const auto& [chunk, hash] : base) candidates.push_back(chunk);
-  std::sort(candidates.begin(), candidates.end());
-  candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
+  return Status::Ok();
+}
 
+// One volume's part in a snapshot: what it held at the previous cut, what
+// changed since, and the chunks read (or copied out) for this one.
+struct SnapshotService::Job {
+  std::shared_ptr<Volume> volume;
+  SnapshotRecord rec;
+  // The lineage's map as of its newest committed snapshot: the delta of this
+  // snapshot is relative to it. Empty for a new lineage.
+  std::unordered_map<uint64_t, ContentHash> lineage_base;
+  // What the volume held at the previous cut: the lineage base, or for the
+  // first snapshot of a volume restored from a snapshot, that snapshot's map.
+  const std::unordered_map<uint64_t, ContentHash>* content_base = &lineage_base;
+  std::unordered_map<uint64_t, ContentHash> source_map;
+  bool full = false;  // nothing known: read every allocated chunk
+  std::optional<uint64_t> cut_generation;
+  int fd = -1;
+  std::shared_ptr<CopyOutSession> session;
   struct Slot {
     ContentHash hash;
     uint64_t bytes = 0;
     uint64_t stored = 0;
   };
-  std::vector<Slot> slots(candidates.size());
-  std::mutex put_mu;  // two workers uploading the same new content store it once
-  Status st = ParallelFor(candidates.size(), workers_, [&](size_t i) -> Status {
-    thread_local ChunkCodec codec;
-    thread_local std::string buf, object;
-    uint64_t chunk = candidates[i];
-    EBS_RETURN_IF_ERROR(ReadChunk(fd, chunk, chunk_size_, rec.volume_size, &buf));
-    Slot& s = slots[i];
-    if (IsAllZero(buf.data(), buf.size())) {
-      s.hash = ContentHash::ZeroChunk();
-      return Status::Ok();
-    }
-    s.bytes = buf.size();
-    EBS_RETURN_IF_ERROR(codec.Encode(buf.data(), buf.size(), &object, &s.hash));
-    auto it = base.find(chunk);
-    if (it != base.end() && it->second == s.hash) return Status::Ok();  // unchanged
-    std::string key = ChunkKey(s.hash);
-    std::lock_guard<std::mutex> lock(put_mu);
-    auto exists = store_->Exists(key);
-    if (!exists.ok()) return exists.status();
-    if (!*exists) {
-      EBS_RETURN_IF_ERROR(store_->Put(key, object));
-      s.stored = object.size();
-    }
-    return Status::Ok();
-  });
-  ::close(fd);
-  if (!st.ok()) return fail(st);
+  std::vector<Slot> slots;
+  ~Job() {
+    if (fd >= 0) ::close(fd);
+  }
+};
 
+Result<std::vector<SnapshotRecord>> SnapshotService::Create(const std::vector<std::string>& volumes,
+                                                            const std::string& description) {
+  if (volumes.empty()) return Status::InvalidArgument("name at least one volume to snapshot");
+  for (size_t i = 0; i < volumes.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (volumes[i] == volumes[j]) return Status::InvalidArgument("volume '" + volumes[i] + "' is named twice");
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::unique_ptr<Job>> jobs;
+  for (const auto& v : volumes) {
+    auto job = PrepareJob(v, description);
+    if (!job.ok()) {
+      for (auto& j : jobs) FailJob(*j, job.status());
+      return job.status();
+    }
+    jobs.push_back(std::move(*job));
+  }
+  // The cut: every volume's writes are held and drained together, so the
+  // snapshots show one instant across all of them.
+  for (auto& j : jobs) j->volume->copy_on_write().Freeze();
+  Status cut = Status::Ok();
+  for (auto& j : jobs) {
+    if (cut.ok()) cut = CutJob(*j);
+  }
+  for (auto& j : jobs) j->volume->copy_on_write().Thaw(cut.ok() ? j->session : nullptr);
+  if (!cut.ok()) {
+    for (auto& j : jobs) FailJob(*j, cut);
+    return cut;
+  }
+  // The upload: chunks not yet copied out by writers are read now.
+  Status first = Status::Ok();
+  std::vector<SnapshotRecord> out;
+  for (auto& j : jobs) {
+    Status st = UploadJob(*j);
+    if (st.ok()) st = CommitJob(*j);
+    if (!st.ok()) {
+      FailJob(*j, st);
+      if (first.ok()) first = st;
+      continue;
+    }
+    out.push_back(j->rec);
+  }
+  if (!first.ok()) return first;
+  return out;
+}
+
+Result<std::unique_ptr<SnapshotService::Job>> SnapshotService::PrepareJob(const std::string& volume,
+                                                                          const std::string& description) {
+  auto info = volumes_->Describe(volume);
+  if (!info.ok()) return info.status();
+  auto vol = volumes_->OpenVolume(volume);
+  if (!vol.ok()) return vol.status();
+  const VolumeRecord& vr = info->record;
+  auto job = std::make_unique<Job>();
+  job->volume = *vol;
+  SnapshotRecord& rec = job->rec;
+  rec.id = NewSnapshotId();
+  rec.state = SnapshotState::kPending;
+  rec.volume_name = vr.name;
+  rec.volume_id = vr.id;
+  rec.lineage = vr.id;
+  rec.chunk_size = chunk_size_;
+  rec.created_at_ms = NowMs();
+  rec.description = description;
+
+  auto members = index_->ListLineage(rec.lineage);
+  if (!members.ok()) return members.status();
+  rec.seq = members->empty() ? 1 : members->back().seq + 1;
+  if (!members->empty()) {
+    // The parent: the newest completed snapshot of this volume's lineage.
+    auto all = index_->ListSnapshots();
+    if (!all.ok()) return all.status();
+    const SnapshotRecord* parent = nullptr;
+    for (const auto& r : *all) {
+      if (r.lineage == rec.lineage && r.state == SnapshotState::kCompleted && (!parent || r.seq > parent->seq)) {
+        parent = &r;
+      }
+    }
+    if (parent) rec.parent_id = parent->id;
+    auto map = index_->ChangedChunks(rec.lineage, 0, members->back().seq);
+    if (!map.ok()) return map.status();
+    for (const auto& e : *map) {
+      if (!e.hash.IsZeroChunk()) job->lineage_base[e.chunk] = e.hash;
+    }
+  } else if (!vr.source_snapshot.empty()) {
+    // A volume restored from a snapshot and not snapshotted since: its
+    // tracker has recorded changes since the restore, so unchanged chunks
+    // are the source's (and already in the store).
+    auto src = index_->GetSnapshot(vr.source_snapshot);
+    if (src.ok() && src->state == SnapshotState::kCompleted && src->chunk_size == chunk_size_) {
+      auto map = FullMap(*src);
+      if (!map.ok()) return map.status();
+      for (const auto& e : *map) job->source_map[e.chunk] = e.hash;
+      job->content_base = &job->source_map;
+    } else {
+      job->full = true;  // the source is gone: nothing to compare with
+    }
+  }
+  EBS_RETURN_IF_ERROR(index_->PutSnapshot(rec));
+  std::string path = volumes_->DataFilePath(vr.id);
+  job->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (job->fd < 0) {
+    Status st = Status::FromErrno(errno, "open " + path);
+    FailJob(*job, st);
+    return st;
+  }
+  return job;
+}
+
+Status SnapshotService::CutJob(Job& job) {
+  Volume& vol = *job.volume;
+  job.rec.volume_size = vol.device().size();
+  const uint64_t chunks = ChunkCount(job.rec.volume_size, chunk_size_);
+  auto cut = vol.tracker().Cut();
+  if (!cut.ok()) return cut.status();
+  job.cut_generation = cut->generation;
+  // The chunks whose content may differ from the previous cut, in the
+  // store's chunk size.
+  std::vector<uint64_t> candidates;
+  auto allocated_or_base = [&]() -> Result<std::vector<uint64_t>> {
+    auto allocated = AllocatedChunks(job.fd, job.rec.volume_size, chunk_size_);
+    if (!allocated.ok()) return allocated.status();
+    std::vector<uint64_t> out = std::move(*allocated);
+    for (const auto& [chunk, hash] : *job.content_base) out.push_back(chunk);
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+    return out;
+  };
+  if (job.full) {
+    auto all = allocated_or_base();
+    if (!all.ok()) return all.status();
+    candidates = std::move(*all);
+  } else {
+    const uint64_t tcs = cut->chunk_size;
+    for (uint64_t w = 0; w < cut->words.size(); ++w) {
+      for (uint64_t bits = cut->words[w]; bits != 0; bits &= bits - 1) {
+        const uint64_t t = w * 64 + static_cast<uint64_t>(std::countr_zero(bits));
+        const uint64_t first = t * tcs / chunk_size_;
+        const uint64_t last = std::min(((t + 1) * tcs - 1) / chunk_size_, chunks == 0 ? 0 : chunks - 1);
+        for (uint64_t c = first; c <= last && c < chunks; ++c) {
+          if (candidates.empty() || candidates.back() < c) candidates.push_back(c);
+        }
+      }
+    }
+    // Many marks (a tracker rebuilt after damage marks everything): a chunk
+    // that is a hole now and was zero before did not change, so read only
+    // allocated chunks and those that held data.
+    if (candidates.size() > 4096) {
+      auto keep = allocated_or_base();
+      if (!keep.ok()) return keep.status();
+      std::vector<uint64_t> both;
+      std::set_intersection(candidates.begin(), candidates.end(), keep->begin(), keep->end(),
+                            std::back_inserter(both));
+      candidates = std::move(both);
+    }
+  }
+  // Chunks beyond the volume's size at the cut (it was shrunk? never) are
+  // dropped by construction; chunks of the base beyond it cannot exist.
+  job.slots.assign(candidates.size(), {});
+  Job* jp = &job;
+  job.session = std::make_shared<CopyOutSession>(
+      job.fd, job.rec.volume_size, chunk_size_, std::move(candidates),
+      [this, jp](size_t position, const std::string& data) { return StoreChunk(*jp, position, data); });
+  return Status::Ok();
+}
+
+Status SnapshotService::StoreChunk(Job& job, size_t position, const std::string& data) {
+  thread_local ChunkCodec codec;
+  thread_local std::string object;
+  Job::Slot& s = job.slots[position];
+  if (IsAllZero(data.data(), data.size())) {
+    s.hash = ContentHash::ZeroChunk();
+    return Status::Ok();
+  }
+  s.bytes = data.size();
+  EBS_RETURN_IF_ERROR(codec.Encode(data.data(), data.size(), &object, &s.hash));
+  auto it = job.content_base->find(job.session->chunk(position));
+  if (it != job.content_base->end() && it->second == s.hash) return Status::Ok();  // unchanged
+  std::string key = ChunkKey(s.hash);
+  std::lock_guard<std::mutex> lock(put_mu_);  // two threads storing the same content store it once
+  auto exists = store_->Exists(key);
+  if (!exists.ok()) return exists.status();
+  if (!*exists) {
+    EBS_RETURN_IF_ERROR(store_->Put(key, object));
+    s.stored = object.size();
+  }
+  return Status::Ok();
+}
+
+Status SnapshotService::UploadJob(Job& job) {
+  CopyOutSession& session = *job.session;
+  Status st = ParallelFor(session.size(), workers_, [&](size_t i) -> Status {
+    thread_local std::string buf;
+    return session.Process(i, &buf);
+  });
+  if (!st.ok()) session.Cancel(st);
+  Status copied = session.Wait();  // chunks writers took are handed over too
+  job.volume->copy_on_write().Detach();
+  return st.ok() ? copied : st;
+}
+
+Status SnapshotService::CommitJob(Job& job) {
+  SnapshotRecord& rec = job.rec;
+  const CopyOutSession& session = *job.session;
+  // The new whole map = the content base with this snapshot's reads applied;
+  // the delta is that map's difference from the lineage base.
+  std::map<uint64_t, ContentHash> now(job.content_base->begin(), job.content_base->end());
+  for (size_t i = 0; i < session.size(); ++i) {
+    const uint64_t chunk = session.chunk(i);
+    if (job.slots[i].hash.IsZeroChunk()) {
+      now.erase(chunk);
+    } else {
+      now[chunk] = job.slots[i].hash;
+    }
+  }
+  const uint64_t chunks = ChunkCount(rec.volume_size, chunk_size_);
+  auto chunk_bytes = [&](uint64_t chunk) {
+    return std::min<uint64_t>(chunk_size_, rec.volume_size - chunk * chunk_size_);
+  };
   Manifest m;
+  MapDigest digest;
+  for (const auto& [chunk, hash] : now) {
+    if (chunk >= chunks) continue;
+    digest.Add(chunk, hash);
+    rec.logical_bytes += chunk_bytes(chunk);
+    auto it = job.lineage_base.find(chunk);
+    if (it == job.lineage_base.end() || !(it->second == hash)) {
+      m.delta.push_back({chunk, hash});
+      rec.changed_bytes += chunk_bytes(chunk);
+    }
+  }
+  for (const auto& [chunk, hash] : job.lineage_base) {
+    if (!now.count(chunk) && chunk < chunks) m.delta.push_back({chunk, ContentHash::ZeroChunk()});
+  }
+  std::sort(m.delta.begin(), m.delta.end(), [](const DeltaEntry& a, const DeltaEntry& b) { return a.chunk < b.chunk; });
+  for (const auto& slot : job.slots) rec.stored_bytes += slot.stored;
   m.snapshot_id = rec.id;
   m.volume_name = rec.volume_name;
   m.volume_id = rec.volume_id;
@@ -275,33 +420,106 @@ Result<SnapshotRecord> SnapshotService::CreateOne(const std::string& volume, con
   m.volume_size = rec.volume_size;
   m.chunk_size = chunk_size_;
   m.created_at_ms = rec.created_at_ms;
-  m.description = description;
-  MapDigest digest;
-  for (size_t i = 0; i < candidates.size(); ++i) {
-    const uint64_t chunk = candidates[i];
-    const Slot& s = slots[i];
-    auto it = base.find(chunk);
-    bool had = it != base.end();
-    if (!s.hash.IsZeroChunk()) {
-      rec.logical_bytes += s.bytes;
-      digest.Add(chunk, s.hash);
-    }
-    bool changed = had ? !(it->second == s.hash) : !s.hash.IsZeroChunk();
-    if (!changed) continue;
-    m.delta.push_back({chunk, s.hash});
-    rec.changed_bytes += s.hash.IsZeroChunk() ? 0 : s.bytes;
-    rec.stored_bytes += s.stored;
-  }
+  m.description = rec.description;
   m.map_digest = digest.value();
   // The manifest is durable before the index points at the snapshot.
   auto encoded = EncodeManifest(m);
-  if (!encoded.ok()) return fail(encoded.status());
-  st = store_->Put(ManifestKey(rec.id), *encoded);
-  if (!st.ok()) return fail(st);
+  if (!encoded.ok()) return encoded.status();
+  EBS_RETURN_IF_ERROR(store_->Put(ManifestKey(rec.id), *encoded));
   rec.state = SnapshotState::kCompleted;
-  st = index_->CompleteSnapshot(rec, m.delta);
-  if (!st.ok()) return fail(st);
-  return rec;
+  Status st = index_->CompleteSnapshot(rec, m.delta);
+  if (!st.ok()) {
+    rec.state = SnapshotState::kPending;
+    return st;
+  }
+  // Only now may the tracker forget the cut: a crash before this point
+  // merges it back, and the next snapshot reads those chunks again.
+  if (job.cut_generation) {
+    Status c = job.volume->tracker().Commit(*job.cut_generation);
+    job.cut_generation.reset();
+    if (!c.ok()) fprintf(stderr, "ebs: snapshot %s: forgetting the tracked changes failed: %s\n", rec.id.c_str(),
+                         c.message().c_str());
+  }
+  // Housekeeping: the snapshot is complete whatever happens here.
+  Status absorbed = AbsorbRetired(rec);
+  if (!absorbed.ok()) {
+    fprintf(stderr, "ebs: snapshot %s: folding in a deleted predecessor failed (store gc will free its objects): %s\n",
+            rec.id.c_str(), absorbed.message().c_str());
+  }
+  return Status::Ok();
+}
+
+// A snapshot deleted while it was its lineage's newest stayed as the base of
+// the next one (snapshot_index.h); now that the next one exists, fold it in
+// and free what nothing needs any more.
+Status SnapshotService::AbsorbRetired(const SnapshotRecord& rec) {
+  auto members = index_->ListLineage(rec.lineage);
+  if (!members.ok()) return members.status();
+  bool any = false;
+  for (const auto& mbr : *members) any = any || (mbr.retired && mbr.seq < rec.seq);
+  if (!any) return Status::Ok();
+  auto outcomes = index_->AbsorbRetired(rec.lineage);
+  if (!outcomes.ok()) return outcomes.status();
+  // The new snapshot's delta now reaches back to the newest live member.
+  auto after = index_->ListLineage(rec.lineage);
+  if (!after.ok()) return after.status();
+  uint64_t prev_seq = 0;
+  for (const auto& mbr : *after) {
+    if (mbr.seq < rec.seq && !mbr.retired) prev_seq = mbr.seq;
+  }
+  std::string prev_id;
+  if (prev_seq > 0) {
+    auto all = index_->ListSnapshots();
+    if (!all.ok()) return all.status();
+    for (const auto& s : *all) {
+      if (s.lineage == rec.lineage && s.seq == prev_seq && s.state == SnapshotState::kCompleted) prev_id = s.id;
+    }
+  }
+  EBS_RETURN_IF_ERROR(RewriteManifest(rec, prev_seq, prev_id));
+  for (const auto& o : *outcomes) {
+    for (const auto& h : o.released) EBS_RETURN_IF_ERROR(store_->Delete(ChunkKey(h)));
+  }
+  return Status::Ok();
+}
+
+Status SnapshotService::RewriteManifest(const SnapshotRecord& rec, uint64_t prev_seq, const std::string& prev_id) {
+  auto bytes = store_->Get(ManifestKey(rec.id));
+  if (!bytes.ok()) return bytes.status();
+  auto m = DecodeManifest(*bytes);
+  if (!m.ok()) return m.status();
+  auto delta = index_->ChangedChunks(rec.lineage, prev_seq, rec.seq);
+  if (!delta.ok()) return delta.status();
+  m->parent_snapshot_id = prev_id;
+  m->delta = *delta;
+  auto encoded = EncodeManifest(*m);
+  if (!encoded.ok()) return encoded.status();
+  EBS_RETURN_IF_ERROR(store_->Put(ManifestKey(rec.id), *encoded));
+  if (rec.parent_id != prev_id) {
+    SnapshotRecord updated = rec;
+    updated.parent_id = prev_id;
+    EBS_RETURN_IF_ERROR(index_->PutSnapshot(updated));
+  }
+  return Status::Ok();
+}
+
+void SnapshotService::FailJob(Job& job, const Status& why) {
+  if (job.session) {
+    job.session->Cancel(why);
+    (void)job.session->Wait();
+    job.volume->copy_on_write().Detach();
+  }
+  if (job.cut_generation) {
+    // The changes of the failed cut go back into the current set.
+    Status st = job.volume->tracker().Abort(*job.cut_generation);
+    if (!st.ok()) {
+      fprintf(stderr, "ebs: snapshot %s: returning tracked changes failed: %s\n", job.rec.id.c_str(),
+              st.message().c_str());
+    }
+    job.cut_generation.reset();
+  }
+  job.rec.state = SnapshotState::kError;
+  job.rec.error = why.message();
+  (void)index_->PutSnapshot(job.rec);
 }
 
 Result<std::vector<SnapshotRecord>> SnapshotService::List() {
@@ -462,26 +680,11 @@ Result<nlohmann::json> SnapshotService::Delete(const std::string& id) {
     const SnapshotRecord* next = nullptr;
     const SnapshotRecord* prev = nullptr;
     for (const auto& s : *all) {
-      if (s.lineage != r->lineage || s.id == id) continue;
+      if (s.lineage != r->lineage || s.id == id || s.state != SnapshotState::kCompleted) continue;
       if (s.seq == *outcome->absorbed_into) next = &s;
       if (s.seq < r->seq && (!prev || s.seq > prev->seq)) prev = &s;
     }
-    if (next) {
-      auto bytes = store_->Get(ManifestKey(next->id));
-      if (bytes.ok()) {
-        auto m = DecodeManifest(*bytes);
-        auto delta = index_->ChangedChunks(r->lineage, prev ? prev->seq : 0, next->seq);
-        if (m.ok() && delta.ok()) {
-          m->parent_snapshot_id = prev ? prev->id : "";
-          m->delta = *delta;
-          auto encoded = EncodeManifest(*m);
-          if (encoded.ok()) EBS_RETURN_IF_ERROR(store_->Put(ManifestKey(next->id), *encoded));
-          SnapshotRecord updated = *next;
-          updated.parent_id = prev ? prev->id : "";
-          EBS_RETURN_IF_ERROR(index_->PutSnapshot(updated));
-        }
-      }
-    }
+    if (next) EBS_RETURN_IF_ERROR(RewriteManifest(*next, prev ? prev->seq : 0, prev ? prev->id : ""));
   }
   // Objects nobody references any more.
   uint64_t freed = 0;

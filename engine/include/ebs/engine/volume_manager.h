@@ -14,6 +14,8 @@
 
 #include "ebs/engine/block_device.h"
 #include "ebs/engine/catalog.h"
+#include "ebs/engine/change_tracker.h"
+#include "ebs/engine/copy_on_write_layer.h"
 #include "ebs/engine/clock.h"
 #include "ebs/engine/fault_layer.h"
 #include "ebs/engine/throttle_layer.h"
@@ -25,8 +27,9 @@ namespace ebs {
 
 class VolumeManager;
 
-// An open volume: its I/O stack (metrics -> throttle -> data file), its
-// counters and its throttle state. Shared by every attachment (NBD
+// An open volume: its I/O stack (metrics -> throttle -> [faults] ->
+// copy-on-write -> change tracking -> data file), its counters and its
+// throttle state. Shared by every attachment (NBD
 // connection); stays open while the manager runs, so counters and credit
 // balances outlive connections.
 class Volume {
@@ -35,6 +38,11 @@ class Volume {
   BlockDevice& device() { return *device_; }
   VolumeMetrics& metrics() { return *metrics_; }
   ThrottleLayer* throttle() { return throttle_; }  // null with throttling off
+  // What snapshots use: the chunks changed since the last cut, and the layer
+  // that freezes writes for a cut and copies chunks out before they change.
+  ChangeTracker& tracker() { return *tracker_; }
+  CopyOnWriteLayer& copy_on_write() { return *copy_on_write_; }
+  const std::string& id() const { return id_; }
   // Set when the volume was deleted while attached: users must stop using it.
   bool deleted() const { return deleted_.load(std::memory_order_acquire); }
   int attachments() const { return attachments_.load(); }
@@ -43,8 +51,11 @@ class Volume {
   friend class VolumeManager;
   friend class VolumeAttachment;
   std::string name_;
+  std::string id_;
   std::unique_ptr<VolumeMetrics> metrics_;
   ThrottleLayer* throttle_ = nullptr;  // owned by the device stack
+  std::shared_ptr<ChangeTracker> tracker_;
+  CopyOnWriteLayer* copy_on_write_ = nullptr;  // owned by the device stack
   std::shared_ptr<BlockDevice> device_;
   std::atomic<bool> deleted_{false};
   std::atomic<int> attachments_{0};
@@ -103,9 +114,12 @@ class VolumeManager {
   Result<VolumeInfo> Modify(const std::string& name, const VolumeParams& params);
   // Opens the volume for I/O. EBUSY while the volume is held exclusive.
   Result<std::unique_ptr<VolumeAttachment>> Attach(const std::string& name);
-  // Keeps `name` from being attached until EndExclusive (a snapshot or a
-  // restore works on its data file meanwhile). Refused (VolumeInUse) while
-  // it has open connections. The name need not exist yet.
+  // Opens the volume's I/O stack without attaching (no connection counted):
+  // for snapshots, which cut and read a volume whether or not it is served.
+  Result<std::shared_ptr<Volume>> OpenVolume(const std::string& name);
+  // Keeps `name` from being attached until EndExclusive (a restore works on
+  // its data file meanwhile). Refused (VolumeInUse) while it has open
+  // connections. The name need not exist yet.
   Status BeginExclusive(const std::string& name);
   void EndExclusive(const std::string& name);
   // The CloudWatch-style counters and the throttle's state (zeros for a
@@ -116,12 +130,15 @@ class VolumeManager {
 
   const std::string& data_dir() const { return data_dir_; }
   std::string DataFilePath(const std::string& id) const;
+  // The change-tracking file beside the data file (change_tracker.h).
+  std::string ChangesFilePath(const std::string& id) const;
 
  private:
   friend class VolumeAttachment;
   VolumeManager(std::string data_dir, int lock_fd, std::unique_ptr<Catalog> catalog,
                 ManagerOptions options);
   void Detach(Volume* volume);
+  Result<std::shared_ptr<Volume>> OpenLocked(const std::string& name);  // REQUIRES: mu_ held
   Status CleanOrphanFiles();
   // Moves finished optimizations to completed. REQUIRES: mu_ held.
   Status AdvanceModifications(VolumeRecord* record);

@@ -3,10 +3,11 @@
 // check. Operations are serialised (one at a time per store), so gc never
 // races an upload. Thread-safe.
 //
-// This first version snapshots volumes that have no open connection (the
-// volume is kept from being attached while its snapshot is taken, which makes
-// the snapshot point-in-time); snapshots of volumes in use, with writes held
-// only for the instant of the cut and copy-before-write, come next.
+// Snapshots are point-in-time whether or not the volume is in use: writes are
+// held only for the instant of the cut (copy_on_write_layer.h), chunks a
+// write would change before the snapshot has read them are copied out first,
+// and only the chunks the volume's change tracker marked since the previous
+// cut are read (change_tracker.h).
 #pragma once
 
 #include <memory>
@@ -52,7 +53,24 @@ class SnapshotService {
 
  private:
   SnapshotService() = default;
-  Result<SnapshotRecord> CreateOne(const std::string& volume, const std::string& description);
+  struct Job;
+  // Create's steps for each volume: record it pending and find its base;
+  // take the cut (volumes frozen); read and store the chunks; write the
+  // manifest and complete it in the index; or mark it failed.
+  Result<std::unique_ptr<Job>> PrepareJob(const std::string& volume, const std::string& description);
+  Status CutJob(Job& job);
+  Status UploadJob(Job& job);
+  Status CommitJob(Job& job);
+  void FailJob(Job& job, const Status& why);
+  // Encodes one chunk's content as of the cut and stores it if new.
+  Status StoreChunk(Job& job, size_t position, const std::string& data);
+  // Folds retired predecessors into `rec` (snapshot_index.h, deletion).
+  Status AbsorbRetired(const SnapshotRecord& rec);
+  // Rewrites `rec`'s manifest as a delta from `prev_seq` (0: from zeros).
+  Status RewriteManifest(const SnapshotRecord& rec, uint64_t prev_seq, const std::string& prev_id);
+  // Snapshots left pending by a process that died are marked failed, and
+  // the objects they uploaded are collected.
+  Status RecoverInterrupted();
   // The snapshot's whole chunk map: non-zero chunks with their hashes.
   Result<std::vector<DeltaEntry>> FullMap(const SnapshotRecord& r);
 
@@ -61,7 +79,8 @@ class SnapshotService {
   std::unique_ptr<SnapshotIndex> index_;
   uint32_t chunk_size_ = kDefaultChunkSize;
   int workers_ = 2;
-  std::mutex mu_;  // one operation at a time
+  std::mutex mu_;      // one operation at a time
+  std::mutex put_mu_;  // an object's existence check and its upload, together
 };
 
 nlohmann::json SnapshotToJson(const SnapshotRecord& r);
