@@ -73,6 +73,10 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   auto snapshots = snapshot::SnapshotService::Open(ctx.StorePath(), manager->get());
   if (!snapshots.ok()) return Fail(snapshots.status());
   snapshot::RegisterSnapshotCommands(&registry, snapshots->get());
+  // Volumes restored lazily go on loading in the background.
+  if (Status st = (*snapshots)->ResumeLoading(); !st.ok()) {
+    fmt::print(stderr, "ebs: warning: a lazily restored volume cannot load: {}\n", st.message());
+  }
   auto control = ControlServer::Start(ctx.data_dir + "/control.sock", &registry);
   if (!control.ok()) return Fail(control.status());
 

@@ -58,6 +58,24 @@ nlohmann::json VolumeInfo::ToJson() const {
   j["created"] = FormatTime(record.created_at_ms);
   j["source_snapshot"] = record.source_snapshot.empty() ? nlohmann::json(nullptr)
                                                         : nlohmann::json(record.source_snapshot);
+  if (!record.initialization_state.empty()) {
+    nlohmann::json init = {{"state", record.initialization_state},
+                           {"mode", "lazy"},
+                           {"rate_mibps", record.initialization_rate_mibps > 0
+                                              ? nlohmann::json(record.initialization_rate_mibps)
+                                              : nlohmann::json(nullptr)}};
+    if (record.initialization_state == "loading") {
+      init["loaded_chunks"] = loaded_chunks;
+      init["total_chunks"] = total_chunks;
+      init["progress_percent"] = total_chunks > 0 ? 100.0 * static_cast<double>(loaded_chunks) /
+                                                        static_cast<double>(total_chunks)
+                                                  : 0.0;
+      init["error"] = initialization_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(initialization_error);
+    } else {
+      init["completed"] = FormatTime(record.initialization_completed_at_ms);
+    }
+    j["initialization"] = init;
+  }
   j["performance"] = {{"baseline_iops", limits.baseline_iops},
                       {"burst_iops", limits.burst_iops},
                       {"baseline_throughput_mibps", limits.baseline_throughput_mibps},
@@ -129,6 +147,7 @@ Result<std::unique_ptr<VolumeManager>> VolumeManager::Open(const std::string& da
   }
   std::unique_ptr<VolumeManager> m(new VolumeManager(data_dir, fd, std::move(*catalog), options));
   EBS_RETURN_IF_ERROR(m->CleanOrphanFiles());
+  EBS_RETURN_IF_ERROR(m->FinishInterruptedModifications());
   return m;
 }
 
@@ -138,6 +157,28 @@ std::string VolumeManager::DataFilePath(const std::string& id) const {
 
 std::string VolumeManager::ChangesFilePath(const std::string& id) const {
   return data_dir_ + "/volumes/" + id + ".changes";
+}
+
+std::string VolumeManager::LoadedFilePath(const std::string& id) const {
+  return data_dir_ + "/volumes/" + id + ".loaded";
+}
+
+void VolumeManager::SetChunkSourceFactory(ChunkSourceFactory factory) {
+  std::lock_guard<std::mutex> lock(mu_);
+  chunk_sources_ = std::move(factory);
+}
+
+Status VolumeManager::OpenLoadingVolumes() {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto records = catalog_->List();
+  if (!records.ok()) return records.status();
+  Status first = Status::Ok();
+  for (const auto& r : *records) {
+    if (r.initialization_state != "loading") continue;
+    auto v = OpenLocked(r.name);
+    if (!v.ok() && first.ok()) first = v.status();
+  }
+  return first;
 }
 
 Status VolumeManager::ValidateName(const std::string& name) {
@@ -171,11 +212,44 @@ Status VolumeManager::CleanOrphanFiles() {
     const std::string id = n.substr(0, n.find('.'));
     if (id.empty() || known.count(id)) continue;
     if (n.ends_with(".img")) orphans.push_back(n);
-    if (n.find(".changes") != std::string::npos) orphan_trackers.insert(id);
+    if (n.find(".changes") != std::string::npos || n.find(".loaded") != std::string::npos) {
+      orphan_trackers.insert(id);
+    }
   }
   closedir(d);
   for (const auto& n : orphans) unlink((dir + "/" + n).c_str());
-  for (const auto& id : orphan_trackers) EBS_RETURN_IF_ERROR(ChangeTracker::Remove(ChangesFilePath(id)));
+  for (const auto& id : orphan_trackers) {
+    EBS_RETURN_IF_ERROR(ChangeTracker::Remove(ChangesFilePath(id)));
+    EBS_RETURN_IF_ERROR(ChangeTracker::Remove(LoadedFilePath(id)));
+  }
+  return Status::Ok();
+}
+
+// A process that died inside Modify left the change `modifying`: the
+// record was written before the data file grew and not after. Roll it
+// forward (growing the file is idempotent), as if the call had returned.
+Status VolumeManager::FinishInterruptedModifications() {
+  auto records = catalog_->List();
+  if (!records.ok()) return records.status();
+  for (auto& r : *records) {
+    if (r.modifications.empty() || r.modifications.back().state != "modifying") continue;
+    Modification& m = r.modifications.back();
+    struct stat st;
+    const std::string path = DataFilePath(r.id);
+    if (stat(path.c_str(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
+    if (static_cast<uint64_t>(st.st_size) < m.to.size_bytes &&
+        truncate(path.c_str(), static_cast<off_t>(m.to.size_bytes)) != 0) {
+      m.state = "failed";
+      m.completed_at_ms = NowMs();
+    } else {
+      r.config = m.to;
+      m.state = "optimizing";
+      m.optimizing_at_ms = NowMs();
+      m.optimize_until_ms = m.optimizing_at_ms + options_.optimize_ms;
+    }
+    EBS_RETURN_IF_ERROR(catalog_->Put(r));
+    EBS_RETURN_IF_ERROR(AdvanceModifications(&r));
+  }
   return Status::Ok();
 }
 
@@ -183,6 +257,30 @@ VolumeInfo VolumeManager::InfoLocked(VolumeRecord record) {
   VolumeInfo info;
   auto it = open_.find(record.name);
   info.attachments = it == open_.end() ? 0 : it->second->attachments();
+  if (record.initialization_state == "loading") {
+    HydrationLayer* h = it == open_.end() ? nullptr : it->second->hydration();
+    if (h != nullptr) {
+      info.loaded_chunks = h->loaded_chunks();
+      info.total_chunks = h->total_chunks();
+      if (!h->error().ok()) info.initialization_error = h->error().message();
+    } else {
+      // Not open here: the record of loaded chunks says how far it got.
+      ChangeTracker::Options opts;
+      opts.chunk_size = record.initialization_chunk_size;
+      auto loaded = ChangeTracker::Open(LoadedFilePath(record.id), 0, opts);
+      if (loaded.ok()) {
+        info.loaded_chunks = (*loaded)->Marked().Count();
+        info.total_chunks = (*loaded)->chunk_count();
+      } else {
+        info.initialization_error = loaded.status().message();
+      }
+    }
+    if (info.total_chunks > 0 && info.loaded_chunks >= info.total_chunks) {
+      record.initialization_state = "completed";
+      record.initialization_completed_at_ms = NowMs();
+      (void)catalog_->Put(record);  // noticed again next time if this fails
+    }
+  }
   info.record = std::move(record);
   return info;
 }
@@ -197,7 +295,7 @@ Status VolumeManager::AdvanceModifications(VolumeRecord* record) {
 }
 
 Result<VolumeInfo> VolumeManager::Create(const std::string& name, const VolumeParams& params,
-                                         const std::string& source_snapshot) {
+                                         const std::string& source_snapshot, const LazyRestore* lazy) {
   EBS_RETURN_IF_ERROR(ValidateName(name));
   auto config = ValidateCreate(params);
   if (!config.ok()) return config.status();
@@ -214,6 +312,11 @@ Result<VolumeInfo> VolumeManager::Create(const std::string& name, const VolumePa
   r.created_at_ms = NowMs();
   r.state = "available";
   r.source_snapshot = source_snapshot;
+  if (lazy != nullptr) {
+    r.initialization_state = "loading";
+    r.initialization_rate_mibps = lazy->rate_mibps;
+    r.initialization_chunk_size = lazy->chunk_size;
+  }
   // The file first, durable, then the record that names it: a crash in
   // between leaves an orphan file that the next Open removes.
   auto dev = FileDevice::Open(DataFilePath(r.id), r.config.size_bytes, /*create=*/true);
@@ -228,11 +331,20 @@ Result<VolumeInfo> VolumeManager::Create(const std::string& name, const VolumePa
     return tracker.status();
   }
   tracker->reset();
+  if (lazy != nullptr) {
+    Status st = HydrationLayer::CreateBitmap(LoadedFilePath(r.id), r.config.size_bytes, lazy->chunk_size);
+    if (!st.ok()) {
+      unlink(DataFilePath(r.id).c_str());
+      (void)ChangeTracker::Remove(ChangesFilePath(r.id));
+      return st;
+    }
+  }
   EBS_RETURN_IF_ERROR(SyncDirectory(data_dir_ + "/volumes"));
   Status st = catalog_->Put(r);
   if (!st.ok()) {
     unlink(DataFilePath(r.id).c_str());
     (void)ChangeTracker::Remove(ChangesFilePath(r.id));
+    (void)ChangeTracker::Remove(LoadedFilePath(r.id));
     return st;
   }
   return InfoLocked(std::move(r));
@@ -281,6 +393,7 @@ Status VolumeManager::Delete(const std::string& name, bool force) {
     return Status::FromErrno(errno, "remove data file of " + name);
   }
   EBS_RETURN_IF_ERROR(ChangeTracker::Remove(ChangesFilePath(r->id)));
+  EBS_RETURN_IF_ERROR(ChangeTracker::Remove(LoadedFilePath(r->id)));
   return SyncDirectory(data_dir_ + "/volumes");
 }
 
@@ -404,6 +517,27 @@ Result<std::shared_ptr<Volume>> VolumeManager::OpenLocked(const std::string& nam
   vol->metrics_ = std::make_unique<VolumeMetrics>(options_.clock->NowNs());
   vol->tracker_ = *tracker;
   std::shared_ptr<BlockDevice> stack = std::make_shared<ChangeTrackingLayer>(std::move(*dev), *tracker);
+  std::shared_ptr<HydrationLayer> hydration;
+  if (r->initialization_state == "loading") {
+    if (!chunk_sources_) {
+      return Status::Busy("volume '" + name + "' is still loading from snapshot " + r->source_snapshot +
+                                 " and its snapshot store is not open here");
+    }
+    auto source = chunk_sources_(*r);
+    if (!source.ok()) {
+      return Status::Error(source.status().code(), "volume '" + name + "' is loading from snapshot " +
+                                                       r->source_snapshot + ": " + source.status().message());
+    }
+    HydrationLayer::Options hopts;
+    hopts.chunk_size = r->initialization_chunk_size;
+    hopts.rate_mibps = r->initialization_rate_mibps;
+    auto h = HydrationLayer::Open(std::move(stack), DataFilePath(r->id), LoadedFilePath(r->id), std::move(*source),
+                                  hopts);
+    if (!h.ok()) return h.status();
+    hydration = *h;
+    vol->hydration_ = hydration.get();
+    stack = hydration;
+  }
   auto cow = std::make_shared<CopyOnWriteLayer>(std::move(stack));
   vol->copy_on_write_ = cow.get();
   stack = std::move(cow);
@@ -420,6 +554,7 @@ Result<std::shared_ptr<Volume>> VolumeManager::OpenLocked(const std::string& nam
   }
   vol->device_ = std::make_shared<MetricsLayer>(std::move(stack), vol->metrics_.get(), options_.clock);
   open_[name] = vol;
+  if (hydration) hydration->StartBackground();
   return vol;
 }
 void VolumeManager::Detach(Volume* volume) {

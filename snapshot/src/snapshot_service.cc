@@ -1,6 +1,7 @@
 #include "ebs/snapshot/snapshot_service.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -80,6 +81,39 @@ Result<std::vector<uint64_t>> AllocatedChunks(int fd, uint64_t size, uint32_t ch
   return out;
 }
 
+// The chunks of one snapshot, for a volume restored lazily from it. Holds
+// the snapshot's map and the store, so it outlives the service.
+class SnapshotChunkSource final : public ChunkSource {
+ public:
+  SnapshotChunkSource(std::shared_ptr<ObjectStore> store, std::string id, const std::vector<DeltaEntry>& map)
+      : store_(std::move(store)), id_(std::move(id)) {
+    for (const auto& e : map) map_.emplace(e.chunk, e.hash);
+  }
+  Status Fetch(uint64_t chunk, std::string* data) override {
+    auto it = map_.find(chunk);
+    if (it == map_.end()) {
+      data->clear();  // zeros
+      return Status::Ok();
+    }
+    auto object = store_->Get(ChunkKey(it->second));
+    if (!object.ok()) {
+      return Status::IoError(fmt::format("snapshot {} chunk {}: object {} unreadable: {}", id_, chunk,
+                                         it->second.ToHex(), object.status().message()));
+    }
+    thread_local ChunkCodec codec;
+    Status st = codec.Decode(*object, it->second, data);
+    if (!st.ok()) return Status::IoError(fmt::format("snapshot {} chunk {} is corrupt: {}", id_, chunk, st.message()));
+    return Status::Ok();
+  }
+  bool HasData(uint64_t chunk) const override { return map_.count(chunk) != 0; }
+  std::string Describe() const override { return "snapshot " + id_; }
+
+ private:
+  const std::shared_ptr<ObjectStore> store_;
+  const std::string id_;
+  std::unordered_map<uint64_t, ContentHash> map_;
+};
+
 }  // namespace
 
 nlohmann::json SnapshotToJson(const SnapshotRecord& r) {
@@ -125,7 +159,30 @@ Result<std::unique_ptr<SnapshotService>> SnapshotService::Open(const std::string
   if (!index.ok()) return index.status();
   s->index_ = std::move(*index);
   EBS_RETURN_IF_ERROR(s->RecoverInterrupted());
+  SnapshotService* service = s.get();
+  volumes->SetChunkSourceFactory([service](const VolumeRecord& v) -> Result<std::shared_ptr<ChunkSource>> {
+    auto r = service->index_->GetSnapshot(v.source_snapshot);
+    if (!r.ok()) return Status::NotFound("its source snapshot " + v.source_snapshot + " is not in this store");
+    if (r->chunk_size != v.initialization_chunk_size) {
+      return Status::InvalidArgument("its source snapshot " + v.source_snapshot + " has another chunk size");
+    }
+    auto map = service->FullMap(*r);
+    if (!map.ok()) return map.status();
+    return std::shared_ptr<ChunkSource>(std::make_shared<SnapshotChunkSource>(service->store_, r->id, *map));
+  });
   return s;
+}
+
+SnapshotService::~SnapshotService() {
+  if (volumes_ != nullptr) volumes_->SetChunkSourceFactory(nullptr);
+}
+
+Status SnapshotService::ResumeLoading() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    serving_ = true;
+  }
+  return volumes_->OpenLoadingVolumes();
 }
 
 Status SnapshotService::RecoverInterrupted() {
@@ -331,8 +388,12 @@ Status SnapshotService::CutJob(Job& job) {
       candidates = std::move(both);
     }
   }
-  // Chunks beyond the volume's size at the cut (it was shrunk? never) are
-  // dropped by construction; chunks of the base beyond it cannot exist.
+  // A volume still loading lazily: a chunk not yet loaded cannot have been
+  // written (writes load first) and its data file range is still a hole, so
+  // it must not be read; its content is the source's.
+  if (HydrationLayer* h = vol.hydration(); h != nullptr && !h->complete()) {
+    std::erase_if(candidates, [&](uint64_t c) { return !h->Loaded(c); });
+  }
   job.slots.assign(candidates.size(), {});
   Job* jp = &job;
   job.session = std::make_shared<CopyOutSession>(
@@ -372,7 +433,7 @@ Status SnapshotService::UploadJob(Job& job) {
   });
   if (!st.ok()) session.Cancel(st);
   Status copied = session.Wait();  // chunks writers took are handed over too
-  job.volume->copy_on_write().Detach();
+  if (job.volume) job.volume->copy_on_write().Detach();
   return st.ok() ? copied : st;
 }
 
@@ -506,7 +567,7 @@ void SnapshotService::FailJob(Job& job, const Status& why) {
   if (job.session) {
     job.session->Cancel(why);
     (void)job.session->Wait();
-    job.volume->copy_on_write().Detach();
+    if (job.volume) job.volume->copy_on_write().Detach();
   }
   if (job.cut_generation) {
     // The changes of the failed cut go back into the current set.
@@ -550,7 +611,8 @@ Result<std::vector<DeltaEntry>> SnapshotService::FullMap(const SnapshotRecord& r
   return out;
 }
 
-Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::string& volume, VolumeParams params) {
+Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::string& volume, VolumeParams params,
+                                            std::optional<double> lazy_rate_mibps) {
   std::lock_guard<std::mutex> lock(mu_);
   auto r = index_->GetSnapshot(id);
   if (!r.ok()) {
@@ -565,6 +627,19 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
                                                FormatSize(*params.size_bytes), FormatSize(r->volume_size)));
   }
   if (!params.type) params.type = VolumeType::kGp3;
+  if (lazy_rate_mibps) {
+    if (*lazy_rate_mibps < 0) return Status::InvalidArgument("InvalidParameterValue: --initialization-rate must be positive");
+    LazyRestore lazy;
+    lazy.chunk_size = r->chunk_size;
+    lazy.rate_mibps = *lazy_rate_mibps;
+    auto info = volumes_->Create(volume, params, id, &lazy);
+    if (!info.ok()) return info.status();
+    if (serving_) {
+      auto opened = volumes_->OpenVolume(volume);  // starts loading in the background
+      if (!opened.ok()) return opened.status();
+    }
+    return volumes_->Describe(volume);
+  }
   // Nobody may attach the new volume before every chunk is in place.
   EBS_RETURN_IF_ERROR(volumes_->BeginExclusive(volume));
   auto info = volumes_->Create(volume, params, id);
@@ -576,30 +651,7 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
   int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
   Status st = fd < 0 ? Status::FromErrno(errno, "open " + path) : Status::Ok();
   if (st.ok()) {
-    st = ParallelFor(map->size(), workers_, [&](size_t i) -> Status {
-      thread_local ChunkCodec codec;
-      thread_local std::string data;
-      const DeltaEntry& e = (*map)[i];
-      auto object = store_->Get(ChunkKey(e.hash));
-      if (!object.ok()) {
-        return Status::IoError(fmt::format("snapshot {} chunk {}: object {} unreadable: {}", id, e.chunk,
-                                           e.hash.ToHex(), object.status().message()));
-      }
-      Status d = codec.Decode(*object, e.hash, &data);
-      if (!d.ok()) return Status::IoError(fmt::format("snapshot {} chunk {} is corrupt: {}", id, e.chunk, d.message()));
-      uint64_t off = e.chunk * r->chunk_size;
-      size_t done = 0;
-      while (done < data.size()) {
-        ssize_t n = pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(off + done));
-        if (n < 0) {
-          if (errno == EINTR) continue;
-          return Status::FromErrno(errno, "write restored chunk " + std::to_string(e.chunk));
-        }
-        done += static_cast<size_t>(n);
-      }
-      return Status::Ok();
-    });
-    if (st.ok() && fdatasync(fd) != 0) st = Status::FromErrno(errno, "sync restored volume");
+    st = WriteImage(*r, *map, fd);
     ::close(fd);
   }
   volumes_->EndExclusive(volume);
@@ -609,6 +661,110 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
     return Status::Error(st.code(), "restore refused: " + st.message());
   }
   return volumes_->Describe(volume);
+}
+
+Status SnapshotService::WriteImage(const SnapshotRecord& r, const std::vector<DeltaEntry>& map, int fd) {
+  Status st = ParallelFor(map.size(), workers_, [&](size_t i) -> Status {
+    thread_local ChunkCodec codec;
+    thread_local std::string data;
+    const DeltaEntry& e = map[i];
+    auto object = store_->Get(ChunkKey(e.hash));
+    if (!object.ok()) {
+      return Status::IoError(fmt::format("snapshot {} chunk {}: object {} unreadable: {}", r.id, e.chunk,
+                                         e.hash.ToHex(), object.status().message()));
+    }
+    Status d = codec.Decode(*object, e.hash, &data);
+    if (!d.ok()) return Status::IoError(fmt::format("snapshot {} chunk {} is corrupt: {}", r.id, e.chunk, d.message()));
+    uint64_t off = e.chunk * r.chunk_size;
+    size_t done = 0;
+    while (done < data.size()) {
+      ssize_t n = pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(off + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return Status::FromErrno(errno, "write chunk " + std::to_string(e.chunk));
+      }
+      done += static_cast<size_t>(n);
+    }
+    return Status::Ok();
+  });
+  if (st.ok() && fdatasync(fd) != 0) st = Status::FromErrno(errno, "sync the written image");
+  return st;
+}
+
+Result<nlohmann::json> SnapshotService::Export(const std::string& id, const std::string& file, bool force) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = index_->GetSnapshot(id);
+  if (!r.ok()) return Status::NotFound("InvalidSnapshot.NotFound: snapshot '" + id + "' does not exist");
+  auto map = FullMap(*r);
+  if (!map.ok()) return map.status();
+  struct stat st;
+  if (!force && ::stat(file.c_str(), &st) == 0) {
+    return Status::AlreadyExists("'" + file + "' exists; give --force to overwrite it");
+  }
+  // Written whole under a temporary name, then renamed: an interrupted or
+  // failed export never leaves a partial image under the name asked for.
+  const std::string tmp = file + ".ebs-export-tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::FromErrno(errno, "create " + tmp);
+  Status s = Status::Ok();
+  if (ftruncate(fd, static_cast<off_t>(r->volume_size)) != 0) s = Status::FromErrno(errno, "size " + tmp);
+  if (s.ok()) s = WriteImage(*r, *map, fd);
+  ::close(fd);
+  if (s.ok() && ::rename(tmp.c_str(), file.c_str()) != 0) s = Status::FromErrno(errno, "rename to " + file);
+  if (!s.ok()) {
+    ::unlink(tmp.c_str());
+    return Status::Error(s.code(), "export refused: " + s.message());
+  }
+  return nlohmann::json{{"snapshot", id}, {"file", file}, {"size_bytes", r->volume_size},
+                        {"data_chunks", map->size()}};
+}
+
+Result<SnapshotRecord> SnapshotService::Import(const std::string& file, const std::string& name,
+                                               const std::string& description) {
+  std::lock_guard<std::mutex> lock(mu_);
+  EBS_RETURN_IF_ERROR(VolumeManager::ValidateName(name));
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno(errno, "open " + file);
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Status::InvalidArgument("'" + file + "' is not a regular file (a raw disk image)");
+  }
+  if (st.st_size == 0) {
+    ::close(fd);
+    return Status::InvalidArgument("'" + file + "' is empty");
+  }
+  Job job;
+  job.fd = fd;  // closed with the job
+  SnapshotRecord& rec = job.rec;
+  rec.id = NewSnapshotId();
+  rec.state = SnapshotState::kPending;
+  rec.volume_name = name;
+  rec.volume_id = "import-" + rec.id.substr(5);
+  rec.lineage = rec.volume_id;
+  rec.seq = 1;
+  // Volumes are whole GiB: the image is padded with zeros up to one.
+  rec.volume_size = (static_cast<uint64_t>(st.st_size) + kGiB - 1) / kGiB * kGiB;
+  rec.chunk_size = chunk_size_;
+  rec.created_at_ms = NowMs();
+  rec.description = description.empty() ? "imported from " + file : description;
+  EBS_RETURN_IF_ERROR(index_->PutSnapshot(rec));
+  auto chunks = AllocatedChunks(fd, static_cast<uint64_t>(st.st_size), chunk_size_);
+  Status s = chunks.status();
+  if (s.ok()) {
+    job.slots.assign(chunks->size(), {});
+    Job* jp = &job;
+    job.session = std::make_shared<CopyOutSession>(
+        fd, static_cast<uint64_t>(st.st_size), chunk_size_, std::move(*chunks),
+        [this, jp](size_t position, const std::string& data) { return StoreChunk(*jp, position, data); });
+    s = UploadJob(job);
+  }
+  if (s.ok()) s = CommitJob(job);
+  if (!s.ok()) {
+    FailJob(job, s);
+    return s;
+  }
+  return rec;
 }
 
 Result<nlohmann::json> SnapshotService::Diff(const std::string& from, const std::string& to) {
@@ -670,6 +826,14 @@ Result<nlohmann::json> SnapshotService::Delete(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto r = index_->GetSnapshot(id);
   if (!r.ok()) return Status::NotFound("InvalidSnapshot.NotFound: snapshot '" + id + "' does not exist");
+  auto vols = volumes_->List();
+  if (!vols.ok()) return vols.status();
+  for (const auto& v : *vols) {
+    if (v.record.source_snapshot == id && v.record.initialization_state == "loading") {
+      return Status::Busy("InvalidSnapshot.InUse: volume '" + v.record.name + "' is still loading from snapshot " + id +
+                          "; delete it after the volume's initialization completes");
+    }
+  }
   auto all = index_->ListSnapshots();
   if (!all.ok()) return all.status();
   auto outcome = index_->DeleteSnapshot(id);
@@ -766,7 +930,9 @@ void RegisterSnapshotCommands(CommandRegistry* registry, SnapshotService* servic
   registry->Register("snapshot.restore", [service](const nlohmann::json& args) -> Result<nlohmann::json> {
     auto p = VolumeParamsFromArgs(args);
     if (!p.ok()) return p.status();
-    auto r = service->Restore(args.at("id").get<std::string>(), args.at("volume").get<std::string>(), *p);
+    std::optional<double> lazy;
+    if (args.value("lazy", false)) lazy = args.value("initialization_rate_mibps", 0.0);
+    auto r = service->Restore(args.at("id").get<std::string>(), args.at("volume").get<std::string>(), *p, lazy);
     if (!r.ok()) return r.status();
     return r->ToJson();
   });
@@ -778,6 +944,16 @@ void RegisterSnapshotCommands(CommandRegistry* registry, SnapshotService* servic
   });
   registry->Register("snapshot.delete", [service](const nlohmann::json& args) {
     return service->Delete(args.at("id").get<std::string>());
+  });
+  registry->Register("snapshot.export", [service](const nlohmann::json& args) {
+    return service->Export(args.at("id").get<std::string>(), args.at("file").get<std::string>(),
+                           args.value("force", false));
+  });
+  registry->Register("snapshot.import", [service](const nlohmann::json& args) -> Result<nlohmann::json> {
+    auto r = service->Import(args.at("file").get<std::string>(), args.at("name").get<std::string>(),
+                             args.value("description", std::string()));
+    if (!r.ok()) return r.status();
+    return SnapshotToJson(*r);
   });
   registry->Register("store.gc", [service](const nlohmann::json&) { return service->Gc(); });
   registry->Register("store.check", [service](const nlohmann::json&) { return service->Check(); });

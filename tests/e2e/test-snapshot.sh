@@ -88,6 +88,25 @@ expect_fail "already exists" "$EBS" snapshot restore "${IDS[1]}" --volume r1
 expect_fail "different volumes" "$EBS" snapshot diff "${IDS[1]}" "$("$EBS" snapshot list --json | js '[s["id"] for s in d if s["volume"]=="b"][0]')"
 pass "clear errors"
 
+# Export and import: raw images in and out, byte-identical, no overwrite
+# without --force, and an imported image dedups against what is stored.
+"$EBS" snapshot export "${IDS[5]}" "$T/exp.img"
+cmp "$T/a5.img" "$T/exp.img" || fail "the exported image differs from the volume at snapshot 5"
+echo keep >"$T/exists.img"
+expect_fail "exists" "$EBS" snapshot export "${IDS[5]}" "$T/exists.img"
+[ "$(cat "$T/exists.img")" = keep ] || fail "a refused export changed the existing file"
+"$EBS" snapshot export "${IDS[5]}" "$T/exists.img" --force >/dev/null
+cmp "$T/a5.img" "$T/exists.img" || fail "export --force did not write the image"
+before=$(objects)
+imp=$("$EBS" snapshot import "$T/exp.img" --name fromfile --json | js 'd["id"]')
+[ "$(objects)" = "$before" ] || fail "importing an image of stored data stored new objects"
+"$EBS" snapshot restore "$imp" --volume imported >/dev/null
+image imported imported
+cmp "$T/a5.img" "$T/imported.img" || fail "a restored import differs from its image"
+rm -f "$T/exp.img" "$T/exists.img" "$T/imported.img"
+expect_fail "No such file" "$EBS" snapshot import "$T/missing.img"
+pass "export and import round-trip, refuse to overwrite, deduplicate"
+
 # Corruption: one flipped byte in an object of snapshot 5.
 obj=$(find "$EBS_DATA_DIR/store/chunks" -type f | sort | head -n 1)
 "$PY" - "$obj" <<'PYEOF'

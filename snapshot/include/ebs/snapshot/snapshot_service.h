@@ -12,6 +12,7 @@
 
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,8 +37,21 @@ class SnapshotService {
   Result<std::vector<SnapshotRecord>> Create(const std::vector<std::string>& volumes, const std::string& description);
   Result<std::vector<SnapshotRecord>> List();
   Result<SnapshotRecord> Describe(const std::string& id);
-  // A new volume with the snapshot's content, fully copied before it returns.
-  Result<VolumeInfo> Restore(const std::string& id, const std::string& volume, VolumeParams params);
+  // A new volume with the snapshot's content. Eager (no `lazy`): fully
+  // copied before it returns. Lazy: created at once and loaded on demand and
+  // in the background while a server runs (hydration_layer.h).
+  Result<VolumeInfo> Restore(const std::string& id, const std::string& volume, VolumeParams params,
+                             std::optional<double> lazy_rate_mibps = std::nullopt);
+  // For the server: lazily restored volumes load in the background from now
+  // on, including those left loading by an earlier run.
+  Status ResumeLoading();
+  ~SnapshotService();
+  // Writes the snapshot as a raw image to `file` (refused if it exists,
+  // unless `force`). The file appears whole or not at all.
+  Result<nlohmann::json> Export(const std::string& id, const std::string& file, bool force);
+  // A snapshot of a raw image: a new chain whose volume is named `name` (the
+  // name a restore suggests; no volume is created).
+  Result<SnapshotRecord> Import(const std::string& file, const std::string& name, const std::string& description);
   // Chunks that differ between two snapshots of one volume (ListChangedBlocks).
   Result<nlohmann::json> Diff(const std::string& from, const std::string& to);
   // Reads every object of the snapshot and checks it; lists each bad chunk.
@@ -62,6 +76,8 @@ class SnapshotService {
   Status UploadJob(Job& job);
   Status CommitJob(Job& job);
   void FailJob(Job& job, const Status& why);
+  // Writes every chunk of `map` (a whole snapshot) into `fd` and syncs.
+  Status WriteImage(const SnapshotRecord& r, const std::vector<DeltaEntry>& map, int fd);
   // Encodes one chunk's content as of the cut and stores it if new.
   Status StoreChunk(Job& job, size_t position, const std::string& data);
   // Folds retired predecessors into `rec` (snapshot_index.h, deletion).
@@ -75,12 +91,13 @@ class SnapshotService {
   Result<std::vector<DeltaEntry>> FullMap(const SnapshotRecord& r);
 
   VolumeManager* volumes_ = nullptr;
-  std::unique_ptr<ObjectStore> store_;
+  std::shared_ptr<ObjectStore> store_;  // shared with lazily restored volumes' chunk sources
   std::unique_ptr<SnapshotIndex> index_;
   uint32_t chunk_size_ = kDefaultChunkSize;
   int workers_ = 2;
   std::mutex mu_;      // one operation at a time
   std::mutex put_mu_;  // an object's existence check and its upload, together
+  bool serving_ = false;  // GUARDED_BY(mu_): lazily restored volumes load in the background
 };
 
 nlohmann::json SnapshotToJson(const SnapshotRecord& r);
