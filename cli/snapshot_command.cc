@@ -1,5 +1,5 @@
 // `ebs snapshot create|list|describe|restore|diff|verify|delete` and
-// `ebs store gc|check`.
+// `ebs store gc|check|reindex`.
 #include <filesystem>
 
 #include <CLI/CLI.hpp>
@@ -208,6 +208,23 @@ void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* acti
         fmt::print("{} objects examined, {} removed\n", r["objects_examined"].get<uint64_t>(),
                    r["objects_removed"].get<uint64_t>());
       });
+    };
+  });
+  auto* reindex = store->add_subcommand("reindex", "rebuild the snapshot index from the manifests in the store alone");
+  reindex->callback([=] {
+    *action = [=] {
+      auto r = Dispatch(*ctx, "store.reindex", nlohmann::json::object());
+      if (!r.ok()) return Fail(r.status());
+      if (ctx->json) {
+        fmt::print("{}\n", r->dump(2));
+      } else {
+        fmt::print("index rebuilt: {} snapshots{}\n", (*r)["snapshots"].get<uint64_t>(),
+                   (*r)["ok"].get<bool>() ? "" : ", with problems:");
+        for (const auto& p : (*r)["problems"]) {
+          fmt::print("  {}: {}\n", Str(p.value("object", p.value("snapshot", nlohmann::json()))), Str(p["error"]));
+        }
+      }
+      return (*r)["ok"].get<bool>() ? 0 : 2;
     };
   });
   auto* check = store->add_subcommand("check", "every referenced object exists and every object is referenced");

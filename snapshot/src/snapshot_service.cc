@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
+#include <filesystem>
 #include <iterator>
 #include <map>
+#include <set>
 #include <random>
 #include <thread>
 #include <unordered_map>
@@ -81,6 +83,9 @@ Result<std::vector<uint64_t>> AllocatedChunks(int fd, uint64_t size, uint32_t ch
   return out;
 }
 
+// Marks a deleted snapshot whose manifest is kept as the base of the next.
+std::string TombstoneKey(const std::string& id) { return std::string(kManifestKeyPrefix) + id + ".deleted"; }
+
 // The chunks of one snapshot, for a volume restored lazily from it. Holds
 // the snapshot's map and the store, so it outlives the service.
 class SnapshotChunkSource final : public ChunkSource {
@@ -140,6 +145,7 @@ Result<std::unique_ptr<SnapshotService>> SnapshotService::Open(const std::string
   EBS_RETURN_IF_ERROR(ValidateChunkSize(chunk_size));
   std::unique_ptr<SnapshotService> s(new SnapshotService());
   s->volumes_ = volumes;
+  s->root_ = root;
   s->workers_ = std::max(1, workers);
   auto store = DirectoryObjectStore::Open(root);
   if (!store.ok()) return store.status();
@@ -767,6 +773,105 @@ Result<SnapshotRecord> SnapshotService::Import(const std::string& file, const st
   return rec;
 }
 
+Result<nlohmann::json> SnapshotService::Reindex() {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto keys = store_->List(kManifestKeyPrefix);
+  if (!keys.ok()) return keys.status();
+  nlohmann::json problems = nlohmann::json::array();
+  std::map<std::string, std::map<uint64_t, Manifest>> lineages;  // lineage -> seq -> manifest
+  std::set<std::string> deleted;
+  for (const auto& key : *keys) {
+    if (key.ends_with(".deleted")) {
+      deleted.insert(key.substr(kManifestKeyPrefix.size(), key.size() - kManifestKeyPrefix.size() - 8));
+      continue;
+    }
+    if (!key.ends_with(kManifestKeySuffix)) continue;
+    auto bytes = store_->Get(key);
+    auto m = bytes.ok() ? DecodeManifest(*bytes) : Result<Manifest>(bytes.status());
+    if (!m.ok()) {
+      problems.push_back({{"object", key}, {"error", m.status().message() + " (skipped)"}});
+      continue;
+    }
+    if (m->chunk_size != chunk_size_) {
+      problems.push_back({{"object", key}, {"error", "chunk size differs from the store's (skipped)"}});
+      continue;
+    }
+    lineages[m->lineage_id][m->sequence] = std::move(*m);
+  }
+  // A fresh index beside the old one; swapped in only when complete.
+  const std::string dir = root_ + "/index";
+  const std::string fresh = root_ + "/index.reindex";
+  std::error_code ec;
+  std::filesystem::remove_all(fresh, ec);
+  auto index = SnapshotIndex::Open(fresh);
+  if (!index.ok()) return index.status();
+  uint64_t snapshots = 0, removed = 0;
+  for (auto& [lineage, members] : lineages) {
+    std::map<uint64_t, ContentHash> map;  // the lineage's whole map as deltas apply
+    for (auto& [seq, m] : members) {
+      MapDigest digest;
+      SnapshotRecord rec;
+      rec.changed_bytes = 0;
+      for (const auto& e : m.delta) {
+        if (e.hash.IsZeroChunk()) {
+          map.erase(e.chunk);
+        } else {
+          map[e.chunk] = e.hash;
+          rec.changed_bytes += std::min<uint64_t>(m.chunk_size, m.volume_size - e.chunk * m.chunk_size);
+        }
+      }
+      for (const auto& [chunk, hash] : map) {
+        digest.Add(chunk, hash);
+        rec.logical_bytes += std::min<uint64_t>(m.chunk_size, m.volume_size - std::min(m.volume_size, chunk * m.chunk_size));
+      }
+      if (digest.value() != m.map_digest) {
+        problems.push_back({{"snapshot", m.snapshot_id},
+                            {"error", "its chain of deltas does not reproduce the map it recorded (digest mismatch)"}});
+      }
+      rec.id = m.snapshot_id;
+      rec.state = SnapshotState::kCompleted;
+      rec.volume_name = m.volume_name;
+      rec.volume_id = m.volume_id;
+      rec.lineage = m.lineage_id;
+      rec.seq = m.sequence;
+      rec.parent_id = m.parent_snapshot_id;
+      rec.volume_size = m.volume_size;
+      rec.chunk_size = m.chunk_size;
+      rec.created_at_ms = m.created_at_ms;
+      rec.description = m.description;
+      Status st = (*index)->CompleteSnapshot(rec, m.delta);
+      if (!st.ok()) return Status::Error(st.code(), "reindex of " + rec.id + " failed: " + st.message());
+      ++snapshots;
+    }
+    // Deleted snapshots kept as bases: delete them again, in order, now that
+    // their successors are in (absorbed into the next, or retired if last).
+    for (auto& [seq, m] : members) {
+      if (!deleted.count(m.snapshot_id)) continue;
+      auto out = (*index)->DeleteSnapshot(m.snapshot_id);
+      if (!out.ok()) return out.status();
+      --snapshots;
+      ++removed;
+    }
+  }
+  index->reset();
+  index_.reset();
+  const std::string old = root_ + "/index.old";
+  std::filesystem::remove_all(old, ec);
+  std::filesystem::rename(dir, old, ec);
+  if (ec) return Status::IoError("reindex: cannot move the old index aside: " + ec.message());
+  std::filesystem::rename(fresh, dir, ec);
+  if (ec) {
+    std::filesystem::rename(old, dir, ec);
+    return Status::IoError("reindex: cannot put the new index in place");
+  }
+  auto reopened = SnapshotIndex::Open(dir);
+  if (!reopened.ok()) return reopened.status();
+  index_ = std::move(*reopened);
+  std::filesystem::remove_all(old, ec);
+  return nlohmann::json{{"snapshots", snapshots}, {"deleted_bases", removed}, {"ok", problems.empty()},
+                        {"problems", problems}};
+}
+
 Result<nlohmann::json> SnapshotService::Diff(const std::string& from, const std::string& to) {
   std::lock_guard<std::mutex> lock(mu_);
   auto a = index_->GetSnapshot(from);
@@ -856,8 +961,13 @@ Result<nlohmann::json> SnapshotService::Delete(const std::string& id) {
     EBS_RETURN_IF_ERROR(store_->Delete(ChunkKey(h)));
     ++freed;
   }
-  // A retired snapshot stays the base of the next one: keep its manifest.
-  if (!outcome->retired) EBS_RETURN_IF_ERROR(store_->Delete(ManifestKey(id)));
+  // A retired snapshot stays the base of the next one: keep its manifest,
+  // with a tombstone so that a reindex knows it was deleted.
+  if (outcome->retired) {
+    EBS_RETURN_IF_ERROR(store_->Put(TombstoneKey(id), id));
+  } else {
+    EBS_RETURN_IF_ERROR(store_->Delete(ManifestKey(id)));
+  }
   return nlohmann::json{{"id", id}, {"deleted", true}, {"objects_freed", freed}};
 }
 
@@ -955,6 +1065,7 @@ void RegisterSnapshotCommands(CommandRegistry* registry, SnapshotService* servic
     if (!r.ok()) return r.status();
     return SnapshotToJson(*r);
   });
+  registry->Register("store.reindex", [service](const nlohmann::json&) { return service->Reindex(); });
   registry->Register("store.gc", [service](const nlohmann::json&) { return service->Gc(); });
   registry->Register("store.check", [service](const nlohmann::json&) { return service->Check(); });
 }

@@ -58,6 +58,11 @@ class SnapshotService {
   Result<nlohmann::json> Verify(const std::string& id);
   // Frees only what no other snapshot needs.
   Result<nlohmann::json> Delete(const std::string& id);
+  // Rebuilds the index from the manifests in the store alone (records,
+  // chunk maps, reference counts), checking each chain against the map
+  // digests its manifests recorded. Snapshots in `error` or `pending` are
+  // not in the store and are dropped; stored sizes are not recorded there.
+  Result<nlohmann::json> Reindex();
   // Removes objects no snapshot references.
   Result<nlohmann::json> Gc();
   // Every referenced object exists, every object is referenced.
@@ -91,6 +96,7 @@ class SnapshotService {
   Result<std::vector<DeltaEntry>> FullMap(const SnapshotRecord& r);
 
   VolumeManager* volumes_ = nullptr;
+  std::string root_;
   std::shared_ptr<ObjectStore> store_;  // shared with lazily restored volumes' chunk sources
   std::unique_ptr<SnapshotIndex> index_;
   uint32_t chunk_size_ = kDefaultChunkSize;
