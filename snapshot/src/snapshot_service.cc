@@ -584,6 +584,14 @@ void SnapshotService::FailJob(Job& job, const Status& why) {
     }
     job.cut_generation.reset();
   }
+  // Objects this snapshot uploaded that nothing references: remove them, so
+  // the store checks clean after a failure (a crash leaves them to the
+  // recovery's gc instead).
+  for (const auto& slot : job.slots) {
+    if (slot.stored == 0) continue;
+    auto refs = index_->RefCount(slot.hash);
+    if (refs.ok() && *refs == 0) (void)store_->Delete(ChunkKey(slot.hash));
+  }
   job.rec.state = SnapshotState::kError;
   job.rec.error = why.message();
   (void)index_->PutSnapshot(job.rec);
