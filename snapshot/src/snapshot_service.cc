@@ -18,6 +18,7 @@
 #include <fmt/format.h>
 
 #include "ebs/engine/catalog.h"
+#include "ebs/engine/progress.h"
 #include "ebs/engine/size.h"
 #include "ebs/snapshot/chunk_codec.h"
 #include "ebs/snapshot/directory_object_store.h"
@@ -226,6 +227,7 @@ struct SnapshotService::Job {
   std::optional<uint64_t> cut_generation;
   int fd = -1;
   std::shared_ptr<CopyOutSession> session;
+  std::unique_ptr<ProgressReporter> progress;  // while uploading
   struct Slot {
     ContentHash hash;
     uint64_t bytes = 0;
@@ -401,6 +403,8 @@ Status SnapshotService::CutJob(Job& job) {
     std::erase_if(candidates, [&](uint64_t c) { return !h->Loaded(c); });
   }
   job.slots.assign(candidates.size(), {});
+  // Made before the session, which may call StoreChunk as soon as writes resume.
+  job.progress = std::make_unique<ProgressReporter>("uploading " + job.rec.volume_name, candidates.size());
   Job* jp = &job;
   job.session = std::make_shared<CopyOutSession>(
       job.fd, job.rec.volume_size, chunk_size_, std::move(candidates),
@@ -409,6 +413,7 @@ Status SnapshotService::CutJob(Job& job) {
 }
 
 Status SnapshotService::StoreChunk(Job& job, size_t position, const std::string& data) {
+  if (job.progress) job.progress->Add();
   thread_local ChunkCodec codec;
   thread_local std::string object;
   Job::Slot& s = job.slots[position];
@@ -439,6 +444,7 @@ Status SnapshotService::UploadJob(Job& job) {
   });
   if (!st.ok()) session.Cancel(st);
   Status copied = session.Wait();  // chunks writers took are handed over too
+  job.progress.reset();
   if (job.volume) job.volume->copy_on_write().Detach();
   return st.ok() ? copied : st;
 }
@@ -678,7 +684,9 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
 }
 
 Status SnapshotService::WriteImage(const SnapshotRecord& r, const std::vector<DeltaEntry>& map, int fd) {
+  ProgressReporter progress("writing " + r.id, map.size());
   Status st = ParallelFor(map.size(), workers_, [&](size_t i) -> Status {
+    progress.Add();
     thread_local ChunkCodec codec;
     thread_local std::string data;
     const DeltaEntry& e = map[i];
@@ -767,6 +775,7 @@ Result<SnapshotRecord> SnapshotService::Import(const std::string& file, const st
   Status s = chunks.status();
   if (s.ok()) {
     job.slots.assign(chunks->size(), {});
+    job.progress = std::make_unique<ProgressReporter>("importing " + file, chunks->size());
     Job* jp = &job;
     job.session = std::make_shared<CopyOutSession>(
         fd, static_cast<uint64_t>(st.st_size), chunk_size_, std::move(*chunks),
@@ -919,7 +928,9 @@ Result<nlohmann::json> SnapshotService::Verify(const std::string& id) {
   auto map = FullMap(*r);
   if (!map.ok()) return map.status();
   std::mutex mu;
+  ProgressReporter progress("verifying " + id, map->size());
   Status st = ParallelFor(map->size(), workers_, [&](size_t i) -> Status {
+    progress.Add();
     thread_local ChunkCodec codec;
     thread_local std::string data;
     const DeltaEntry& e = (*map)[i];
