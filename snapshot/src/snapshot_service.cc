@@ -960,6 +960,10 @@ Result<nlohmann::json> SnapshotService::Delete(const std::string& id) {
   }
   auto all = index_->ListSnapshots();
   if (!all.ok()) return all.status();
+  // The tombstone first: whatever step a crash interrupts below, the store
+  // says this snapshot was deleted, and a reindex deletes it again.
+  const bool has_manifest = r->state == SnapshotState::kCompleted;
+  if (has_manifest) EBS_RETURN_IF_ERROR(store_->Put(TombstoneKey(id), id));
   auto outcome = index_->DeleteSnapshot(id);
   if (!outcome.ok()) return outcome.status();
   // The snapshot that absorbed the deleted one's entries now differs from
@@ -980,12 +984,11 @@ Result<nlohmann::json> SnapshotService::Delete(const std::string& id) {
     EBS_RETURN_IF_ERROR(store_->Delete(ChunkKey(h)));
     ++freed;
   }
-  // A retired snapshot stays the base of the next one: keep its manifest,
-  // with a tombstone so that a reindex knows it was deleted.
-  if (outcome->retired) {
-    EBS_RETURN_IF_ERROR(store_->Put(TombstoneKey(id), id));
-  } else {
+  // A retired snapshot stays the base of the next one: its manifest stays,
+  // with the tombstone. Otherwise both go, the manifest first.
+  if (has_manifest && !outcome->retired) {
     EBS_RETURN_IF_ERROR(store_->Delete(ManifestKey(id)));
+    EBS_RETURN_IF_ERROR(store_->Delete(TombstoneKey(id)));
   }
   return nlohmann::json{{"id", id}, {"deleted", true}, {"objects_freed", freed}};
 }
