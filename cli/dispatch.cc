@@ -49,6 +49,11 @@ Result<nlohmann::json> Dispatch(const Context& ctx, const std::string& cmd, cons
   std::string socket = ctx.data_dir + "/control.sock";
   struct stat st {};
   if (stat(socket.c_str(), &st) == 0) {
+    if (ctx.store_chunk_size != 0 && (cmd.rfind("snapshot.", 0) == 0 || cmd.rfind("store.", 0) == 0)) {
+      return Status::InvalidArgument(
+          "--store-chunk-size is for the process that opens the store: give it to `ebs serve`, or run this "
+          "command while no server runs");
+    }
     if (bar) request["progress"] = true;
     auto reply = ControlCall(socket, request, [&](const nlohmann::json& p) {
       if (bar) bar->Update(p.value("stage", std::string()), p.value("done", uint64_t{0}), p.value("total", uint64_t{0}));
@@ -64,7 +69,7 @@ Result<nlohmann::json> Dispatch(const Context& ctx, const std::string& cmd, cons
   RegisterVolumeCommands(&registry, manager->get());
   std::unique_ptr<snapshot::SnapshotService> snapshots;
   if (cmd.rfind("snapshot.", 0) == 0 || cmd.rfind("store.", 0) == 0) {
-    auto s = snapshot::SnapshotService::Open(ctx.StorePath(), manager->get());
+    auto s = snapshot::SnapshotService::Open(ctx.StorePath(), manager->get(), ctx.store_chunk_size);
     if (!s.ok()) return s.status();
     snapshots = std::move(*s);
     snapshot::RegisterSnapshotCommands(&registry, snapshots.get());

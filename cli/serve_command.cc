@@ -70,7 +70,7 @@ int Serve(const Context& ctx, const ServeArgs& a) {
 
   CommandRegistry registry;
   RegisterVolumeCommands(&registry, manager->get());
-  auto snapshots = snapshot::SnapshotService::Open(ctx.StorePath(), manager->get());
+  auto snapshots = snapshot::SnapshotService::Open(ctx.StorePath(), manager->get(), ctx.store_chunk_size);
   if (!snapshots.ok()) return Fail(snapshots.status());
   snapshot::RegisterSnapshotCommands(&registry, snapshots->get());
   // Volumes restored lazily go on loading in the background.

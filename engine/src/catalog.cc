@@ -66,6 +66,7 @@ nlohmann::json VolumeRecord::ToJson() const {
                       {"state", state},
                       {"source_snapshot", source_snapshot},
                       {"modifications", mods}};
+  if (!last_cut.empty()) j["last_cut"] = last_cut;
   if (!initialization_state.empty()) {
     j["initialization"] = {{"state", initialization_state},
                            {"rate_mibps", initialization_rate_mibps},
@@ -86,6 +87,7 @@ Result<VolumeRecord> VolumeRecord::FromJson(const nlohmann::json& j) {
     r.created_at_ms = j.at("created_at_ms").get<int64_t>();
     r.state = j.at("state").get<std::string>();
     r.source_snapshot = j.value("source_snapshot", "");
+    r.last_cut = j.value("last_cut", "");
     if (j.contains("initialization")) {
       const auto& init = j.at("initialization");
       r.initialization_state = init.at("state").get<std::string>();

@@ -163,6 +163,15 @@ std::string VolumeManager::LoadedFilePath(const std::string& id) const {
   return data_dir_ + "/volumes/" + id + ".loaded";
 }
 
+Status VolumeManager::SetLastCut(const std::string& name, const std::string& id, const std::string& cut) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = catalog_->Get(name);
+  if (!r.ok()) return r.status();
+  if (r->id != id) return Status::NotFound("volume '" + name + "' was deleted");
+  r->last_cut = cut;
+  return catalog_->Put(*r);
+}
+
 void VolumeManager::SetChunkSourceFactory(ChunkSourceFactory factory) {
   std::lock_guard<std::mutex> lock(mu_);
   chunk_sources_ = std::move(factory);

@@ -143,7 +143,7 @@ nlohmann::json SnapshotToJson(const SnapshotRecord& r) {
 
 Result<std::unique_ptr<SnapshotService>> SnapshotService::Open(const std::string& root, VolumeManager* volumes,
                                                                uint32_t chunk_size, int workers) {
-  EBS_RETURN_IF_ERROR(ValidateChunkSize(chunk_size));
+  if (chunk_size != 0) EBS_RETURN_IF_ERROR(ValidateChunkSize(chunk_size));
   std::unique_ptr<SnapshotService> s(new SnapshotService());
   s->volumes_ = volumes;
   s->root_ = root;
@@ -156,9 +156,24 @@ Result<std::unique_ptr<SnapshotService>> SnapshotService::Open(const std::string
     auto j = nlohmann::json::parse(*config, nullptr, false);
     if (j.is_discarded() || !j.contains("chunk_size")) return Status::IoError("corrupt store config in " + root);
     s->chunk_size_ = j["chunk_size"].get<uint32_t>();
+    if (j.contains("id") && j["id"].is_string()) {
+      s->store_id_ = j["id"].get<std::string>();
+    } else {  // a store made before stores had ids
+      s->store_id_ = "store-" + NewSnapshotId().substr(5);
+      j["id"] = s->store_id_;
+      EBS_RETURN_IF_ERROR(s->store_->Put(kStoreConfigKey, j.dump()));
+    }
+    if (chunk_size != 0 && chunk_size != s->chunk_size_) {
+      return Status::InvalidArgument(fmt::format("the snapshot store {} has chunk size {}, not {}: a store keeps the "
+                                                 "chunk size it was created with",
+                                                 root, FormatSize(s->chunk_size_), FormatSize(chunk_size)));
+    }
   } else if (config.status().code() == ENOENT) {
-    s->chunk_size_ = chunk_size;
-    EBS_RETURN_IF_ERROR(s->store_->Put(kStoreConfigKey, nlohmann::json{{"format", 1}, {"chunk_size", chunk_size}}.dump()));
+    s->chunk_size_ = chunk_size != 0 ? chunk_size : kDefaultChunkSize;
+    s->store_id_ = "store-" + NewSnapshotId().substr(5);
+    EBS_RETURN_IF_ERROR(s->store_->Put(
+        kStoreConfigKey,
+        nlohmann::json{{"format", 1}, {"chunk_size", s->chunk_size_}, {"id", s->store_id_}}.dump()));
   } else {
     return config.status();
   }
@@ -238,6 +253,11 @@ struct SnapshotService::Job {
     if (fd >= 0) ::close(fd);
   }
 };
+
+std::string SnapshotService::CutName(const std::string& lineage, uint64_t seq, const std::string& snapshot) const {
+  return snapshot.empty() ? fmt::format("{}/{}/{}", store_id_, lineage, seq)
+                          : fmt::format("{}/{}/{}", store_id_, lineage, snapshot);
+}
 
 Result<std::vector<SnapshotRecord>> SnapshotService::Create(const std::vector<std::string>& volumes,
                                                             const std::string& description) {
@@ -324,7 +344,10 @@ Result<std::unique_ptr<SnapshotService::Job>> SnapshotService::PrepareJob(const 
     for (const auto& e : *map) {
       if (!e.hash.IsZeroChunk()) job->lineage_base[e.chunk] = e.hash;
     }
-  } else if (!vr.source_snapshot.empty()) {
+    // The tracker's marks are relative to its last cut: usable only if that
+    // cut was this chain's newest snapshot (not one in another store).
+    job->full = vr.last_cut != CutName(rec.lineage, members->back().seq);
+  } else if (!vr.source_snapshot.empty() && vr.last_cut == CutName("restore", 0, vr.source_snapshot)) {
     // A volume restored from a snapshot and not snapshotted since: its
     // tracker has recorded changes since the restore, so unchanged chunks
     // are the source's (and already in the store).
@@ -337,6 +360,8 @@ Result<std::unique_ptr<SnapshotService::Job>> SnapshotService::PrepareJob(const 
     } else {
       job->full = true;  // the source is gone: nothing to compare with
     }
+  } else {
+    job->full = true;  // no snapshot of this volume in this store: read every allocated chunk
   }
   EBS_RETURN_IF_ERROR(index_->PutSnapshot(rec));
   std::string path = volumes_->DataFilePath(vr.id);
@@ -510,8 +535,11 @@ Status SnapshotService::CommitJob(Job& job) {
   if (job.cut_generation) {
     Status c = job.volume->tracker().Commit(*job.cut_generation);
     job.cut_generation.reset();
-    if (!c.ok()) fprintf(stderr, "ebs: snapshot %s: forgetting the tracked changes failed: %s\n", rec.id.c_str(),
-                         c.message().c_str());
+    if (c.ok()) c = volumes_->SetLastCut(rec.volume_name, rec.volume_id, CutName(rec.lineage, rec.seq));
+    if (!c.ok()) {
+      fprintf(stderr, "ebs: snapshot %s: recording the cut failed (the next snapshot reads every chunk): %s\n",
+              rec.id.c_str(), c.message().c_str());
+    }
   }
   // Housekeeping: the snapshot is complete whatever happens here.
   Status absorbed = AbsorbRetired(rec);
@@ -654,6 +682,7 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
     lazy.rate_mibps = *lazy_rate_mibps;
     auto info = volumes_->Create(volume, params, id, &lazy);
     if (!info.ok()) return info.status();
+    EBS_RETURN_IF_ERROR(volumes_->SetLastCut(volume, info->record.id, CutName("restore", 0, id)));
     if (serving_) {
       auto opened = volumes_->OpenVolume(volume);  // starts loading in the background
       if (!opened.ok()) return opened.status();
@@ -674,6 +703,7 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
     st = WriteImage(*r, *map, fd);
     ::close(fd);
   }
+  if (st.ok()) st = volumes_->SetLastCut(volume, info->record.id, CutName("restore", 0, id));
   volumes_->EndExclusive(volume);
   if (!st.ok()) {
     // No half-restored volume is left behind to be mistaken for a good one.

@@ -143,6 +143,10 @@ class VolumeManager {
   // failure after trying them all.
   Status OpenLoadingVolumes();
   void SetChunkSourceFactory(ChunkSourceFactory factory);
+  // Records the snapshot cut the volume's tracker now counts from (for the
+  // volume with this id: a volume deleted and re-created meanwhile is not
+  // touched).
+  Status SetLastCut(const std::string& name, const std::string& id, const std::string& cut);
   // Keeps `name` from being attached until EndExclusive (a restore works on
   // its data file meanwhile). Refused (VolumeInUse) while it has open
   // connections. The name need not exist yet.

@@ -27,11 +27,11 @@ namespace ebs::snapshot {
 
 class SnapshotService {
  public:
-  // Opens (or creates, with `chunk_size`) the store at `root`: objects under
-  // it, the RocksDB index in root/index. A store keeps the chunk size it was
-  // created with; opening it with another is refused.
+  // Opens (or creates, with `chunk_size`; 0 = the default) the store at
+  // `root`: objects under it, the RocksDB index in root/index. A store keeps
+  // the chunk size it was created with; naming another is refused.
   static Result<std::unique_ptr<SnapshotService>> Open(const std::string& root, VolumeManager* volumes,
-                                                       uint32_t chunk_size = kDefaultChunkSize, int workers = 2);
+                                                       uint32_t chunk_size = 0, int workers = 2);
 
   // One snapshot per volume, all taken at one instant.
   Result<std::vector<SnapshotRecord>> Create(const std::vector<std::string>& volumes, const std::string& description);
@@ -89,6 +89,9 @@ class SnapshotService {
   Status AbsorbRetired(const SnapshotRecord& rec);
   // Rewrites `rec`'s manifest as a delta from `prev_seq` (0: from zeros).
   Status RewriteManifest(const SnapshotRecord& rec, uint64_t prev_seq, const std::string& prev_id);
+  // Names a volume's last cut (VolumeRecord::last_cut): snapshot `seq` of
+  // `lineage` in this store, or ("restore", 0, id) a restore from `id`.
+  std::string CutName(const std::string& lineage, uint64_t seq, const std::string& snapshot = "") const;
   // Snapshots left pending by a process that died are marked failed, and
   // the objects they uploaded are collected.
   Status RecoverInterrupted();
@@ -97,6 +100,7 @@ class SnapshotService {
 
   VolumeManager* volumes_ = nullptr;
   std::string root_;
+  std::string store_id_;  // store.json "id": tells this store's cuts from another's
   std::shared_ptr<ObjectStore> store_;  // shared with lazily restored volumes' chunk sources
   std::unique_ptr<SnapshotIndex> index_;
   uint32_t chunk_size_ = kDefaultChunkSize;
