@@ -14,6 +14,7 @@ namespace ebs::cli {
 struct Context {
   std::string data_dir = "./ebs-data";
   std::string store;  // snapshot store; empty: DATA_DIR/store
+  uint32_t store_chunk_size = 0;  // for a new store; 0: the default (512 KiB)
   bool json = false;
   std::string StorePath() const { return store.empty() ? data_dir + "/store" : store; }
 };

@@ -1,21 +1,63 @@
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
+#include <string>
 
 #include "context.h"
 #include "ebs/engine/control.h"
+#include "ebs/engine/progress.h"
 #include "ebs/engine/volume_manager.h"
 #include "ebs/snapshot/snapshot_service.h"
 
 namespace ebs::cli {
 
+namespace {
+
+// A progress bar on stderr, redrawn in place; cleared when the command ends.
+class TerminalBar final : public Progress {
+ public:
+  ~TerminalBar() override {
+    if (drawn_) fprintf(stderr, "\r\033[K");
+  }
+  void Update(std::string_view stage, uint64_t done, uint64_t total) override {
+    const int width = 30;
+    double f = total > 0 ? std::min(1.0, static_cast<double>(done) / static_cast<double>(total)) : 1.0;
+    int filled = static_cast<int>(f * width);
+    fprintf(stderr, "\r\033[K%.*s %3d%% [%s%s] %llu/%llu chunks", static_cast<int>(stage.size()), stage.data(),
+            static_cast<int>(f * 100), std::string(static_cast<size_t>(filled), '#').c_str(),
+            std::string(static_cast<size_t>(width - filled), ' ').c_str(), static_cast<unsigned long long>(done),
+            static_cast<unsigned long long>(total));
+    fflush(stderr);
+    drawn_ = true;
+  }
+
+ private:
+  bool drawn_ = false;
+};
+
+}  // namespace
+
 Result<nlohmann::json> Dispatch(const Context& ctx, const std::string& cmd, const nlohmann::json& args) {
   nlohmann::json request = {{"cmd", cmd}, {"args", args}};
+  // Long operations draw a bar on a terminal; --json output stays one document.
+  std::optional<TerminalBar> bar;
+  if (!ctx.json && isatty(STDERR_FILENO)) bar.emplace();
   std::string socket = ctx.data_dir + "/control.sock";
   struct stat st {};
   if (stat(socket.c_str(), &st) == 0) {
-    auto reply = ControlCall(socket, request);
+    if (ctx.store_chunk_size != 0 && (cmd.rfind("snapshot.", 0) == 0 || cmd.rfind("store.", 0) == 0)) {
+      return Status::InvalidArgument(
+          "--store-chunk-size is for the process that opens the store: give it to `ebs serve`, or run this "
+          "command while no server runs");
+    }
+    if (bar) request["progress"] = true;
+    auto reply = ControlCall(socket, request, [&](const nlohmann::json& p) {
+      if (bar) bar->Update(p.value("stage", std::string()), p.value("done", uint64_t{0}), p.value("total", uint64_t{0}));
+    });
     if (reply.ok()) return ReplyToResult(*reply);
     // A socket without a listener was left by a server that died; any other
     // failure is real.
@@ -27,11 +69,12 @@ Result<nlohmann::json> Dispatch(const Context& ctx, const std::string& cmd, cons
   RegisterVolumeCommands(&registry, manager->get());
   std::unique_ptr<snapshot::SnapshotService> snapshots;
   if (cmd.rfind("snapshot.", 0) == 0 || cmd.rfind("store.", 0) == 0) {
-    auto s = snapshot::SnapshotService::Open(ctx.StorePath(), manager->get());
+    auto s = snapshot::SnapshotService::Open(ctx.StorePath(), manager->get(), ctx.store_chunk_size);
     if (!s.ok()) return s.status();
     snapshots = std::move(*s);
     snapshot::RegisterSnapshotCommands(&registry, snapshots.get());
   }
+  ScopedProgress scope(bar ? &*bar : nullptr);
   return ReplyToResult(registry.Handle(request));
 }
 

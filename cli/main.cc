@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "context.h"
+#include "ebs/engine/size.h"
 
 int main(int argc, char** argv) {
   ebs::cli::Context ctx;
@@ -19,6 +20,10 @@ int main(int argc, char** argv) {
                  "data directory: catalog, volume data files, sockets (env EBS_DATA_DIR; default ./ebs-data)");
   app.add_flag("--json", ctx.json, "print one JSON document instead of text");
   app.add_option("--store", ctx.store, "snapshot store directory (default DATA_DIR/store)");
+  std::string chunk_size;
+  app.add_option("--store-chunk-size", chunk_size,
+                 "chunk size of a new snapshot store: a power of two from 64K to 4M (default 512K; an existing "
+                 "store keeps its own, and naming another is refused)");
 
   std::function<int()> action;
   ebs::cli::AddVolumeCommands(&app, &ctx, &action);
@@ -33,6 +38,12 @@ int main(int argc, char** argv) {
   // Absolute, so the paths printed for clients work from any directory.
   if (!ctx.data_dir.empty() && ctx.data_dir[0] != '/') {
     ctx.data_dir = std::filesystem::current_path().string() + "/" + ctx.data_dir;
+  }
+  if (!chunk_size.empty()) {
+    auto bytes = ebs::ParseSize(chunk_size);
+    if (!bytes.ok()) return ebs::cli::Fail(ebs::Status::InvalidArgument("--store-chunk-size: " + bytes.status().message()));
+    if (*bytes > (uint64_t{1} << 30)) return ebs::cli::Fail(ebs::Status::InvalidArgument("--store-chunk-size: at most 4M"));
+    ctx.store_chunk_size = static_cast<uint32_t>(*bytes);
   }
   if (!ctx.store.empty() && ctx.store[0] != '/') ctx.store = std::filesystem::current_path().string() + "/" + ctx.store;
   return action ? action() : 0;

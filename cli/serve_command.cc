@@ -124,9 +124,13 @@ int Serve(const Context& ctx, const ServeArgs& a) {
 
   CommandRegistry registry;
   RegisterVolumeCommands(&registry, manager->get());
-  auto snapshots = snapshot::SnapshotService::Open(ctx.StorePath(), manager->get());
+  auto snapshots = snapshot::SnapshotService::Open(ctx.StorePath(), manager->get(), ctx.store_chunk_size);
   if (!snapshots.ok()) return Fail(snapshots.status());
   snapshot::RegisterSnapshotCommands(&registry, snapshots->get());
+  // Volumes restored lazily go on loading in the background.
+  if (Status st = (*snapshots)->ResumeLoading(); !st.ok()) {
+    fmt::print(stderr, "ebs: warning: a lazily restored volume cannot load: {}\n", st.message());
+  }
   auto control = ControlServer::Start(ctx.data_dir + "/control.sock", &registry);
   if (!control.ok()) return Fail(control.status());
 

@@ -1,5 +1,7 @@
 // `ebs snapshot create|list|describe|restore|diff|verify|delete` and
-// `ebs store gc|check`.
+// `ebs store gc|check|reindex`.
+#include <filesystem>
+
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
@@ -14,6 +16,10 @@ struct SnapshotArgs {
   std::vector<std::string> volumes;
   std::string id, from, to, volume, description, type, size;
   std::optional<int64_t> iops, throughput;
+  bool lazy = false;
+  std::optional<double> initialization_rate;
+  std::string file, name = "imported";
+  bool force = false;
 };
 
 std::string Str(const nlohmann::json& v) {
@@ -86,13 +92,20 @@ void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* acti
     };
   });
 
-  auto* restore = snap->add_subcommand("restore", "create a volume from a snapshot (fully copied before use)");
+  auto* restore = snap->add_subcommand(
+      "restore", "create a volume from a snapshot (fully copied before use, or with --lazy loaded on demand)");
   restore->add_option("id", a->id, "snapshot id")->required();
   restore->add_option("--volume", a->volume, "name of the new volume")->required();
   restore->add_option("--type", a->type, "volume type (default gp3)");
   restore->add_option("--size", a->size, "size (default: the snapshot's; may be larger)");
   restore->add_option("--iops", a->iops, "provisioned IOPS (gp3, io1, io2)");
   restore->add_option("--throughput", a->throughput, "provisioned throughput in MiB/s (gp3)");
+  restore->add_flag("--lazy", a->lazy,
+                    "usable at once: chunks are loaded on first access and in the background while `ebs serve` "
+                    "runs; progress in `volume describe` (default: fully copied first)");
+  restore->add_option("--initialization-rate", a->initialization_rate,
+                      "with --lazy: background loading rate in MiB/s (default: as fast as it goes)")
+      ->check(CLI::PositiveNumber);
   restore->callback([=] {
     *action = [=] {
       nlohmann::json args = {{"id", a->id}, {"volume", a->volume}};
@@ -104,6 +117,8 @@ void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* acti
       }
       if (a->iops) args["iops"] = *a->iops;
       if (a->throughput) args["throughput_mibps"] = *a->throughput;
+      args["lazy"] = a->lazy || a->initialization_rate.has_value();
+      if (a->initialization_rate) args["initialization_rate_mibps"] = *a->initialization_rate;
       return Run(*ctx, "snapshot.restore", args, [](const nlohmann::json& v) {
         fmt::print("restored {} ({}, {}) from {}\n", Str(v["name"]), Str(v["type"]), Str(v["size"]),
                    Str(v["source_snapshot"]));
@@ -155,6 +170,35 @@ void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* acti
     };
   });
 
+  auto* exp = snap->add_subcommand("export", "write a snapshot as a raw disk image file");
+  exp->add_option("id", a->id, "snapshot id")->required();
+  exp->add_option("file", a->file, "image file to write (sparse; refused if it exists)")->required();
+  exp->add_flag("--force", a->force, "overwrite an existing file");
+  exp->callback([=] {
+    *action = [=] {
+      nlohmann::json args = {{"id", a->id}, {"file", std::filesystem::absolute(a->file).string()}, {"force", a->force}};
+      return Run(*ctx, "snapshot.export", args, [](const nlohmann::json& r) {
+        fmt::print("exported {} to {} ({})\n", Str(r["snapshot"]), Str(r["file"]),
+                   FormatSize(r["size_bytes"].get<uint64_t>()));
+      });
+    };
+  });
+
+  auto* imp = snap->add_subcommand("import", "make a snapshot from a raw disk image file");
+  imp->add_option("file", a->file, "raw image file (sizes round up to whole GiB with zeros)")->required();
+  imp->add_option("--name", a->name, "volume name the snapshot records (default: imported)");
+  imp->add_option("--description", a->description, "free text stored with the snapshot");
+  imp->callback([=] {
+    *action = [=] {
+      nlohmann::json args = {{"file", std::filesystem::absolute(a->file).string()}, {"name", a->name},
+                             {"description", a->description}};
+      return Run(*ctx, "snapshot.import", args, [](const nlohmann::json& r) {
+        fmt::print("imported {} as {} ({} of data, {} stored)\n", Str(r["volume"]), Str(r["id"]),
+                   FormatSize(r["logical_bytes"].get<uint64_t>()), FormatSize(r["stored_bytes"].get<uint64_t>()));
+      });
+    };
+  });
+
   auto* store = app->add_subcommand("store", "snapshot store maintenance");
   store->require_subcommand(1);
   auto* gc = store->add_subcommand("gc", "remove objects no snapshot references");
@@ -164,6 +208,23 @@ void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* acti
         fmt::print("{} objects examined, {} removed\n", r["objects_examined"].get<uint64_t>(),
                    r["objects_removed"].get<uint64_t>());
       });
+    };
+  });
+  auto* reindex = store->add_subcommand("reindex", "rebuild the snapshot index from the manifests in the store alone");
+  reindex->callback([=] {
+    *action = [=] {
+      auto r = Dispatch(*ctx, "store.reindex", nlohmann::json::object());
+      if (!r.ok()) return Fail(r.status());
+      if (ctx->json) {
+        fmt::print("{}\n", r->dump(2));
+      } else {
+        fmt::print("index rebuilt: {} snapshots{}\n", (*r)["snapshots"].get<uint64_t>(),
+                   (*r)["ok"].get<bool>() ? "" : ", with problems:");
+        for (const auto& p : (*r)["problems"]) {
+          fmt::print("  {}: {}\n", Str(p.value("object", p.value("snapshot", nlohmann::json()))), Str(p["error"]));
+        }
+      }
+      return (*r)["ok"].get<bool>() ? 0 : 2;
     };
   });
   auto* check = store->add_subcommand("check", "every referenced object exists and every object is referenced");

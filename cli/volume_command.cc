@@ -19,6 +19,8 @@ struct VolumeArgs {
   std::optional<int64_t> iops;
   std::optional<int64_t> throughput;
   std::string snapshot;
+  bool lazy = false;
+  std::optional<double> initialization_rate;
   bool force = false;
 };
 
@@ -43,6 +45,18 @@ void PrintVolume(const nlohmann::json& v) {
   fmt::print("state:             {}\n", v["state"].get<std::string>());
   fmt::print("created:           {}\n", v["created"].get<std::string>());
   fmt::print("source snapshot:   {}\n", OrDash(v["source_snapshot"]));
+  if (v.contains("initialization")) {
+    const auto& init = v["initialization"];
+    if (init["state"] == "loading") {
+      fmt::print("initialization:    loading lazily, {:.1f}% ({} of {} chunks){}{}\n",
+                 init["progress_percent"].get<double>(), init["loaded_chunks"].get<uint64_t>(),
+                 init["total_chunks"].get<uint64_t>(),
+                 init["rate_mibps"].is_null() ? "" : fmt::format(", at {} MiB/s", init["rate_mibps"].get<double>()),
+                 init["error"].is_null() ? "" : "; stopped: " + init["error"].get<std::string>());
+    } else {
+      fmt::print("initialization:    {} (lazy, {})\n", init["state"].get<std::string>(), OrDash(init["completed"]));
+    }
+  }
   if (!v["modifications"].empty()) {
     const auto& m = v["modifications"].back();
     fmt::print("last modification: {} (started {}, {} -> {})\n", m["state"].get<std::string>(),
@@ -100,6 +114,12 @@ void AddVolumeCommands(CLI::App* app, Context* ctx, std::function<int()>* action
       ->required();
   AddParams(create, a.get(), true);
   create->add_option("--snapshot", a->snapshot, "restore from this snapshot (same as `ebs snapshot restore`)");
+  create->add_flag("--lazy", a->lazy,
+                   "with --snapshot: usable at once, chunks loaded on first access and in the background while "
+                   "`ebs serve` runs (default: fully copied first)");
+  create->add_option("--initialization-rate", a->initialization_rate,
+                     "with --lazy: background loading rate in MiB/s (default: as fast as it goes)")
+      ->check(CLI::PositiveNumber);
   create->callback([=] {
     *action = [=] {
       if (a->snapshot.empty()) return Run(*ctx, "volume.create", ToArgs(*a), true);
@@ -107,6 +127,8 @@ void AddVolumeCommands(CLI::App* app, Context* ctx, std::function<int()>* action
       if (args.ok()) {
         (*args)["id"] = a->snapshot;
         (*args)["volume"] = a->name;
+        (*args)["lazy"] = a->lazy || a->initialization_rate.has_value();
+        if (a->initialization_rate) (*args)["initialization_rate_mibps"] = *a->initialization_rate;
       }
       return Run(*ctx, "snapshot.restore", args, true);
     };

@@ -59,13 +59,21 @@ nlohmann::json VolumeRecord::ToJson() const {
                     {"from", ConfigToJson(m.from)},
                     {"to", ConfigToJson(m.to)}});
   }
-  return {{"name", name},
-          {"id", id},
-          {"config", ConfigToJson(config)},
-          {"created_at_ms", created_at_ms},
-          {"state", state},
-          {"source_snapshot", source_snapshot},
-          {"modifications", mods}};
+  nlohmann::json j = {{"name", name},
+                      {"id", id},
+                      {"config", ConfigToJson(config)},
+                      {"created_at_ms", created_at_ms},
+                      {"state", state},
+                      {"source_snapshot", source_snapshot},
+                      {"modifications", mods}};
+  if (!last_cut.empty()) j["last_cut"] = last_cut;
+  if (!initialization_state.empty()) {
+    j["initialization"] = {{"state", initialization_state},
+                           {"rate_mibps", initialization_rate_mibps},
+                           {"chunk_size", initialization_chunk_size},
+                           {"completed_at_ms", initialization_completed_at_ms}};
+  }
+  return j;
 }
 
 Result<VolumeRecord> VolumeRecord::FromJson(const nlohmann::json& j) {
@@ -79,6 +87,14 @@ Result<VolumeRecord> VolumeRecord::FromJson(const nlohmann::json& j) {
     r.created_at_ms = j.at("created_at_ms").get<int64_t>();
     r.state = j.at("state").get<std::string>();
     r.source_snapshot = j.value("source_snapshot", "");
+    r.last_cut = j.value("last_cut", "");
+    if (j.contains("initialization")) {
+      const auto& init = j.at("initialization");
+      r.initialization_state = init.at("state").get<std::string>();
+      r.initialization_rate_mibps = init.at("rate_mibps").get<double>();
+      r.initialization_chunk_size = init.at("chunk_size").get<uint32_t>();
+      r.initialization_completed_at_ms = init.at("completed_at_ms").get<int64_t>();
+    }
     for (const auto& mj : j.at("modifications")) {
       Modification m;
       m.state = mj.at("state").get<std::string>();

@@ -7,7 +7,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <mutex>
+
 #include <cstring>
+
+#include "ebs/engine/progress.h"
 
 namespace ebs {
 namespace {
@@ -153,16 +157,43 @@ void ControlServer::AcceptLoop() {
   }
 }
 
+namespace {
+
+// Sends progress to the client as {"progress": {...}} lines before the reply.
+class SocketProgress final : public Progress {
+ public:
+  explicit SocketProgress(int fd) : fd_(fd) {}
+  void Update(std::string_view stage, uint64_t done, uint64_t total) override {
+    nlohmann::json line = {{"progress", {{"stage", stage}, {"done", done}, {"total", total}}}};
+    std::lock_guard<std::mutex> lock(mu_);
+    (void)WriteAll(fd_, line.dump() + "\n");  // a client gone is found at the reply
+  }
+
+ private:
+  const int fd_;
+  std::mutex mu_;
+};
+
+}  // namespace
+
 void ControlServer::Serve(int fd) {
   auto line = ReadLine(fd);
   if (!line.ok() || line->empty()) return;
   auto request = nlohmann::json::parse(*line, nullptr, /*allow_exceptions=*/false);
-  nlohmann::json reply = request.is_discarded() ? ErrorReply(EINVAL, "control request is not valid JSON")
-                                                : registry_->Handle(request);
+  nlohmann::json reply;
+  if (request.is_discarded()) {
+    reply = ErrorReply(EINVAL, "control request is not valid JSON");
+  } else {
+    SocketProgress progress(fd);
+    const bool wants = request.is_object() && request.value("progress", false) == true;
+    ScopedProgress scope(wants ? &progress : nullptr);
+    reply = registry_->Handle(request);
+  }
   (void)WriteAll(fd, reply.dump() + "\n");
 }
 
-Result<nlohmann::json> ControlCall(const std::string& socket_path, const nlohmann::json& request) {
+Result<nlohmann::json> ControlCall(const std::string& socket_path, const nlohmann::json& request,
+                                   const std::function<void(const nlohmann::json&)>& on_progress) {
   auto addr = UnixAddress(socket_path);
   if (!addr.ok()) return addr.status();
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -177,13 +208,37 @@ Result<nlohmann::json> ControlCall(const std::string& socket_path, const nlohman
     ::close(fd);
     return st;
   }
-  auto line = ReadLine(fd);
-  ::close(fd);
-  if (!line.ok()) return line.status();
-  if (line->empty()) return Status::IoError("the server closed the control connection without a reply");
-  auto reply = nlohmann::json::parse(*line, nullptr, false);
-  if (reply.is_discarded()) return Status::IoError("malformed control reply");
-  return reply;
+  // Progress lines (if asked for), then the reply. Replies may be large (a
+  // diff of many chunks): no size limit on this side.
+  std::string buffer;
+  char buf[65536];
+  for (;;) {
+    size_t nl = buffer.find('\n');
+    if (nl == std::string::npos) {
+      ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        int err = errno;
+        ::close(fd);
+        if (n < 0) return Status::FromErrno(err, "control socket read");
+        return Status::IoError("the server closed the control connection without a reply");
+      }
+      buffer.append(buf, static_cast<size_t>(n));
+      continue;
+    }
+    auto doc = nlohmann::json::parse(std::string_view(buffer).substr(0, nl), nullptr, false);
+    buffer.erase(0, nl + 1);
+    if (doc.is_discarded()) {
+      ::close(fd);
+      return Status::IoError("malformed control reply");
+    }
+    if (doc.is_object() && doc.contains("progress") && !doc.contains("ok")) {
+      if (on_progress) on_progress(doc["progress"]);
+      continue;
+    }
+    ::close(fd);
+    return doc;
+  }
 }
 
 }  // namespace ebs

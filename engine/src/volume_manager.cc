@@ -58,6 +58,24 @@ nlohmann::json VolumeInfo::ToJson() const {
   j["created"] = FormatTime(record.created_at_ms);
   j["source_snapshot"] = record.source_snapshot.empty() ? nlohmann::json(nullptr)
                                                         : nlohmann::json(record.source_snapshot);
+  if (!record.initialization_state.empty()) {
+    nlohmann::json init = {{"state", record.initialization_state},
+                           {"mode", "lazy"},
+                           {"rate_mibps", record.initialization_rate_mibps > 0
+                                              ? nlohmann::json(record.initialization_rate_mibps)
+                                              : nlohmann::json(nullptr)}};
+    if (record.initialization_state == "loading") {
+      init["loaded_chunks"] = loaded_chunks;
+      init["total_chunks"] = total_chunks;
+      init["progress_percent"] = total_chunks > 0 ? 100.0 * static_cast<double>(loaded_chunks) /
+                                                        static_cast<double>(total_chunks)
+                                                  : 0.0;
+      init["error"] = initialization_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(initialization_error);
+    } else {
+      init["completed"] = FormatTime(record.initialization_completed_at_ms);
+    }
+    j["initialization"] = init;
+  }
   j["performance"] = {{"baseline_iops", limits.baseline_iops},
                       {"burst_iops", limits.burst_iops},
                       {"baseline_throughput_mibps", limits.baseline_throughput_mibps},
@@ -129,11 +147,47 @@ Result<std::unique_ptr<VolumeManager>> VolumeManager::Open(const std::string& da
   }
   std::unique_ptr<VolumeManager> m(new VolumeManager(data_dir, fd, std::move(*catalog), options));
   EBS_RETURN_IF_ERROR(m->CleanOrphanFiles());
+  EBS_RETURN_IF_ERROR(m->FinishInterruptedModifications());
   return m;
 }
 
 std::string VolumeManager::DataFilePath(const std::string& id) const {
   return data_dir_ + "/volumes/" + id + ".img";
+}
+
+std::string VolumeManager::ChangesFilePath(const std::string& id) const {
+  return data_dir_ + "/volumes/" + id + ".changes";
+}
+
+std::string VolumeManager::LoadedFilePath(const std::string& id) const {
+  return data_dir_ + "/volumes/" + id + ".loaded";
+}
+
+Status VolumeManager::SetLastCut(const std::string& name, const std::string& id, const std::string& cut) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = catalog_->Get(name);
+  if (!r.ok()) return r.status();
+  if (r->id != id) return Status::NotFound("volume '" + name + "' was deleted");
+  r->last_cut = cut;
+  return catalog_->Put(*r);
+}
+
+void VolumeManager::SetChunkSourceFactory(ChunkSourceFactory factory) {
+  std::lock_guard<std::mutex> lock(mu_);
+  chunk_sources_ = std::move(factory);
+}
+
+Status VolumeManager::OpenLoadingVolumes() {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto records = catalog_->List();
+  if (!records.ok()) return records.status();
+  Status first = Status::Ok();
+  for (const auto& r : *records) {
+    if (r.initialization_state != "loading") continue;
+    auto v = OpenLocked(r.name);
+    if (!v.ok() && first.ok()) first = v.status();
+  }
+  return first;
 }
 
 Status VolumeManager::ValidateName(const std::string& name) {
@@ -155,18 +209,56 @@ Status VolumeManager::ValidateName(const std::string& name) {
 Status VolumeManager::CleanOrphanFiles() {
   auto records = catalog_->List();
   if (!records.ok()) return records.status();
-  std::set<std::string> known;
-  for (const auto& r : *records) known.insert(r.id + ".img");
+  std::set<std::string> known;  // volume ids
+  for (const auto& r : *records) known.insert(r.id);
   std::string dir = data_dir_ + "/volumes";
   DIR* d = opendir(dir.c_str());
   if (d == nullptr) return Status::FromErrno(errno, "opendir " + dir);
-  std::vector<std::string> orphans;
+  std::vector<std::string> orphans;         // data files
+  std::set<std::string> orphan_trackers;    // ids whose change-tracking files are left
   while (dirent* e = readdir(d)) {
     std::string n = e->d_name;
-    if (n.size() > 4 && n.ends_with(".img") && !known.count(n)) orphans.push_back(n);
+    const std::string id = n.substr(0, n.find('.'));
+    if (id.empty() || known.count(id)) continue;
+    if (n.ends_with(".img")) orphans.push_back(n);
+    if (n.find(".changes") != std::string::npos || n.find(".loaded") != std::string::npos) {
+      orphan_trackers.insert(id);
+    }
   }
   closedir(d);
   for (const auto& n : orphans) unlink((dir + "/" + n).c_str());
+  for (const auto& id : orphan_trackers) {
+    EBS_RETURN_IF_ERROR(ChangeTracker::Remove(ChangesFilePath(id)));
+    EBS_RETURN_IF_ERROR(ChangeTracker::Remove(LoadedFilePath(id)));
+  }
+  return Status::Ok();
+}
+
+// A process that died inside Modify left the change `modifying`: the
+// record was written before the data file grew and not after. Roll it
+// forward (growing the file is idempotent), as if the call had returned.
+Status VolumeManager::FinishInterruptedModifications() {
+  auto records = catalog_->List();
+  if (!records.ok()) return records.status();
+  for (auto& r : *records) {
+    if (r.modifications.empty() || r.modifications.back().state != "modifying") continue;
+    Modification& m = r.modifications.back();
+    struct stat st;
+    const std::string path = DataFilePath(r.id);
+    if (stat(path.c_str(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
+    if (static_cast<uint64_t>(st.st_size) < m.to.size_bytes &&
+        truncate(path.c_str(), static_cast<off_t>(m.to.size_bytes)) != 0) {
+      m.state = "failed";
+      m.completed_at_ms = NowMs();
+    } else {
+      r.config = m.to;
+      m.state = "optimizing";
+      m.optimizing_at_ms = NowMs();
+      m.optimize_until_ms = m.optimizing_at_ms + options_.optimize_ms;
+    }
+    EBS_RETURN_IF_ERROR(catalog_->Put(r));
+    EBS_RETURN_IF_ERROR(AdvanceModifications(&r));
+  }
   return Status::Ok();
 }
 
@@ -174,6 +266,30 @@ VolumeInfo VolumeManager::InfoLocked(VolumeRecord record) {
   VolumeInfo info;
   auto it = open_.find(record.name);
   info.attachments = it == open_.end() ? 0 : it->second->attachments();
+  if (record.initialization_state == "loading") {
+    HydrationLayer* h = it == open_.end() ? nullptr : it->second->hydration();
+    if (h != nullptr) {
+      info.loaded_chunks = h->loaded_chunks();
+      info.total_chunks = h->total_chunks();
+      if (!h->error().ok()) info.initialization_error = h->error().message();
+    } else {
+      // Not open here: the record of loaded chunks says how far it got.
+      ChangeTracker::Options opts;
+      opts.chunk_size = record.initialization_chunk_size;
+      auto loaded = ChangeTracker::Open(LoadedFilePath(record.id), 0, opts);
+      if (loaded.ok()) {
+        info.loaded_chunks = (*loaded)->Marked().Count();
+        info.total_chunks = (*loaded)->chunk_count();
+      } else {
+        info.initialization_error = loaded.status().message();
+      }
+    }
+    if (info.total_chunks > 0 && info.loaded_chunks >= info.total_chunks) {
+      record.initialization_state = "completed";
+      record.initialization_completed_at_ms = NowMs();
+      (void)catalog_->Put(record);  // noticed again next time if this fails
+    }
+  }
   info.record = std::move(record);
   return info;
 }
@@ -188,7 +304,7 @@ Status VolumeManager::AdvanceModifications(VolumeRecord* record) {
 }
 
 Result<VolumeInfo> VolumeManager::Create(const std::string& name, const VolumeParams& params,
-                                         const std::string& source_snapshot) {
+                                         const std::string& source_snapshot, const LazyRestore* lazy) {
   EBS_RETURN_IF_ERROR(ValidateName(name));
   auto config = ValidateCreate(params);
   if (!config.ok()) return config.status();
@@ -205,15 +321,39 @@ Result<VolumeInfo> VolumeManager::Create(const std::string& name, const VolumePa
   r.created_at_ms = NowMs();
   r.state = "available";
   r.source_snapshot = source_snapshot;
+  if (lazy != nullptr) {
+    r.initialization_state = "loading";
+    r.initialization_rate_mibps = lazy->rate_mibps;
+    r.initialization_chunk_size = lazy->chunk_size;
+  }
   // The file first, durable, then the record that names it: a crash in
   // between leaves an orphan file that the next Open removes.
   auto dev = FileDevice::Open(DataFilePath(r.id), r.config.size_bytes, /*create=*/true);
   if (!dev.ok()) return dev.status();
   dev->reset();
+  // A new volume holds only zeros: nothing has changed yet.
+  ChangeTracker::Options topts;
+  topts.if_missing = ChangeTracker::IfMissing::kCreateEmpty;
+  auto tracker = ChangeTracker::Open(ChangesFilePath(r.id), r.config.size_bytes, topts);
+  if (!tracker.ok()) {
+    unlink(DataFilePath(r.id).c_str());
+    return tracker.status();
+  }
+  tracker->reset();
+  if (lazy != nullptr) {
+    Status st = HydrationLayer::CreateBitmap(LoadedFilePath(r.id), r.config.size_bytes, lazy->chunk_size);
+    if (!st.ok()) {
+      unlink(DataFilePath(r.id).c_str());
+      (void)ChangeTracker::Remove(ChangesFilePath(r.id));
+      return st;
+    }
+  }
   EBS_RETURN_IF_ERROR(SyncDirectory(data_dir_ + "/volumes"));
   Status st = catalog_->Put(r);
   if (!st.ok()) {
     unlink(DataFilePath(r.id).c_str());
+    (void)ChangeTracker::Remove(ChangesFilePath(r.id));
+    (void)ChangeTracker::Remove(LoadedFilePath(r.id));
     return st;
   }
   return InfoLocked(std::move(r));
@@ -261,6 +401,8 @@ Status VolumeManager::Delete(const std::string& name, bool force) {
   if (unlink(DataFilePath(r->id).c_str()) != 0 && errno != ENOENT) {
     return Status::FromErrno(errno, "remove data file of " + name);
   }
+  EBS_RETURN_IF_ERROR(ChangeTracker::Remove(ChangesFilePath(r->id)));
+  EBS_RETURN_IF_ERROR(ChangeTracker::Remove(LoadedFilePath(r->id)));
   return SyncDirectory(data_dir_ + "/volumes");
 }
 
@@ -327,9 +469,8 @@ Status VolumeManager::BeginExclusive(const std::string& name) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = open_.find(name);
   if (it != open_.end() && it->second->attachments() > 0) {
-    return Status::Busy(fmt::format("VolumeInUse: volume '{}' has {} open connection(s); snapshots of volumes in "
-                                    "use are not supported yet: disconnect them first",
-                                    name, it->second->attachments()));
+    return Status::Busy(fmt::format("VolumeInUse: volume '{}' has {} open connection(s)", name,
+                                    it->second->attachments()));
   }
   if (!exclusive_.insert(name).second) return Status::Busy("volume '" + name + "' is busy with another operation");
   return Status::Ok();
@@ -344,40 +485,87 @@ Result<std::unique_ptr<VolumeAttachment>> VolumeManager::Attach(const std::strin
   EBS_RETURN_IF_ERROR(ValidateName(name));
   std::lock_guard<std::mutex> lock(mu_);
   if (exclusive_.count(name)) {
-    return Status::Busy("volume '" + name + "' is busy (a snapshot or restore is in progress); try again shortly");
+    return Status::Busy("volume '" + name + "' is busy (a restore into it is in progress); try again shortly");
   }
-  auto it = open_.find(name);
-  std::shared_ptr<Volume> vol;
-  if (it != open_.end()) {
-    vol = it->second;
-  } else {
-    auto r = catalog_->Get(name);
-    if (!r.ok()) return r.status();
-    EBS_RETURN_IF_ERROR(AdvanceModifications(&*r));
-    auto dev = FileDevice::Open(DataFilePath(r->id), r->config.size_bytes, /*create=*/false);
-    if (!dev.ok()) return dev.status();
-    vol = std::make_shared<Volume>();
-    vol->name_ = name;
-    vol->metrics_ = std::make_unique<VolumeMetrics>(options_.clock->NowNs());
-    std::shared_ptr<BlockDevice> stack = std::move(*dev);
-    for (const FaultSpec& f : options_.faults) {
-      if (f.volume == name) stack = std::make_shared<FaultLayer>(std::move(stack), f);
-    }
-    if (options_.throttle) {
-      if (!scheduler_) scheduler_ = std::make_unique<ThrottleScheduler>(options_.clock);
-      auto throttle = std::make_shared<ThrottleLayer>(stack, ComputeLimits(r->config), scheduler_.get(),
-                                                      vol->metrics_.get(), options_.clock);
-      vol->throttle_ = throttle.get();
-      stack = std::move(throttle);
-      if (!r->modifications.empty()) ApplyLimits(vol.get(), r->modifications.back());
-    }
-    vol->device_ = std::make_shared<MetricsLayer>(std::move(stack), vol->metrics_.get(), options_.clock);
-    open_[name] = vol;
-  }
-  vol->attachments_.fetch_add(1);
-  return std::make_unique<VolumeAttachment>(this, std::move(vol));
+  auto vol = OpenLocked(name);
+  if (!vol.ok()) return vol.status();
+  (*vol)->attachments_.fetch_add(1);
+  return std::make_unique<VolumeAttachment>(this, std::move(*vol));
 }
 
+Result<std::shared_ptr<Volume>> VolumeManager::OpenVolume(const std::string& name) {
+  EBS_RETURN_IF_ERROR(ValidateName(name));
+  std::lock_guard<std::mutex> lock(mu_);
+  return OpenLocked(name);
+}
+
+Result<std::shared_ptr<Volume>> VolumeManager::OpenLocked(const std::string& name) {
+  auto it = open_.find(name);
+  if (it != open_.end()) return it->second;
+  auto r = catalog_->Get(name);
+  if (!r.ok()) return r.status();
+  EBS_RETURN_IF_ERROR(AdvanceModifications(&*r));
+  auto dev = FileDevice::Open(DataFilePath(r->id), r->config.size_bytes, /*create=*/false);
+  if (!dev.ok()) return dev.status();
+  // The tracking file is made with the volume; if it is lost or damaged,
+  // every chunk counts as changed so the next snapshot misses nothing.
+  ChangeTracker::Options topts;
+  topts.if_missing = ChangeTracker::IfMissing::kCreateAllMarked;
+  const std::string changes = ChangesFilePath(r->id);
+  auto tracker = ChangeTracker::Open(changes, r->config.size_bytes, topts);
+  if (!tracker.ok() && tracker.status().code() == EBADMSG) {
+    fprintf(stderr, "ebs: volume %s: change tracking file damaged (%s); the next snapshot reads every chunk\n",
+            name.c_str(), tracker.status().message().c_str());
+    EBS_RETURN_IF_ERROR(ChangeTracker::Remove(changes));
+    tracker = ChangeTracker::Open(changes, r->config.size_bytes, topts);
+  }
+  if (!tracker.ok()) return tracker.status();
+  auto vol = std::make_shared<Volume>();
+  vol->name_ = name;
+  vol->id_ = r->id;
+  vol->metrics_ = std::make_unique<VolumeMetrics>(options_.clock->NowNs());
+  vol->tracker_ = *tracker;
+  std::shared_ptr<BlockDevice> stack = std::make_shared<ChangeTrackingLayer>(std::move(*dev), *tracker);
+  std::shared_ptr<HydrationLayer> hydration;
+  if (r->initialization_state == "loading") {
+    if (!chunk_sources_) {
+      return Status::Busy("volume '" + name + "' is still loading from snapshot " + r->source_snapshot +
+                                 " and its snapshot store is not open here");
+    }
+    auto source = chunk_sources_(*r);
+    if (!source.ok()) {
+      return Status::Error(source.status().code(), "volume '" + name + "' is loading from snapshot " +
+                                                       r->source_snapshot + ": " + source.status().message());
+    }
+    HydrationLayer::Options hopts;
+    hopts.chunk_size = r->initialization_chunk_size;
+    hopts.rate_mibps = r->initialization_rate_mibps;
+    auto h = HydrationLayer::Open(std::move(stack), DataFilePath(r->id), LoadedFilePath(r->id), std::move(*source),
+                                  hopts);
+    if (!h.ok()) return h.status();
+    hydration = *h;
+    vol->hydration_ = hydration.get();
+    stack = hydration;
+  }
+  auto cow = std::make_shared<CopyOnWriteLayer>(std::move(stack));
+  vol->copy_on_write_ = cow.get();
+  stack = std::move(cow);
+  for (const FaultSpec& f : options_.faults) {
+    if (f.volume == name) stack = std::make_shared<FaultLayer>(std::move(stack), f);
+  }
+  if (options_.throttle) {
+    if (!scheduler_) scheduler_ = std::make_unique<ThrottleScheduler>(options_.clock);
+    auto throttle = std::make_shared<ThrottleLayer>(stack, ComputeLimits(r->config), scheduler_.get(),
+                                                    vol->metrics_.get(), options_.clock);
+    vol->throttle_ = throttle.get();
+    stack = std::move(throttle);
+    if (!r->modifications.empty()) ApplyLimits(vol.get(), r->modifications.back());
+  }
+  vol->device_ = std::make_shared<MetricsLayer>(std::move(stack), vol->metrics_.get(), options_.clock);
+  open_[name] = vol;
+  if (hydration) hydration->StartBackground();
+  return vol;
+}
 void VolumeManager::Detach(Volume* volume) {
   // The volume stays open (counters, credits) until deleted or shut down.
   volume->attachments_.fetch_sub(1);

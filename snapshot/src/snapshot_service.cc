@@ -1,10 +1,16 @@
 #include "ebs/snapshot/snapshot_service.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
+#include <filesystem>
+#include <iterator>
+#include <map>
+#include <set>
 #include <random>
 #include <thread>
 #include <unordered_map>
@@ -12,6 +18,7 @@
 #include <fmt/format.h>
 
 #include "ebs/engine/catalog.h"
+#include "ebs/engine/progress.h"
 #include "ebs/engine/size.h"
 #include "ebs/snapshot/chunk_codec.h"
 #include "ebs/snapshot/directory_object_store.h"
@@ -77,22 +84,41 @@ Result<std::vector<uint64_t>> AllocatedChunks(int fd, uint64_t size, uint32_t ch
   return out;
 }
 
-Status ReadChunk(int fd, uint64_t chunk, uint32_t chunk_size, uint64_t volume_size, std::string* buf) {
-  uint64_t off = chunk * chunk_size;
-  size_t len = static_cast<size_t>(std::min<uint64_t>(chunk_size, volume_size - off));
-  buf->assign(len, '\0');
-  size_t done = 0;
-  while (done < len) {
-    ssize_t n = pread(fd, buf->data() + done, len - done, static_cast<off_t>(off + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "read chunk " + std::to_string(chunk));
-    }
-    if (n == 0) break;  // past the end of a short file: zeros
-    done += static_cast<size_t>(n);
+// Marks a deleted snapshot whose manifest is kept as the base of the next.
+std::string TombstoneKey(const std::string& id) { return std::string(kManifestKeyPrefix) + id + ".deleted"; }
+
+// The chunks of one snapshot, for a volume restored lazily from it. Holds
+// the snapshot's map and the store, so it outlives the service.
+class SnapshotChunkSource final : public ChunkSource {
+ public:
+  SnapshotChunkSource(std::shared_ptr<ObjectStore> store, std::string id, const std::vector<DeltaEntry>& map)
+      : store_(std::move(store)), id_(std::move(id)) {
+    for (const auto& e : map) map_.emplace(e.chunk, e.hash);
   }
-  return Status::Ok();
-}
+  Status Fetch(uint64_t chunk, std::string* data) override {
+    auto it = map_.find(chunk);
+    if (it == map_.end()) {
+      data->clear();  // zeros
+      return Status::Ok();
+    }
+    auto object = store_->Get(ChunkKey(it->second));
+    if (!object.ok()) {
+      return Status::IoError(fmt::format("snapshot {} chunk {}: object {} unreadable: {}", id_, chunk,
+                                         it->second.ToHex(), object.status().message()));
+    }
+    thread_local ChunkCodec codec;
+    Status st = codec.Decode(*object, it->second, data);
+    if (!st.ok()) return Status::IoError(fmt::format("snapshot {} chunk {} is corrupt: {}", id_, chunk, st.message()));
+    return Status::Ok();
+  }
+  bool HasData(uint64_t chunk) const override { return map_.count(chunk) != 0; }
+  std::string Describe() const override { return "snapshot " + id_; }
+
+ private:
+  const std::shared_ptr<ObjectStore> store_;
+  const std::string id_;
+  std::unordered_map<uint64_t, ContentHash> map_;
+};
 
 }  // namespace
 
@@ -117,9 +143,10 @@ nlohmann::json SnapshotToJson(const SnapshotRecord& r) {
 
 Result<std::unique_ptr<SnapshotService>> SnapshotService::Open(const std::string& root, VolumeManager* volumes,
                                                                uint32_t chunk_size, int workers) {
-  EBS_RETURN_IF_ERROR(ValidateChunkSize(chunk_size));
+  if (chunk_size != 0) EBS_RETURN_IF_ERROR(ValidateChunkSize(chunk_size));
   std::unique_ptr<SnapshotService> s(new SnapshotService());
   s->volumes_ = volumes;
+  s->root_ = root;
   s->workers_ = std::max(1, workers);
   auto store = DirectoryObjectStore::Open(root);
   if (!store.ok()) return store.status();
@@ -129,143 +156,359 @@ Result<std::unique_ptr<SnapshotService>> SnapshotService::Open(const std::string
     auto j = nlohmann::json::parse(*config, nullptr, false);
     if (j.is_discarded() || !j.contains("chunk_size")) return Status::IoError("corrupt store config in " + root);
     s->chunk_size_ = j["chunk_size"].get<uint32_t>();
+    if (j.contains("id") && j["id"].is_string()) {
+      s->store_id_ = j["id"].get<std::string>();
+    } else {  // a store made before stores had ids
+      s->store_id_ = "store-" + NewSnapshotId().substr(5);
+      j["id"] = s->store_id_;
+      EBS_RETURN_IF_ERROR(s->store_->Put(kStoreConfigKey, j.dump()));
+    }
+    if (chunk_size != 0 && chunk_size != s->chunk_size_) {
+      return Status::InvalidArgument(fmt::format("the snapshot store {} has chunk size {}, not {}: a store keeps the "
+                                                 "chunk size it was created with",
+                                                 root, FormatSize(s->chunk_size_), FormatSize(chunk_size)));
+    }
   } else if (config.status().code() == ENOENT) {
-    s->chunk_size_ = chunk_size;
-    EBS_RETURN_IF_ERROR(s->store_->Put(kStoreConfigKey, nlohmann::json{{"format", 1}, {"chunk_size", chunk_size}}.dump()));
+    s->chunk_size_ = chunk_size != 0 ? chunk_size : kDefaultChunkSize;
+    s->store_id_ = "store-" + NewSnapshotId().substr(5);
+    EBS_RETURN_IF_ERROR(s->store_->Put(
+        kStoreConfigKey,
+        nlohmann::json{{"format", 1}, {"chunk_size", s->chunk_size_}, {"id", s->store_id_}}.dump()));
   } else {
     return config.status();
   }
   auto index = SnapshotIndex::Open(root + "/index");
   if (!index.ok()) return index.status();
   s->index_ = std::move(*index);
+  EBS_RETURN_IF_ERROR(s->RecoverInterrupted());
+  SnapshotService* service = s.get();
+  volumes->SetChunkSourceFactory([service](const VolumeRecord& v) -> Result<std::shared_ptr<ChunkSource>> {
+    auto r = service->index_->GetSnapshot(v.source_snapshot);
+    if (!r.ok()) return Status::NotFound("its source snapshot " + v.source_snapshot + " is not in this store");
+    if (r->chunk_size != v.initialization_chunk_size) {
+      return Status::InvalidArgument("its source snapshot " + v.source_snapshot + " has another chunk size");
+    }
+    auto map = service->FullMap(*r);
+    if (!map.ok()) return map.status();
+    return std::shared_ptr<ChunkSource>(std::make_shared<SnapshotChunkSource>(service->store_, r->id, *map));
+  });
   return s;
 }
 
-Result<std::vector<SnapshotRecord>> SnapshotService::Create(const std::vector<std::string>& volumes,
-                                                            const std::string& description) {
-  if (volumes.empty()) return Status::InvalidArgument("name at least one volume to snapshot");
-  std::lock_guard<std::mutex> lock(mu_);
-  // Hold every volume first: with none attached, the cut is one instant
-  // across all of them.
-  std::vector<std::string> held;
-  auto release = [&] {
-    for (const auto& v : held) volumes_->EndExclusive(v);
-  };
-  for (const auto& v : volumes) {
-    Status st = volumes_->BeginExclusive(v);
-    if (!st.ok()) {
-      release();
-      return st;
-    }
-    held.push_back(v);
-  }
-  std::vector<SnapshotRecord> out;
-  for (const auto& v : volumes) {
-    auto r = CreateOne(v, description);
-    if (!r.ok()) {
-      release();
-      return r.status();
-    }
-    out.push_back(*r);
-  }
-  release();
-  return out;
+SnapshotService::~SnapshotService() {
+  if (volumes_ != nullptr) volumes_->SetChunkSourceFactory(nullptr);
 }
 
-Result<SnapshotRecord> SnapshotService::CreateOne(const std::string& volume, const std::string& description) {
-  auto info = volumes_->Describe(volume);
-  if (!info.ok()) return info.status();
-  const VolumeRecord& vr = info->record;
-  SnapshotRecord rec;
-  rec.id = NewSnapshotId();
-  rec.state = SnapshotState::kPending;
-  rec.volume_name = vr.name;
-  rec.volume_id = vr.id;
-  rec.lineage = vr.id;
-  rec.volume_size = vr.config.size_bytes;
-  rec.chunk_size = chunk_size_;
-  rec.created_at_ms = NowMs();
-  rec.description = description;
+Status SnapshotService::ResumeLoading() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    serving_ = true;
+  }
+  return volumes_->OpenLoadingVolumes();
+}
 
-  // The parent: the newest snapshot of this volume's lineage.
+Status SnapshotService::RecoverInterrupted() {
   auto all = index_->ListSnapshots();
   if (!all.ok()) return all.status();
-  const SnapshotRecord* parent = nullptr;
-  for (const auto& r : *all) {
-    if (r.lineage == rec.lineage && r.state == SnapshotState::kCompleted && (!parent || r.seq > parent->seq)) parent = &r;
+  bool any = false;
+  for (auto r : *all) {
+    if (r.state != SnapshotState::kPending) continue;
+    r.state = SnapshotState::kError;
+    r.error = "interrupted: the process taking it stopped before it completed";
+    EBS_RETURN_IF_ERROR(index_->PutSnapshot(r));
+    any = true;
   }
-  auto members = index_->ListLineage(rec.lineage);
-  if (!members.ok()) return members.status();
-  rec.seq = members->empty() ? 1 : members->back().seq + 1;
-  if (parent) rec.parent_id = parent->id;
-  EBS_RETURN_IF_ERROR(index_->PutSnapshot(rec));
-
-  auto fail = [&](const Status& st) -> Status {
-    rec.state = SnapshotState::kError;
-    rec.error = st.message();
-    (void)index_->PutSnapshot(rec);
-    return st;
-  };
-
-  // What the lineage holds now (the base this snapshot is a delta against).
-  std::unordered_map<uint64_t, ContentHash> base;
-  if (!members->empty()) {
-    auto map = index_->ChangedChunks(rec.lineage, 0, members->back().seq);
-    if (!map.ok()) return fail(map.status());
-    for (const auto& e : *map) {
-      if (!e.hash.IsZeroChunk()) base[e.chunk] = e.hash;
-    }
+  // Its uploaded objects are referenced by nothing.
+  if (any) {
+    auto gc = Gc();
+    if (!gc.ok()) return gc.status();
   }
-  std::string path = volumes_->DataFilePath(vr.id);
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return fail(Status::FromErrno(errno, "open " + path));
-  auto allocated = AllocatedChunks(fd, rec.volume_size, chunk_size_);
-  if (!allocated.ok()) {
-    ::close(fd);
-    return fail(allocated.status());
-  }
-  // Candidates: chunks with data now, and chunks that had data before (they
-  // may have become holes).
-  std::vector<uint64_t> candidates = *allocated;
-  for (const auto& [chunk, hash] : base) candidates.push_back(chunk);
-  std::sort(candidates.begin(), candidates.end());
-  candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
+  return Status::Ok();
+}
 
+// One volume's part in a snapshot: what it held at the previous cut, what
+// changed since, and the chunks read (or copied out) for this one.
+struct SnapshotService::Job {
+  std::shared_ptr<Volume> volume;
+  SnapshotRecord rec;
+  // The lineage's map as of its newest committed snapshot: the delta of this
+  // snapshot is relative to it. Empty for a new lineage.
+  std::unordered_map<uint64_t, ContentHash> lineage_base;
+  // What the volume held at the previous cut: the lineage base, or for the
+  // first snapshot of a volume restored from a snapshot, that snapshot's map.
+  const std::unordered_map<uint64_t, ContentHash>* content_base = &lineage_base;
+  std::unordered_map<uint64_t, ContentHash> source_map;
+  bool full = false;  // nothing known: read every allocated chunk
+  std::optional<uint64_t> cut_generation;
+  int fd = -1;
+  std::shared_ptr<CopyOutSession> session;
+  std::unique_ptr<ProgressReporter> progress;  // while uploading
   struct Slot {
     ContentHash hash;
     uint64_t bytes = 0;
     uint64_t stored = 0;
   };
-  std::vector<Slot> slots(candidates.size());
-  std::mutex put_mu;  // two workers uploading the same new content store it once
-  Status st = ParallelFor(candidates.size(), workers_, [&](size_t i) -> Status {
-    thread_local ChunkCodec codec;
-    thread_local std::string buf, object;
-    uint64_t chunk = candidates[i];
-    EBS_RETURN_IF_ERROR(ReadChunk(fd, chunk, chunk_size_, rec.volume_size, &buf));
-    Slot& s = slots[i];
-    if (IsAllZero(buf.data(), buf.size())) {
-      s.hash = ContentHash::ZeroChunk();
-      return Status::Ok();
-    }
-    s.bytes = buf.size();
-    EBS_RETURN_IF_ERROR(codec.Encode(buf.data(), buf.size(), &object, &s.hash));
-    auto it = base.find(chunk);
-    if (it != base.end() && it->second == s.hash) return Status::Ok();  // unchanged
-    std::string key = ChunkKey(s.hash);
-    std::lock_guard<std::mutex> lock(put_mu);
-    auto exists = store_->Exists(key);
-    if (!exists.ok()) return exists.status();
-    if (!*exists) {
-      EBS_RETURN_IF_ERROR(store_->Put(key, object));
-      s.stored = object.size();
-    }
-    return Status::Ok();
-  });
-  ::close(fd);
-  if (!st.ok()) return fail(st);
+  std::vector<Slot> slots;
+  ~Job() {
+    if (fd >= 0) ::close(fd);
+  }
+};
 
+std::string SnapshotService::CutName(const std::string& lineage, uint64_t seq, const std::string& snapshot) const {
+  return snapshot.empty() ? fmt::format("{}/{}/{}", store_id_, lineage, seq)
+                          : fmt::format("{}/{}/{}", store_id_, lineage, snapshot);
+}
+
+Result<std::vector<SnapshotRecord>> SnapshotService::Create(const std::vector<std::string>& volumes,
+                                                            const std::string& description) {
+  if (volumes.empty()) return Status::InvalidArgument("name at least one volume to snapshot");
+  for (size_t i = 0; i < volumes.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (volumes[i] == volumes[j]) return Status::InvalidArgument("volume '" + volumes[i] + "' is named twice");
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::unique_ptr<Job>> jobs;
+  for (const auto& v : volumes) {
+    auto job = PrepareJob(v, description);
+    if (!job.ok()) {
+      for (auto& j : jobs) FailJob(*j, job.status());
+      return job.status();
+    }
+    jobs.push_back(std::move(*job));
+  }
+  // The cut: every volume's writes are held and drained together, so the
+  // snapshots show one instant across all of them.
+  for (auto& j : jobs) j->volume->copy_on_write().Freeze();
+  Status cut = Status::Ok();
+  for (auto& j : jobs) {
+    if (cut.ok()) cut = CutJob(*j);
+  }
+  for (auto& j : jobs) j->volume->copy_on_write().Thaw(cut.ok() ? j->session : nullptr);
+  if (!cut.ok()) {
+    for (auto& j : jobs) FailJob(*j, cut);
+    return cut;
+  }
+  // The upload: chunks not yet copied out by writers are read now.
+  Status first = Status::Ok();
+  std::vector<SnapshotRecord> out;
+  for (auto& j : jobs) {
+    Status st = UploadJob(*j);
+    if (st.ok()) st = CommitJob(*j);
+    if (!st.ok()) {
+      FailJob(*j, st);
+      if (first.ok()) first = st;
+      continue;
+    }
+    out.push_back(j->rec);
+  }
+  if (!first.ok()) return first;
+  return out;
+}
+
+Result<std::unique_ptr<SnapshotService::Job>> SnapshotService::PrepareJob(const std::string& volume,
+                                                                          const std::string& description) {
+  auto info = volumes_->Describe(volume);
+  if (!info.ok()) return info.status();
+  auto vol = volumes_->OpenVolume(volume);
+  if (!vol.ok()) return vol.status();
+  const VolumeRecord& vr = info->record;
+  auto job = std::make_unique<Job>();
+  job->volume = *vol;
+  SnapshotRecord& rec = job->rec;
+  rec.id = NewSnapshotId();
+  rec.state = SnapshotState::kPending;
+  rec.volume_name = vr.name;
+  rec.volume_id = vr.id;
+  rec.lineage = vr.id;
+  rec.chunk_size = chunk_size_;
+  rec.created_at_ms = NowMs();
+  rec.description = description;
+
+  auto members = index_->ListLineage(rec.lineage);
+  if (!members.ok()) return members.status();
+  rec.seq = members->empty() ? 1 : members->back().seq + 1;
+  if (!members->empty()) {
+    // The parent: the newest completed snapshot of this volume's lineage.
+    auto all = index_->ListSnapshots();
+    if (!all.ok()) return all.status();
+    const SnapshotRecord* parent = nullptr;
+    for (const auto& r : *all) {
+      if (r.lineage == rec.lineage && r.state == SnapshotState::kCompleted && (!parent || r.seq > parent->seq)) {
+        parent = &r;
+      }
+    }
+    if (parent) rec.parent_id = parent->id;
+    auto map = index_->ChangedChunks(rec.lineage, 0, members->back().seq);
+    if (!map.ok()) return map.status();
+    for (const auto& e : *map) {
+      if (!e.hash.IsZeroChunk()) job->lineage_base[e.chunk] = e.hash;
+    }
+    // The tracker's marks are relative to its last cut: usable only if that
+    // cut was this chain's newest snapshot (not one in another store).
+    job->full = vr.last_cut != CutName(rec.lineage, members->back().seq);
+  } else if (!vr.source_snapshot.empty() && vr.last_cut == CutName("restore", 0, vr.source_snapshot)) {
+    // A volume restored from a snapshot and not snapshotted since: its
+    // tracker has recorded changes since the restore, so unchanged chunks
+    // are the source's (and already in the store).
+    auto src = index_->GetSnapshot(vr.source_snapshot);
+    if (src.ok() && src->state == SnapshotState::kCompleted && src->chunk_size == chunk_size_) {
+      auto map = FullMap(*src);
+      if (!map.ok()) return map.status();
+      for (const auto& e : *map) job->source_map[e.chunk] = e.hash;
+      job->content_base = &job->source_map;
+    } else {
+      job->full = true;  // the source is gone: nothing to compare with
+    }
+  } else {
+    job->full = true;  // no snapshot of this volume in this store: read every allocated chunk
+  }
+  EBS_RETURN_IF_ERROR(index_->PutSnapshot(rec));
+  std::string path = volumes_->DataFilePath(vr.id);
+  job->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (job->fd < 0) {
+    Status st = Status::FromErrno(errno, "open " + path);
+    FailJob(*job, st);
+    return st;
+  }
+  return job;
+}
+
+Status SnapshotService::CutJob(Job& job) {
+  Volume& vol = *job.volume;
+  job.rec.volume_size = vol.device().size();
+  const uint64_t chunks = ChunkCount(job.rec.volume_size, chunk_size_);
+  auto cut = vol.tracker().Cut();
+  if (!cut.ok()) return cut.status();
+  job.cut_generation = cut->generation;
+  // The chunks whose content may differ from the previous cut, in the
+  // store's chunk size.
+  std::vector<uint64_t> candidates;
+  auto allocated_or_base = [&]() -> Result<std::vector<uint64_t>> {
+    auto allocated = AllocatedChunks(job.fd, job.rec.volume_size, chunk_size_);
+    if (!allocated.ok()) return allocated.status();
+    std::vector<uint64_t> out = std::move(*allocated);
+    for (const auto& [chunk, hash] : *job.content_base) out.push_back(chunk);
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+    return out;
+  };
+  if (job.full) {
+    auto all = allocated_or_base();
+    if (!all.ok()) return all.status();
+    candidates = std::move(*all);
+  } else {
+    const uint64_t tcs = cut->chunk_size;
+    for (uint64_t w = 0; w < cut->words.size(); ++w) {
+      for (uint64_t bits = cut->words[w]; bits != 0; bits &= bits - 1) {
+        const uint64_t t = w * 64 + static_cast<uint64_t>(std::countr_zero(bits));
+        const uint64_t first = t * tcs / chunk_size_;
+        const uint64_t last = std::min(((t + 1) * tcs - 1) / chunk_size_, chunks == 0 ? 0 : chunks - 1);
+        for (uint64_t c = first; c <= last && c < chunks; ++c) {
+          if (candidates.empty() || candidates.back() < c) candidates.push_back(c);
+        }
+      }
+    }
+    // Many marks (a tracker rebuilt after damage marks everything): a chunk
+    // that is a hole now and was zero before did not change, so read only
+    // allocated chunks and those that held data.
+    if (candidates.size() > 4096) {
+      auto keep = allocated_or_base();
+      if (!keep.ok()) return keep.status();
+      std::vector<uint64_t> both;
+      std::set_intersection(candidates.begin(), candidates.end(), keep->begin(), keep->end(),
+                            std::back_inserter(both));
+      candidates = std::move(both);
+    }
+  }
+  // A volume still loading lazily: a chunk not yet loaded cannot have been
+  // written (writes load first) and its data file range is still a hole, so
+  // it must not be read; its content is the source's.
+  if (HydrationLayer* h = vol.hydration(); h != nullptr && !h->complete()) {
+    std::erase_if(candidates, [&](uint64_t c) { return !h->Loaded(c); });
+  }
+  job.slots.assign(candidates.size(), {});
+  // Made before the session, which may call StoreChunk as soon as writes resume.
+  job.progress = std::make_unique<ProgressReporter>("uploading " + job.rec.volume_name, candidates.size());
+  Job* jp = &job;
+  job.session = std::make_shared<CopyOutSession>(
+      job.fd, job.rec.volume_size, chunk_size_, std::move(candidates),
+      [this, jp](size_t position, const std::string& data) { return StoreChunk(*jp, position, data); });
+  return Status::Ok();
+}
+
+Status SnapshotService::StoreChunk(Job& job, size_t position, const std::string& data) {
+  if (job.progress) job.progress->Add();
+  thread_local ChunkCodec codec;
+  thread_local std::string object;
+  Job::Slot& s = job.slots[position];
+  if (IsAllZero(data.data(), data.size())) {
+    s.hash = ContentHash::ZeroChunk();
+    return Status::Ok();
+  }
+  s.bytes = data.size();
+  EBS_RETURN_IF_ERROR(codec.Encode(data.data(), data.size(), &object, &s.hash));
+  auto it = job.content_base->find(job.session->chunk(position));
+  if (it != job.content_base->end() && it->second == s.hash) return Status::Ok();  // unchanged
+  std::string key = ChunkKey(s.hash);
+  std::lock_guard<std::mutex> lock(put_mu_);  // two threads storing the same content store it once
+  auto exists = store_->Exists(key);
+  if (!exists.ok()) return exists.status();
+  if (!*exists) {
+    EBS_RETURN_IF_ERROR(store_->Put(key, object));
+    s.stored = object.size();
+  }
+  return Status::Ok();
+}
+
+Status SnapshotService::UploadJob(Job& job) {
+  CopyOutSession& session = *job.session;
+  Status st = ParallelFor(session.size(), workers_, [&](size_t i) -> Status {
+    thread_local std::string buf;
+    return session.Process(i, &buf);
+  });
+  if (!st.ok()) session.Cancel(st);
+  Status copied = session.Wait();  // chunks writers took are handed over too
+  job.progress.reset();
+  if (job.volume) job.volume->copy_on_write().Detach();
+  return st.ok() ? copied : st;
+}
+
+Status SnapshotService::CommitJob(Job& job) {
+  SnapshotRecord& rec = job.rec;
+  const CopyOutSession& session = *job.session;
+  // The new whole map = the content base with this snapshot's reads applied;
+  // the delta is that map's difference from the lineage base.
+  std::map<uint64_t, ContentHash> now(job.content_base->begin(), job.content_base->end());
+  for (size_t i = 0; i < session.size(); ++i) {
+    const uint64_t chunk = session.chunk(i);
+    if (job.slots[i].hash.IsZeroChunk()) {
+      now.erase(chunk);
+    } else {
+      now[chunk] = job.slots[i].hash;
+    }
+  }
+  const uint64_t chunks = ChunkCount(rec.volume_size, chunk_size_);
+  auto chunk_bytes = [&](uint64_t chunk) {
+    return std::min<uint64_t>(chunk_size_, rec.volume_size - chunk * chunk_size_);
+  };
   Manifest m;
+  MapDigest digest;
+  for (const auto& [chunk, hash] : now) {
+    if (chunk >= chunks) continue;
+    digest.Add(chunk, hash);
+    rec.logical_bytes += chunk_bytes(chunk);
+    auto it = job.lineage_base.find(chunk);
+    if (it == job.lineage_base.end() || !(it->second == hash)) {
+      m.delta.push_back({chunk, hash});
+      rec.changed_bytes += chunk_bytes(chunk);
+    }
+  }
+  for (const auto& [chunk, hash] : job.lineage_base) {
+    if (!now.count(chunk) && chunk < chunks) m.delta.push_back({chunk, ContentHash::ZeroChunk()});
+  }
+  std::sort(m.delta.begin(), m.delta.end(), [](const DeltaEntry& a, const DeltaEntry& b) { return a.chunk < b.chunk; });
+  for (const auto& slot : job.slots) rec.stored_bytes += slot.stored;
   m.snapshot_id = rec.id;
   m.volume_name = rec.volume_name;
   m.volume_id = rec.volume_id;
@@ -275,33 +518,117 @@ Result<SnapshotRecord> SnapshotService::CreateOne(const std::string& volume, con
   m.volume_size = rec.volume_size;
   m.chunk_size = chunk_size_;
   m.created_at_ms = rec.created_at_ms;
-  m.description = description;
-  MapDigest digest;
-  for (size_t i = 0; i < candidates.size(); ++i) {
-    const uint64_t chunk = candidates[i];
-    const Slot& s = slots[i];
-    auto it = base.find(chunk);
-    bool had = it != base.end();
-    if (!s.hash.IsZeroChunk()) {
-      rec.logical_bytes += s.bytes;
-      digest.Add(chunk, s.hash);
-    }
-    bool changed = had ? !(it->second == s.hash) : !s.hash.IsZeroChunk();
-    if (!changed) continue;
-    m.delta.push_back({chunk, s.hash});
-    rec.changed_bytes += s.hash.IsZeroChunk() ? 0 : s.bytes;
-    rec.stored_bytes += s.stored;
-  }
+  m.description = rec.description;
   m.map_digest = digest.value();
   // The manifest is durable before the index points at the snapshot.
   auto encoded = EncodeManifest(m);
-  if (!encoded.ok()) return fail(encoded.status());
-  st = store_->Put(ManifestKey(rec.id), *encoded);
-  if (!st.ok()) return fail(st);
+  if (!encoded.ok()) return encoded.status();
+  EBS_RETURN_IF_ERROR(store_->Put(ManifestKey(rec.id), *encoded));
   rec.state = SnapshotState::kCompleted;
-  st = index_->CompleteSnapshot(rec, m.delta);
-  if (!st.ok()) return fail(st);
-  return rec;
+  Status st = index_->CompleteSnapshot(rec, m.delta);
+  if (!st.ok()) {
+    rec.state = SnapshotState::kPending;
+    return st;
+  }
+  // Only now may the tracker forget the cut: a crash before this point
+  // merges it back, and the next snapshot reads those chunks again.
+  if (job.cut_generation) {
+    Status c = job.volume->tracker().Commit(*job.cut_generation);
+    job.cut_generation.reset();
+    if (c.ok()) c = volumes_->SetLastCut(rec.volume_name, rec.volume_id, CutName(rec.lineage, rec.seq));
+    if (!c.ok()) {
+      fprintf(stderr, "ebs: snapshot %s: recording the cut failed (the next snapshot reads every chunk): %s\n",
+              rec.id.c_str(), c.message().c_str());
+    }
+  }
+  // Housekeeping: the snapshot is complete whatever happens here.
+  Status absorbed = AbsorbRetired(rec);
+  if (!absorbed.ok()) {
+    fprintf(stderr, "ebs: snapshot %s: folding in a deleted predecessor failed (store gc will free its objects): %s\n",
+            rec.id.c_str(), absorbed.message().c_str());
+  }
+  return Status::Ok();
+}
+
+// A snapshot deleted while it was its lineage's newest stayed as the base of
+// the next one (snapshot_index.h); now that the next one exists, fold it in
+// and free what nothing needs any more.
+Status SnapshotService::AbsorbRetired(const SnapshotRecord& rec) {
+  auto members = index_->ListLineage(rec.lineage);
+  if (!members.ok()) return members.status();
+  bool any = false;
+  for (const auto& mbr : *members) any = any || (mbr.retired && mbr.seq < rec.seq);
+  if (!any) return Status::Ok();
+  auto outcomes = index_->AbsorbRetired(rec.lineage);
+  if (!outcomes.ok()) return outcomes.status();
+  // The new snapshot's delta now reaches back to the newest live member.
+  auto after = index_->ListLineage(rec.lineage);
+  if (!after.ok()) return after.status();
+  uint64_t prev_seq = 0;
+  for (const auto& mbr : *after) {
+    if (mbr.seq < rec.seq && !mbr.retired) prev_seq = mbr.seq;
+  }
+  std::string prev_id;
+  if (prev_seq > 0) {
+    auto all = index_->ListSnapshots();
+    if (!all.ok()) return all.status();
+    for (const auto& s : *all) {
+      if (s.lineage == rec.lineage && s.seq == prev_seq && s.state == SnapshotState::kCompleted) prev_id = s.id;
+    }
+  }
+  EBS_RETURN_IF_ERROR(RewriteManifest(rec, prev_seq, prev_id));
+  for (const auto& o : *outcomes) {
+    for (const auto& h : o.released) EBS_RETURN_IF_ERROR(store_->Delete(ChunkKey(h)));
+  }
+  return Status::Ok();
+}
+
+Status SnapshotService::RewriteManifest(const SnapshotRecord& rec, uint64_t prev_seq, const std::string& prev_id) {
+  auto bytes = store_->Get(ManifestKey(rec.id));
+  if (!bytes.ok()) return bytes.status();
+  auto m = DecodeManifest(*bytes);
+  if (!m.ok()) return m.status();
+  auto delta = index_->ChangedChunks(rec.lineage, prev_seq, rec.seq);
+  if (!delta.ok()) return delta.status();
+  m->parent_snapshot_id = prev_id;
+  m->delta = *delta;
+  auto encoded = EncodeManifest(*m);
+  if (!encoded.ok()) return encoded.status();
+  EBS_RETURN_IF_ERROR(store_->Put(ManifestKey(rec.id), *encoded));
+  if (rec.parent_id != prev_id) {
+    SnapshotRecord updated = rec;
+    updated.parent_id = prev_id;
+    EBS_RETURN_IF_ERROR(index_->PutSnapshot(updated));
+  }
+  return Status::Ok();
+}
+
+void SnapshotService::FailJob(Job& job, const Status& why) {
+  if (job.session) {
+    job.session->Cancel(why);
+    (void)job.session->Wait();
+    if (job.volume) job.volume->copy_on_write().Detach();
+  }
+  if (job.cut_generation) {
+    // The changes of the failed cut go back into the current set.
+    Status st = job.volume->tracker().Abort(*job.cut_generation);
+    if (!st.ok()) {
+      fprintf(stderr, "ebs: snapshot %s: returning tracked changes failed: %s\n", job.rec.id.c_str(),
+              st.message().c_str());
+    }
+    job.cut_generation.reset();
+  }
+  // Objects this snapshot uploaded that nothing references: remove them, so
+  // the store checks clean after a failure (a crash leaves them to the
+  // recovery's gc instead).
+  for (const auto& slot : job.slots) {
+    if (slot.stored == 0) continue;
+    auto refs = index_->RefCount(slot.hash);
+    if (refs.ok() && *refs == 0) (void)store_->Delete(ChunkKey(slot.hash));
+  }
+  job.rec.state = SnapshotState::kError;
+  job.rec.error = why.message();
+  (void)index_->PutSnapshot(job.rec);
 }
 
 Result<std::vector<SnapshotRecord>> SnapshotService::List() {
@@ -332,7 +659,8 @@ Result<std::vector<DeltaEntry>> SnapshotService::FullMap(const SnapshotRecord& r
   return out;
 }
 
-Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::string& volume, VolumeParams params) {
+Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::string& volume, VolumeParams params,
+                                            std::optional<double> lazy_rate_mibps) {
   std::lock_guard<std::mutex> lock(mu_);
   auto r = index_->GetSnapshot(id);
   if (!r.ok()) {
@@ -347,6 +675,20 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
                                                FormatSize(*params.size_bytes), FormatSize(r->volume_size)));
   }
   if (!params.type) params.type = VolumeType::kGp3;
+  if (lazy_rate_mibps) {
+    if (*lazy_rate_mibps < 0) return Status::InvalidArgument("InvalidParameterValue: --initialization-rate must be positive");
+    LazyRestore lazy;
+    lazy.chunk_size = r->chunk_size;
+    lazy.rate_mibps = *lazy_rate_mibps;
+    auto info = volumes_->Create(volume, params, id, &lazy);
+    if (!info.ok()) return info.status();
+    EBS_RETURN_IF_ERROR(volumes_->SetLastCut(volume, info->record.id, CutName("restore", 0, id)));
+    if (serving_) {
+      auto opened = volumes_->OpenVolume(volume);  // starts loading in the background
+      if (!opened.ok()) return opened.status();
+    }
+    return volumes_->Describe(volume);
+  }
   // Nobody may attach the new volume before every chunk is in place.
   EBS_RETURN_IF_ERROR(volumes_->BeginExclusive(volume));
   auto info = volumes_->Create(volume, params, id);
@@ -358,32 +700,10 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
   int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
   Status st = fd < 0 ? Status::FromErrno(errno, "open " + path) : Status::Ok();
   if (st.ok()) {
-    st = ParallelFor(map->size(), workers_, [&](size_t i) -> Status {
-      thread_local ChunkCodec codec;
-      thread_local std::string data;
-      const DeltaEntry& e = (*map)[i];
-      auto object = store_->Get(ChunkKey(e.hash));
-      if (!object.ok()) {
-        return Status::IoError(fmt::format("snapshot {} chunk {}: object {} unreadable: {}", id, e.chunk,
-                                           e.hash.ToHex(), object.status().message()));
-      }
-      Status d = codec.Decode(*object, e.hash, &data);
-      if (!d.ok()) return Status::IoError(fmt::format("snapshot {} chunk {} is corrupt: {}", id, e.chunk, d.message()));
-      uint64_t off = e.chunk * r->chunk_size;
-      size_t done = 0;
-      while (done < data.size()) {
-        ssize_t n = pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(off + done));
-        if (n < 0) {
-          if (errno == EINTR) continue;
-          return Status::FromErrno(errno, "write restored chunk " + std::to_string(e.chunk));
-        }
-        done += static_cast<size_t>(n);
-      }
-      return Status::Ok();
-    });
-    if (st.ok() && fdatasync(fd) != 0) st = Status::FromErrno(errno, "sync restored volume");
+    st = WriteImage(*r, *map, fd);
     ::close(fd);
   }
+  if (st.ok()) st = volumes_->SetLastCut(volume, info->record.id, CutName("restore", 0, id));
   volumes_->EndExclusive(volume);
   if (!st.ok()) {
     // No half-restored volume is left behind to be mistaken for a good one.
@@ -391,6 +711,212 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
     return Status::Error(st.code(), "restore refused: " + st.message());
   }
   return volumes_->Describe(volume);
+}
+
+Status SnapshotService::WriteImage(const SnapshotRecord& r, const std::vector<DeltaEntry>& map, int fd) {
+  ProgressReporter progress("writing " + r.id, map.size());
+  Status st = ParallelFor(map.size(), workers_, [&](size_t i) -> Status {
+    progress.Add();
+    thread_local ChunkCodec codec;
+    thread_local std::string data;
+    const DeltaEntry& e = map[i];
+    auto object = store_->Get(ChunkKey(e.hash));
+    if (!object.ok()) {
+      return Status::IoError(fmt::format("snapshot {} chunk {}: object {} unreadable: {}", r.id, e.chunk,
+                                         e.hash.ToHex(), object.status().message()));
+    }
+    Status d = codec.Decode(*object, e.hash, &data);
+    if (!d.ok()) return Status::IoError(fmt::format("snapshot {} chunk {} is corrupt: {}", r.id, e.chunk, d.message()));
+    uint64_t off = e.chunk * r.chunk_size;
+    size_t done = 0;
+    while (done < data.size()) {
+      ssize_t n = pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(off + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return Status::FromErrno(errno, "write chunk " + std::to_string(e.chunk));
+      }
+      done += static_cast<size_t>(n);
+    }
+    return Status::Ok();
+  });
+  if (st.ok() && fdatasync(fd) != 0) st = Status::FromErrno(errno, "sync the written image");
+  return st;
+}
+
+Result<nlohmann::json> SnapshotService::Export(const std::string& id, const std::string& file, bool force) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = index_->GetSnapshot(id);
+  if (!r.ok()) return Status::NotFound("InvalidSnapshot.NotFound: snapshot '" + id + "' does not exist");
+  auto map = FullMap(*r);
+  if (!map.ok()) return map.status();
+  struct stat st;
+  if (!force && ::stat(file.c_str(), &st) == 0) {
+    return Status::AlreadyExists("'" + file + "' exists; give --force to overwrite it");
+  }
+  // Written whole under a temporary name, then renamed: an interrupted or
+  // failed export never leaves a partial image under the name asked for.
+  const std::string tmp = file + ".ebs-export-tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::FromErrno(errno, "create " + tmp);
+  Status s = Status::Ok();
+  if (ftruncate(fd, static_cast<off_t>(r->volume_size)) != 0) s = Status::FromErrno(errno, "size " + tmp);
+  if (s.ok()) s = WriteImage(*r, *map, fd);
+  ::close(fd);
+  if (s.ok() && ::rename(tmp.c_str(), file.c_str()) != 0) s = Status::FromErrno(errno, "rename to " + file);
+  if (!s.ok()) {
+    ::unlink(tmp.c_str());
+    return Status::Error(s.code(), "export refused: " + s.message());
+  }
+  return nlohmann::json{{"snapshot", id}, {"file", file}, {"size_bytes", r->volume_size},
+                        {"data_chunks", map->size()}};
+}
+
+Result<SnapshotRecord> SnapshotService::Import(const std::string& file, const std::string& name,
+                                               const std::string& description) {
+  std::lock_guard<std::mutex> lock(mu_);
+  EBS_RETURN_IF_ERROR(VolumeManager::ValidateName(name));
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno(errno, "open " + file);
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Status::InvalidArgument("'" + file + "' is not a regular file (a raw disk image)");
+  }
+  if (st.st_size == 0) {
+    ::close(fd);
+    return Status::InvalidArgument("'" + file + "' is empty");
+  }
+  Job job;
+  job.fd = fd;  // closed with the job
+  SnapshotRecord& rec = job.rec;
+  rec.id = NewSnapshotId();
+  rec.state = SnapshotState::kPending;
+  rec.volume_name = name;
+  rec.volume_id = "import-" + rec.id.substr(5);
+  rec.lineage = rec.volume_id;
+  rec.seq = 1;
+  // Volumes are whole GiB: the image is padded with zeros up to one.
+  rec.volume_size = (static_cast<uint64_t>(st.st_size) + kGiB - 1) / kGiB * kGiB;
+  rec.chunk_size = chunk_size_;
+  rec.created_at_ms = NowMs();
+  rec.description = description.empty() ? "imported from " + file : description;
+  EBS_RETURN_IF_ERROR(index_->PutSnapshot(rec));
+  auto chunks = AllocatedChunks(fd, static_cast<uint64_t>(st.st_size), chunk_size_);
+  Status s = chunks.status();
+  if (s.ok()) {
+    job.slots.assign(chunks->size(), {});
+    job.progress = std::make_unique<ProgressReporter>("importing " + file, chunks->size());
+    Job* jp = &job;
+    job.session = std::make_shared<CopyOutSession>(
+        fd, static_cast<uint64_t>(st.st_size), chunk_size_, std::move(*chunks),
+        [this, jp](size_t position, const std::string& data) { return StoreChunk(*jp, position, data); });
+    s = UploadJob(job);
+  }
+  if (s.ok()) s = CommitJob(job);
+  if (!s.ok()) {
+    FailJob(job, s);
+    return s;
+  }
+  return rec;
+}
+
+Result<nlohmann::json> SnapshotService::Reindex() {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto keys = store_->List(kManifestKeyPrefix);
+  if (!keys.ok()) return keys.status();
+  nlohmann::json problems = nlohmann::json::array();
+  std::map<std::string, std::map<uint64_t, Manifest>> lineages;  // lineage -> seq -> manifest
+  std::set<std::string> deleted;
+  for (const auto& key : *keys) {
+    if (key.ends_with(".deleted")) {
+      deleted.insert(key.substr(kManifestKeyPrefix.size(), key.size() - kManifestKeyPrefix.size() - 8));
+      continue;
+    }
+    if (!key.ends_with(kManifestKeySuffix)) continue;
+    auto bytes = store_->Get(key);
+    auto m = bytes.ok() ? DecodeManifest(*bytes) : Result<Manifest>(bytes.status());
+    if (!m.ok()) {
+      problems.push_back({{"object", key}, {"error", m.status().message() + " (skipped)"}});
+      continue;
+    }
+    if (m->chunk_size != chunk_size_) {
+      problems.push_back({{"object", key}, {"error", "chunk size differs from the store's (skipped)"}});
+      continue;
+    }
+    lineages[m->lineage_id][m->sequence] = std::move(*m);
+  }
+  // A fresh index beside the old one; swapped in only when complete.
+  const std::string dir = root_ + "/index";
+  const std::string fresh = root_ + "/index.reindex";
+  std::error_code ec;
+  std::filesystem::remove_all(fresh, ec);
+  auto index = SnapshotIndex::Open(fresh);
+  if (!index.ok()) return index.status();
+  uint64_t snapshots = 0, removed = 0;
+  for (auto& [lineage, members] : lineages) {
+    std::map<uint64_t, ContentHash> map;  // the lineage's whole map as deltas apply
+    for (auto& [seq, m] : members) {
+      MapDigest digest;
+      SnapshotRecord rec;
+      rec.changed_bytes = 0;
+      for (const auto& e : m.delta) {
+        if (e.hash.IsZeroChunk()) {
+          map.erase(e.chunk);
+        } else {
+          map[e.chunk] = e.hash;
+          rec.changed_bytes += std::min<uint64_t>(m.chunk_size, m.volume_size - e.chunk * m.chunk_size);
+        }
+      }
+      for (const auto& [chunk, hash] : map) {
+        digest.Add(chunk, hash);
+        rec.logical_bytes += std::min<uint64_t>(m.chunk_size, m.volume_size - std::min(m.volume_size, chunk * m.chunk_size));
+      }
+      if (digest.value() != m.map_digest) {
+        problems.push_back({{"snapshot", m.snapshot_id},
+                            {"error", "its chain of deltas does not reproduce the map it recorded (digest mismatch)"}});
+      }
+      rec.id = m.snapshot_id;
+      rec.state = SnapshotState::kCompleted;
+      rec.volume_name = m.volume_name;
+      rec.volume_id = m.volume_id;
+      rec.lineage = m.lineage_id;
+      rec.seq = m.sequence;
+      rec.parent_id = m.parent_snapshot_id;
+      rec.volume_size = m.volume_size;
+      rec.chunk_size = m.chunk_size;
+      rec.created_at_ms = m.created_at_ms;
+      rec.description = m.description;
+      Status st = (*index)->CompleteSnapshot(rec, m.delta);
+      if (!st.ok()) return Status::Error(st.code(), "reindex of " + rec.id + " failed: " + st.message());
+      ++snapshots;
+    }
+    // Deleted snapshots kept as bases: delete them again, in order, now that
+    // their successors are in (absorbed into the next, or retired if last).
+    for (auto& [seq, m] : members) {
+      if (!deleted.count(m.snapshot_id)) continue;
+      auto out = (*index)->DeleteSnapshot(m.snapshot_id);
+      if (!out.ok()) return out.status();
+      --snapshots;
+      ++removed;
+    }
+  }
+  index->reset();
+  index_.reset();
+  const std::string old = root_ + "/index.old";
+  std::filesystem::remove_all(old, ec);
+  std::filesystem::rename(dir, old, ec);
+  if (ec) return Status::IoError("reindex: cannot move the old index aside: " + ec.message());
+  std::filesystem::rename(fresh, dir, ec);
+  if (ec) {
+    std::filesystem::rename(old, dir, ec);
+    return Status::IoError("reindex: cannot put the new index in place");
+  }
+  auto reopened = SnapshotIndex::Open(dir);
+  if (!reopened.ok()) return reopened.status();
+  index_ = std::move(*reopened);
+  std::filesystem::remove_all(old, ec);
+  return nlohmann::json{{"snapshots", snapshots}, {"deleted_bases", removed}, {"ok", problems.empty()},
+                        {"problems", problems}};
 }
 
 Result<nlohmann::json> SnapshotService::Diff(const std::string& from, const std::string& to) {
@@ -432,7 +958,9 @@ Result<nlohmann::json> SnapshotService::Verify(const std::string& id) {
   auto map = FullMap(*r);
   if (!map.ok()) return map.status();
   std::mutex mu;
+  ProgressReporter progress("verifying " + id, map->size());
   Status st = ParallelFor(map->size(), workers_, [&](size_t i) -> Status {
+    progress.Add();
     thread_local ChunkCodec codec;
     thread_local std::string data;
     const DeltaEntry& e = (*map)[i];
@@ -452,8 +980,20 @@ Result<nlohmann::json> SnapshotService::Delete(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto r = index_->GetSnapshot(id);
   if (!r.ok()) return Status::NotFound("InvalidSnapshot.NotFound: snapshot '" + id + "' does not exist");
+  auto vols = volumes_->List();
+  if (!vols.ok()) return vols.status();
+  for (const auto& v : *vols) {
+    if (v.record.source_snapshot == id && v.record.initialization_state == "loading") {
+      return Status::Busy("InvalidSnapshot.InUse: volume '" + v.record.name + "' is still loading from snapshot " + id +
+                          "; delete it after the volume's initialization completes");
+    }
+  }
   auto all = index_->ListSnapshots();
   if (!all.ok()) return all.status();
+  // The tombstone first: whatever step a crash interrupts below, the store
+  // says this snapshot was deleted, and a reindex deletes it again.
+  const bool has_manifest = r->state == SnapshotState::kCompleted;
+  if (has_manifest) EBS_RETURN_IF_ERROR(store_->Put(TombstoneKey(id), id));
   auto outcome = index_->DeleteSnapshot(id);
   if (!outcome.ok()) return outcome.status();
   // The snapshot that absorbed the deleted one's entries now differs from
@@ -462,26 +1002,11 @@ Result<nlohmann::json> SnapshotService::Delete(const std::string& id) {
     const SnapshotRecord* next = nullptr;
     const SnapshotRecord* prev = nullptr;
     for (const auto& s : *all) {
-      if (s.lineage != r->lineage || s.id == id) continue;
+      if (s.lineage != r->lineage || s.id == id || s.state != SnapshotState::kCompleted) continue;
       if (s.seq == *outcome->absorbed_into) next = &s;
       if (s.seq < r->seq && (!prev || s.seq > prev->seq)) prev = &s;
     }
-    if (next) {
-      auto bytes = store_->Get(ManifestKey(next->id));
-      if (bytes.ok()) {
-        auto m = DecodeManifest(*bytes);
-        auto delta = index_->ChangedChunks(r->lineage, prev ? prev->seq : 0, next->seq);
-        if (m.ok() && delta.ok()) {
-          m->parent_snapshot_id = prev ? prev->id : "";
-          m->delta = *delta;
-          auto encoded = EncodeManifest(*m);
-          if (encoded.ok()) EBS_RETURN_IF_ERROR(store_->Put(ManifestKey(next->id), *encoded));
-          SnapshotRecord updated = *next;
-          updated.parent_id = prev ? prev->id : "";
-          EBS_RETURN_IF_ERROR(index_->PutSnapshot(updated));
-        }
-      }
-    }
+    if (next) EBS_RETURN_IF_ERROR(RewriteManifest(*next, prev ? prev->seq : 0, prev ? prev->id : ""));
   }
   // Objects nobody references any more.
   uint64_t freed = 0;
@@ -489,8 +1014,12 @@ Result<nlohmann::json> SnapshotService::Delete(const std::string& id) {
     EBS_RETURN_IF_ERROR(store_->Delete(ChunkKey(h)));
     ++freed;
   }
-  // A retired snapshot stays the base of the next one: keep its manifest.
-  if (!outcome->retired) EBS_RETURN_IF_ERROR(store_->Delete(ManifestKey(id)));
+  // A retired snapshot stays the base of the next one: its manifest stays,
+  // with the tombstone. Otherwise both go, the manifest first.
+  if (has_manifest && !outcome->retired) {
+    EBS_RETURN_IF_ERROR(store_->Delete(ManifestKey(id)));
+    EBS_RETURN_IF_ERROR(store_->Delete(TombstoneKey(id)));
+  }
   return nlohmann::json{{"id", id}, {"deleted", true}, {"objects_freed", freed}};
 }
 
@@ -563,7 +1092,9 @@ void RegisterSnapshotCommands(CommandRegistry* registry, SnapshotService* servic
   registry->Register("snapshot.restore", [service](const nlohmann::json& args) -> Result<nlohmann::json> {
     auto p = VolumeParamsFromArgs(args);
     if (!p.ok()) return p.status();
-    auto r = service->Restore(args.at("id").get<std::string>(), args.at("volume").get<std::string>(), *p);
+    std::optional<double> lazy;
+    if (args.value("lazy", false)) lazy = args.value("initialization_rate_mibps", 0.0);
+    auto r = service->Restore(args.at("id").get<std::string>(), args.at("volume").get<std::string>(), *p, lazy);
     if (!r.ok()) return r.status();
     return r->ToJson();
   });
@@ -576,6 +1107,17 @@ void RegisterSnapshotCommands(CommandRegistry* registry, SnapshotService* servic
   registry->Register("snapshot.delete", [service](const nlohmann::json& args) {
     return service->Delete(args.at("id").get<std::string>());
   });
+  registry->Register("snapshot.export", [service](const nlohmann::json& args) {
+    return service->Export(args.at("id").get<std::string>(), args.at("file").get<std::string>(),
+                           args.value("force", false));
+  });
+  registry->Register("snapshot.import", [service](const nlohmann::json& args) -> Result<nlohmann::json> {
+    auto r = service->Import(args.at("file").get<std::string>(), args.at("name").get<std::string>(),
+                             args.value("description", std::string()));
+    if (!r.ok()) return r.status();
+    return SnapshotToJson(*r);
+  });
+  registry->Register("store.reindex", [service](const nlohmann::json&) { return service->Reindex(); });
   registry->Register("store.gc", [service](const nlohmann::json&) { return service->Gc(); });
   registry->Register("store.check", [service](const nlohmann::json&) { return service->Check(); });
 }

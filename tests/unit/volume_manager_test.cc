@@ -275,3 +275,54 @@ TEST(VolumeManagerTest, ModificationRateRuleWhenEnabled) {
 
 }  // namespace
 }  // namespace ebs
+
+namespace ebs {
+namespace {
+
+// A process killed inside Modify leaves the record `modifying` (written
+// before the data file grows). The next Open rolls it forward.
+TEST(VolumeManagerTest, ModificationInterruptedByACrashIsFinishedOnOpen) {
+  testing::TempDir dir;
+  std::string id;
+  {
+    auto m = VolumeManager::Open(dir.path());
+    ASSERT_TRUE(m.ok());
+    VolumeParams p;
+    p.type = VolumeType::kGp3;
+    p.size_bytes = 1 * kGiB;
+    auto v = (*m)->Create("v", p);
+    ASSERT_TRUE(v.ok());
+    id = v->record.id;
+  }
+  {
+    // What the dying process had written: the change, not yet applied.
+    auto catalog = Catalog::Open(dir.path() + "/catalog");
+    ASSERT_TRUE(catalog.ok());
+    auto r = (*catalog)->Get("v");
+    ASSERT_TRUE(r.ok());
+    Modification mod;
+    mod.state = "modifying";
+    mod.started_at_ms = NowMs();
+    mod.from = r->config;
+    mod.to = r->config;
+    mod.to.size_bytes = 2 * kGiB;
+    r->modifications.push_back(mod);
+    ASSERT_TRUE((*catalog)->Put(*r).ok());
+  }
+  auto m = VolumeManager::Open(dir.path());
+  ASSERT_TRUE(m.ok());
+  auto v = (*m)->Describe("v");
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(2 * kGiB, v->record.config.size_bytes);
+  EXPECT_EQ("completed", v->record.modifications.back().state);
+  struct stat st;
+  ASSERT_EQ(0, stat((*m)->DataFilePath(id).c_str(), &st));
+  EXPECT_EQ(static_cast<off_t>(2 * kGiB), st.st_size);
+  // And the volume can be modified again, even under the rate rule.
+  VolumeParams grow;
+  grow.size_bytes = 3 * kGiB;
+  EXPECT_TRUE((*m)->Modify("v", grow).ok());
+}
+
+}  // namespace
+}  // namespace ebs

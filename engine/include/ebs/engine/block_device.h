@@ -56,6 +56,10 @@ struct IoRequest : IoCompletion {
   double cost_ios = 0;
   IoCallback upper_callback = nullptr;
   void* upper_owner = nullptr;
+  // The same for the copy-on-write layer, which watches writes complete
+  // beneath the metrics layer.
+  IoCallback lower_callback = nullptr;
+  void* lower_owner = nullptr;
   void OnComplete(int res, uint32_t) override { on_cqe(this, res); }
   void Finish(int result) { callback(this, result); }
 };

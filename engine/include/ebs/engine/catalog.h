@@ -37,6 +37,15 @@ struct VolumeRecord {
   int64_t created_at_ms = 0;
   std::string state = "available";  // creating | available
   std::string source_snapshot;      // empty when not restored from one
+  // Lazy restore from source_snapshot (hydration_layer.h): "" when the
+  // volume was not restored lazily, else "loading" or "completed".
+  std::string initialization_state;
+  // The snapshot cut the volume's change tracker counts from (set by the
+  // snapshot store; its first snapshot anywhere else reads every chunk).
+  std::string last_cut;
+  double initialization_rate_mibps = 0;  // background loading; 0 = as fast as it goes
+  uint32_t initialization_chunk_size = 0;
+  int64_t initialization_completed_at_ms = 0;
   std::vector<Modification> modifications;
 
   nlohmann::json ToJson() const;

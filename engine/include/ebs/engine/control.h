@@ -4,7 +4,8 @@
 // the same commands in-process. Either way a command is a JSON request
 //   {"cmd": "volume.create", "args": {...}}
 // answered by one JSON document
-//   {"ok": true, "result": ...} or {"ok": false, "code": errno, "error": "..."}.
+//   {"ok": true, "result": ...} or {"ok": false, "code": errno, "error": "..."},
+// optionally preceded by progress lines when the request asks for them.
 // Messages are single lines (JSON never needs a raw newline).
 #pragma once
 
@@ -66,8 +67,11 @@ class ControlServer {
 };
 
 // Sends one request to the server behind `socket_path`. ECONNREFUSED/ENOENT
-// mean no server is running there.
-Result<nlohmann::json> ControlCall(const std::string& socket_path, const nlohmann::json& request);
+// mean no server is running there. A request with "progress": true gets
+// {"progress": {"stage", "done", "total"}} lines before its reply (see
+// progress.h); each is passed to `on_progress`.
+Result<nlohmann::json> ControlCall(const std::string& socket_path, const nlohmann::json& request,
+                                   const std::function<void(const nlohmann::json&)>& on_progress = nullptr);
 
 // Turns a reply document back into a Result (the inverse of Handle()).
 Result<nlohmann::json> ReplyToResult(const nlohmann::json& reply);

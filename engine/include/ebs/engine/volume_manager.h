@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <set>
 #include <memory>
@@ -14,8 +15,11 @@
 
 #include "ebs/engine/block_device.h"
 #include "ebs/engine/catalog.h"
+#include "ebs/engine/change_tracker.h"
+#include "ebs/engine/copy_on_write_layer.h"
 #include "ebs/engine/clock.h"
 #include "ebs/engine/fault_layer.h"
+#include "ebs/engine/hydration_layer.h"
 #include "ebs/engine/throttle_layer.h"
 #include "ebs/engine/volume_metrics.h"
 #include "ebs/engine/status.h"
@@ -25,8 +29,9 @@ namespace ebs {
 
 class VolumeManager;
 
-// An open volume: its I/O stack (metrics -> throttle -> data file), its
-// counters and its throttle state. Shared by every attachment (NBD
+// An open volume: its I/O stack (metrics -> throttle -> [faults] ->
+// copy-on-write -> change tracking -> data file), its counters and its
+// throttle state. Shared by every attachment (NBD
 // connection); stays open while the manager runs, so counters and credit
 // balances outlive connections.
 class Volume {
@@ -35,6 +40,13 @@ class Volume {
   BlockDevice& device() { return *device_; }
   VolumeMetrics& metrics() { return *metrics_; }
   ThrottleLayer* throttle() { return throttle_; }  // null with throttling off
+  // What snapshots use: the chunks changed since the last cut, and the layer
+  // that freezes writes for a cut and copies chunks out before they change.
+  ChangeTracker& tracker() { return *tracker_; }
+  CopyOnWriteLayer& copy_on_write() { return *copy_on_write_; }
+  // Null unless the volume is being restored lazily.
+  HydrationLayer* hydration() { return hydration_; }
+  const std::string& id() const { return id_; }
   // Set when the volume was deleted while attached: users must stop using it.
   bool deleted() const { return deleted_.load(std::memory_order_acquire); }
   int attachments() const { return attachments_.load(); }
@@ -43,8 +55,12 @@ class Volume {
   friend class VolumeManager;
   friend class VolumeAttachment;
   std::string name_;
+  std::string id_;
   std::unique_ptr<VolumeMetrics> metrics_;
   ThrottleLayer* throttle_ = nullptr;  // owned by the device stack
+  std::shared_ptr<ChangeTracker> tracker_;
+  CopyOnWriteLayer* copy_on_write_ = nullptr;  // owned by the device stack
+  HydrationLayer* hydration_ = nullptr;        // owned by the device stack
   std::shared_ptr<BlockDevice> device_;
   std::atomic<bool> deleted_{false};
   std::atomic<int> attachments_{0};
@@ -67,8 +83,23 @@ class VolumeAttachment {
 struct VolumeInfo {
   VolumeRecord record;
   int attachments = 0;
+  // Lazy restore progress (record.initialization_state == "loading").
+  uint64_t loaded_chunks = 0;
+  uint64_t total_chunks = 0;
+  std::string initialization_error;
   nlohmann::json ToJson() const;  // the describe document
 };
+
+// A lazy restore: the new volume loads its chunks from `snapshot` on demand
+// and in the background (hydration_layer.h).
+struct LazyRestore {
+  uint32_t chunk_size = 0;
+  double rate_mibps = 0;  // 0: as fast as it goes
+};
+
+// Makes the chunk source of a lazily restored volume (the snapshot store
+// registers one).
+using ChunkSourceFactory = std::function<Result<std::shared_ptr<ChunkSource>>(const VolumeRecord& record)>;
 
 struct ManagerOptions {
   // How long a modification stays `optimizing` (EBS takes minutes to hours).
@@ -94,8 +125,9 @@ class VolumeManager {
 
   static Status ValidateName(const std::string& name);
 
+  // With `lazy`, the volume is restored lazily from `source_snapshot`.
   Result<VolumeInfo> Create(const std::string& name, const VolumeParams& params,
-                            const std::string& source_snapshot = "");
+                            const std::string& source_snapshot = "", const LazyRestore* lazy = nullptr);
   Result<std::vector<VolumeInfo>> List();
   Result<VolumeInfo> Describe(const std::string& name);
   // Refuses a volume in use unless `force`; forced, its attachments see deleted().
@@ -103,9 +135,21 @@ class VolumeManager {
   Result<VolumeInfo> Modify(const std::string& name, const VolumeParams& params);
   // Opens the volume for I/O. EBUSY while the volume is held exclusive.
   Result<std::unique_ptr<VolumeAttachment>> Attach(const std::string& name);
-  // Keeps `name` from being attached until EndExclusive (a snapshot or a
-  // restore works on its data file meanwhile). Refused (VolumeInUse) while
-  // it has open connections. The name need not exist yet.
+  // Opens the volume's I/O stack without attaching (no connection counted):
+  // for snapshots, which cut and read a volume whether or not it is served.
+  Result<std::shared_ptr<Volume>> OpenVolume(const std::string& name);
+  // Opens every volume still loading from its snapshot, so loading goes on
+  // in the background (the server calls it at start). Returns the first
+  // failure after trying them all.
+  Status OpenLoadingVolumes();
+  void SetChunkSourceFactory(ChunkSourceFactory factory);
+  // Records the snapshot cut the volume's tracker now counts from (for the
+  // volume with this id: a volume deleted and re-created meanwhile is not
+  // touched).
+  Status SetLastCut(const std::string& name, const std::string& id, const std::string& cut);
+  // Keeps `name` from being attached until EndExclusive (a restore works on
+  // its data file meanwhile). Refused (VolumeInUse) while it has open
+  // connections. The name need not exist yet.
   Status BeginExclusive(const std::string& name);
   void EndExclusive(const std::string& name);
   // The CloudWatch-style counters and the throttle's state (zeros for a
@@ -116,13 +160,19 @@ class VolumeManager {
 
   const std::string& data_dir() const { return data_dir_; }
   std::string DataFilePath(const std::string& id) const;
+  // The change-tracking file beside the data file (change_tracker.h).
+  std::string ChangesFilePath(const std::string& id) const;
+  // The record of chunks loaded by a lazy restore (hydration_layer.h).
+  std::string LoadedFilePath(const std::string& id) const;
 
  private:
   friend class VolumeAttachment;
   VolumeManager(std::string data_dir, int lock_fd, std::unique_ptr<Catalog> catalog,
                 ManagerOptions options);
   void Detach(Volume* volume);
+  Result<std::shared_ptr<Volume>> OpenLocked(const std::string& name);  // REQUIRES: mu_ held
   Status CleanOrphanFiles();
+  Status FinishInterruptedModifications();
   // Moves finished optimizations to completed. REQUIRES: mu_ held.
   Status AdvanceModifications(VolumeRecord* record);
   VolumeInfo InfoLocked(VolumeRecord record);
@@ -138,6 +188,7 @@ class VolumeManager {
   std::unique_ptr<Catalog> catalog_;                     // GUARDED_BY(mu_)
   std::map<std::string, std::shared_ptr<Volume>> open_;  // GUARDED_BY(mu_)
   std::set<std::string> exclusive_;                      // GUARDED_BY(mu_)
+  ChunkSourceFactory chunk_sources_;                     // GUARDED_BY(mu_)
 };
 
 }  // namespace ebs

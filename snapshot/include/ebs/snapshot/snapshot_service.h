@@ -3,14 +3,16 @@
 // check. Operations are serialised (one at a time per store), so gc never
 // races an upload. Thread-safe.
 //
-// This first version snapshots volumes that have no open connection (the
-// volume is kept from being attached while its snapshot is taken, which makes
-// the snapshot point-in-time); snapshots of volumes in use, with writes held
-// only for the instant of the cut and copy-before-write, come next.
+// Snapshots are point-in-time whether or not the volume is in use: writes are
+// held only for the instant of the cut (copy_on_write_layer.h), chunks a
+// write would change before the snapshot has read them are copied out first,
+// and only the chunks the volume's change tracker marked since the previous
+// cut are read (change_tracker.h).
 #pragma once
 
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,24 +27,42 @@ namespace ebs::snapshot {
 
 class SnapshotService {
  public:
-  // Opens (or creates, with `chunk_size`) the store at `root`: objects under
-  // it, the RocksDB index in root/index. A store keeps the chunk size it was
-  // created with; opening it with another is refused.
+  // Opens (or creates, with `chunk_size`; 0 = the default) the store at
+  // `root`: objects under it, the RocksDB index in root/index. A store keeps
+  // the chunk size it was created with; naming another is refused.
   static Result<std::unique_ptr<SnapshotService>> Open(const std::string& root, VolumeManager* volumes,
-                                                       uint32_t chunk_size = kDefaultChunkSize, int workers = 2);
+                                                       uint32_t chunk_size = 0, int workers = 2);
 
   // One snapshot per volume, all taken at one instant.
   Result<std::vector<SnapshotRecord>> Create(const std::vector<std::string>& volumes, const std::string& description);
   Result<std::vector<SnapshotRecord>> List();
   Result<SnapshotRecord> Describe(const std::string& id);
-  // A new volume with the snapshot's content, fully copied before it returns.
-  Result<VolumeInfo> Restore(const std::string& id, const std::string& volume, VolumeParams params);
+  // A new volume with the snapshot's content. Eager (no `lazy`): fully
+  // copied before it returns. Lazy: created at once and loaded on demand and
+  // in the background while a server runs (hydration_layer.h).
+  Result<VolumeInfo> Restore(const std::string& id, const std::string& volume, VolumeParams params,
+                             std::optional<double> lazy_rate_mibps = std::nullopt);
+  // For the server: lazily restored volumes load in the background from now
+  // on, including those left loading by an earlier run.
+  Status ResumeLoading();
+  ~SnapshotService();
+  // Writes the snapshot as a raw image to `file` (refused if it exists,
+  // unless `force`). The file appears whole or not at all.
+  Result<nlohmann::json> Export(const std::string& id, const std::string& file, bool force);
+  // A snapshot of a raw image: a new chain whose volume is named `name` (the
+  // name a restore suggests; no volume is created).
+  Result<SnapshotRecord> Import(const std::string& file, const std::string& name, const std::string& description);
   // Chunks that differ between two snapshots of one volume (ListChangedBlocks).
   Result<nlohmann::json> Diff(const std::string& from, const std::string& to);
   // Reads every object of the snapshot and checks it; lists each bad chunk.
   Result<nlohmann::json> Verify(const std::string& id);
   // Frees only what no other snapshot needs.
   Result<nlohmann::json> Delete(const std::string& id);
+  // Rebuilds the index from the manifests in the store alone (records,
+  // chunk maps, reference counts), checking each chain against the map
+  // digests its manifests recorded. Snapshots in `error` or `pending` are
+  // not in the store and are dropped; stored sizes are not recorded there.
+  Result<nlohmann::json> Reindex();
   // Removes objects no snapshot references.
   Result<nlohmann::json> Gc();
   // Every referenced object exists, every object is referenced.
@@ -52,16 +72,42 @@ class SnapshotService {
 
  private:
   SnapshotService() = default;
-  Result<SnapshotRecord> CreateOne(const std::string& volume, const std::string& description);
+  struct Job;
+  // Create's steps for each volume: record it pending and find its base;
+  // take the cut (volumes frozen); read and store the chunks; write the
+  // manifest and complete it in the index; or mark it failed.
+  Result<std::unique_ptr<Job>> PrepareJob(const std::string& volume, const std::string& description);
+  Status CutJob(Job& job);
+  Status UploadJob(Job& job);
+  Status CommitJob(Job& job);
+  void FailJob(Job& job, const Status& why);
+  // Writes every chunk of `map` (a whole snapshot) into `fd` and syncs.
+  Status WriteImage(const SnapshotRecord& r, const std::vector<DeltaEntry>& map, int fd);
+  // Encodes one chunk's content as of the cut and stores it if new.
+  Status StoreChunk(Job& job, size_t position, const std::string& data);
+  // Folds retired predecessors into `rec` (snapshot_index.h, deletion).
+  Status AbsorbRetired(const SnapshotRecord& rec);
+  // Rewrites `rec`'s manifest as a delta from `prev_seq` (0: from zeros).
+  Status RewriteManifest(const SnapshotRecord& rec, uint64_t prev_seq, const std::string& prev_id);
+  // Names a volume's last cut (VolumeRecord::last_cut): snapshot `seq` of
+  // `lineage` in this store, or ("restore", 0, id) a restore from `id`.
+  std::string CutName(const std::string& lineage, uint64_t seq, const std::string& snapshot = "") const;
+  // Snapshots left pending by a process that died are marked failed, and
+  // the objects they uploaded are collected.
+  Status RecoverInterrupted();
   // The snapshot's whole chunk map: non-zero chunks with their hashes.
   Result<std::vector<DeltaEntry>> FullMap(const SnapshotRecord& r);
 
   VolumeManager* volumes_ = nullptr;
-  std::unique_ptr<ObjectStore> store_;
+  std::string root_;
+  std::string store_id_;  // store.json "id": tells this store's cuts from another's
+  std::shared_ptr<ObjectStore> store_;  // shared with lazily restored volumes' chunk sources
   std::unique_ptr<SnapshotIndex> index_;
   uint32_t chunk_size_ = kDefaultChunkSize;
   int workers_ = 2;
-  std::mutex mu_;  // one operation at a time
+  std::mutex mu_;      // one operation at a time
+  std::mutex put_mu_;  // an object's existence check and its upload, together
+  bool serving_ = false;  // GUARDED_BY(mu_): lazily restored volumes load in the background
 };
 
 nlohmann::json SnapshotToJson(const SnapshotRecord& r);

@@ -1,0 +1,115 @@
+// Lazy restore: a volume created from a snapshot is served at once, before
+// its data has been copied. Every chunk starts "not loaded"; a request that
+// touches such a chunk (read, write, trim or zeroes, whole or partial) first
+// loads it: fetches its content from the snapshot, writes it into the data
+// file, syncs, and durably records it as loaded. A background thread loads
+// the rest in order, at an optional rate. Loaded chunks are never loaded
+// again, so a client's write is never overwritten by the snapshot's content.
+//
+// What is loaded is kept in a small bitmap file beside the volume (the same
+// crash-safe format as change tracking), so loading resumes after a restart
+// and a chunk is marked loaded only once its data is durable.
+//
+// Sits below the copy-on-write layer and above change tracking: loading a
+// chunk is not a change relative to the snapshot the volume came from.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "ebs/engine/block_device.h"
+#include "ebs/engine/change_tracker.h"
+#include "ebs/engine/status.h"
+
+namespace ebs {
+
+// Where a lazily restored volume's chunks come from (a snapshot store).
+class ChunkSource {
+ public:
+  virtual ~ChunkSource() = default;
+  // The content of chunk `chunk`: its bytes (at most the chunk size), or
+  // empty for a chunk of zeros. Blocking; called from several threads.
+  virtual Status Fetch(uint64_t chunk, std::string* data) = 0;
+  // False when the chunk holds only zeros (nothing to fetch). Fast.
+  virtual bool HasData(uint64_t chunk) const = 0;
+  // What the volume is loaded from, for messages ("snapshot snap-...").
+  virtual std::string Describe() const = 0;
+};
+
+class HydrationLayer final : public DeviceLayer {
+ public:
+  struct Options {
+    uint64_t chunk_size = 512 * 1024;  // the snapshot's chunk size (a power of two)
+    double rate_mibps = 0;             // background loading; 0 = as fast as it goes
+  };
+  // `data_path`: the volume's data file (written directly when loading).
+  // `bitmap_path`: the record of loaded chunks; created empty if missing.
+  static Result<std::shared_ptr<HydrationLayer>> Open(std::shared_ptr<BlockDevice> next, const std::string& data_path,
+                                                      const std::string& bitmap_path,
+                                                      std::shared_ptr<ChunkSource> source, Options options);
+  // Stops the background and request threads (requests still waiting fail
+  // with ESHUTDOWN).
+  ~HydrationLayer() override;
+
+  void Submit(EventLoop& loop, IoRequest* req) override;
+  // Grows the volume: the new chunks hold zeros and count as loaded.
+  Status Resize(uint64_t new_size) override;
+  // Chunks not loaded yet are described by the snapshot (data or a hole),
+  // not by the data file, where they are still holes.
+  Status Map(uint64_t offset, uint64_t length, std::vector<Extent>* out) override;
+
+  // Starts background loading. Separate from Open so the owner can finish
+  // wiring first.
+  void StartBackground();
+
+  uint64_t loaded_chunks() const { return loaded_.load(); }
+  uint64_t total_chunks() const { return total_; }
+  bool complete() const { return complete_.load(std::memory_order_acquire); }
+  // The first background failure (a missing or corrupt object), if any.
+  // Requests touching an unloadable chunk fail with EIO; others go on.
+  Status error() const;
+  bool Loaded(uint64_t chunk) const;
+
+  // Creates an empty record of loaded chunks for a new lazily restored volume.
+  static Status CreateBitmap(const std::string& bitmap_path, uint64_t volume_size, uint64_t chunk_size);
+
+ private:
+  HydrationLayer(std::shared_ptr<BlockDevice> next, int fd, std::shared_ptr<ChangeTracker> bitmap,
+                 std::shared_ptr<ChunkSource> source, Options options);
+  // Loads one chunk unless loaded; waits if another thread is loading it.
+  // `fetched` (optional): bytes fetched from the source.
+  Status Load(uint64_t chunk, uint64_t* fetched);
+  void RunRequests();
+  void RunBackground();
+  bool RangeLoaded(uint64_t offset, uint64_t length) const;
+
+  const int fd_;
+  const std::shared_ptr<ChangeTracker> bitmap_;
+  const std::shared_ptr<ChunkSource> source_;
+  const Options options_;
+  const uint64_t source_chunks_;  // chunks the volume had when restored
+  const uint64_t total_;
+  const unsigned shift_;
+  std::unique_ptr<std::atomic<uint64_t>[]> words_;  // loaded bits (set once durable)
+  std::atomic<uint64_t> loaded_{0};
+  std::atomic<bool> complete_{false};
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::unordered_set<uint64_t> loading_;  // GUARDED_BY(mu_)
+  IoRequest* head_ = nullptr;             // GUARDED_BY(mu_): requests waiting for chunks
+  IoRequest* tail_ = nullptr;             // GUARDED_BY(mu_)
+  Status error_ = Status::Ok();           // GUARDED_BY(mu_)
+  bool stop_ = false;                     // GUARDED_BY(mu_)
+  std::thread requests_;
+  std::thread background_;
+};
+
+}  // namespace ebs

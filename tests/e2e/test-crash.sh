@@ -1,0 +1,385 @@
+#!/usr/bin/env bash
+# kill -9 crash suite, in the spirit of LevelDB's fault_injection_test: a
+# seeded NBD client writes (some FUA, a FLUSH every few writes, several
+# requests in flight) and journals what the server acknowledged; the server
+# is killed with SIGKILL at a random moment, restarted, and every block must
+# hold what the journal says survived (crash_client.py states the rule).
+# What an iteration does besides depends on its seed (seed % 5):
+#   plain             only that;
+#   modify            `volume modify` (grow or throughput) runs as the server dies;
+#   served-snapshot   then the server is killed during a `snapshot create`;
+#   cli-snapshot      then, server stopped, the CLI (which then owns the data
+#                     directory) is killed during `snapshot create`;
+#   cli-delete-or-gc  the same during `snapshot delete` or `store gc`.
+# After a snapshot-machinery crash the store must check clean (a crash may
+# only leave unreferenced objects, which gc removes), completed snapshots must
+# verify and restore to exactly the volume as it was when taken, and a new
+# snapshot must restore to exactly the volume.
+#
+# CRASH_SEED_BASE (default 1000), CRASH_ITERATIONS (default 10): iteration i
+# uses seed CRASH_SEED_BASE+i, which picks the kind, the data and the kill
+# moments. CRASH_SPAN_MIB (default 16): how much of the volume is written.
+# scripts/soak-crash runs many more.
+source "$(dirname "$0")/lib.sh"
+need nbdinfo
+
+# A command failing where the test does not expect it (set -e) still names
+# the seed; -E: in functions too.
+set -E
+trap '[ "$BASH_SUBSHELL" != 0 ] || echo "FAIL: seed ${seed:-?}: unexpected failure at line $LINENO: $BASH_COMMAND" >&2' ERR
+
+SEED_BASE=${CRASH_SEED_BASE:-1000}
+ITERATIONS=${CRASH_ITERATIONS:-10}
+SPAN=$((${CRASH_SPAN_MIB:-16} << 20))
+VOL=crash
+PERF=(--iops 3000 --throughput 750)  # fast enough that reading back is not throttled much
+C=("$PY" "$E2E_DIR/crash_client.py")
+KINDS=(plain modify served-snapshot cli-snapshot cli-delete-or-gc)
+STATE="$T/state.json"  # what the volume's first SPAN bytes hold now (written by verify)
+declare -A SNAPSTATE   # completed snapshot id -> copy of STATE when it was taken
+
+js() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
+ms_sleep() { sleep "$(($1 / 1000)).$(printf %03d $(($1 % 1000)))"; }
+# rand VAR LO HI: VAR = a random integer in [LO, HI], from the seeded RANDOM
+# (not in a subshell: those reseed it).
+rand() { printf -v "$1" %d $(($2 + RANDOM % ($3 - $2 + 1))); }
+now_ms() { echo $((${EPOCHREALTIME/./} / 1000)); }
+
+# crash_fail MESSAGE: keeps the evidence (journals, states, logs, data
+# directory) and fails naming the seed and how to run it again.
+crash_fail() {
+  local keep
+  keep=$(mktemp -d "/tmp/ebs-crash-seed$seed.XXXXXX")
+  cp -a --sparse=always "$T"/. "$keep"/ 2>/dev/null || true
+  fail "seed $seed (${KINDS[$kind]}): $*
+  evidence kept in $keep
+  rerun: CRASH_SEED_BASE=$seed CRASH_ITERATIONS=1 EBS=$EBS bash $E2E_DIR/test-crash.sh"
+}
+
+# crash_server: SIGKILL (no chance to sync or close anything), reap it.
+crash_server() {
+  kill -KILL "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+}
+restart_server() {
+  [ ! -f "$T/server.log" ] || cat "$T/server.log" >>"$T/server-earlier.log"
+  start_server
+}
+
+# load_snaps: reads the snapshot list into SNAP_STATE[id], SNAP_SEQ[id] and
+# COMPLETED (completed ids, oldest first).
+declare -A SNAP_STATE SNAP_SEQ
+load_snaps() {
+  local seq id st
+  SNAP_STATE=() SNAP_SEQ=() COMPLETED=""
+  while read -r seq id st; do
+    [ -n "$id" ] || continue
+    SNAP_STATE[$id]=$st SNAP_SEQ[$id]=$seq
+    [ "$st" != completed ] || COMPLETED="$COMPLETED$id "
+  done < <("$EBS" snapshot list --json | "$PY" -c '
+import json, sys
+for s in sorted(json.load(sys.stdin), key=lambda s: s["sequence"]):
+    print(s["sequence"], s["id"], s["state"])' || echo "0 - list-failed")
+  [ -z "${SNAP_STATE[-]:-}" ] || crash_fail "snapshot list failed"
+}
+
+# record_new_snapshots BEFORE: completed snapshots (as last loaded) not in
+# BEFORE were taken of the volume as it is now (nothing writes to it while
+# snapshots run).
+record_new_snapshots() {
+  local id
+  for id in $COMPLETED; do
+    case " $1 " in *" $id "*) continue ;; esac
+    cp "$STATE" "$T/state.$id.json"
+    SNAPSTATE[$id]="$T/state.$id.json"
+  done
+}
+
+# How long each operation took when last let finish (ms): kills are aimed
+# within that, so they land at every stage of it (process start, opening
+# the catalog and store, the work, the commit).
+declare -A EST=([served-create]=200 [create]=250 [delete]=150 [gc]=150)
+
+# timed KEY CMD...: runs CMD, records its duration as KEY's estimate;
+# returns CMD's status.
+timed() {
+  local key=$1 t0 rc=0
+  shift
+  t0=$(now_ms)
+  "$@" || rc=$?
+  EST[$key]=$(($(now_ms) - t0))
+  return $rc
+}
+
+# kill_within KEY PID [VICTIM]: SIGKILL VICTIM (default PID) at a random
+# moment within KEY's expected duration, unless PID has finished by then.
+# Reaps PID; sets OP_RC (its status) and OP_WHEN (what happened).
+kill_within() {
+  local key=$1 pid=$2 victim=${3:-$2} at start elapsed st
+  rand at 0 "${EST[$key]}"
+  start=$(now_ms)
+  while :; do
+    elapsed=$(($(now_ms) - start))
+    st=Z
+    read -r _ _ st _ 2>/dev/null <"/proc/$pid/stat" || true  # gone: reaped by bash already
+    if [ "$st" = Z ]; then
+      OP_WHEN="finished in ~${elapsed} ms, before the kill planned at ${at} ms"
+      EST[$key]=$((elapsed + elapsed / 5 + 10))
+      break
+    fi
+    if [ "$elapsed" -ge "$at" ]; then
+      kill -KILL "$victim" 2>/dev/null || true
+      OP_WHEN="killed at ${elapsed} ms (takes ~${EST[$key]} ms)"
+      break
+    fi
+    sleep 0.003
+  done
+  OP_RC=0
+  wait "$pid" 2>/dev/null || OP_RC=$?
+  if [ "$OP_RC" = 0 ] && [ "$st" != Z ]; then OP_WHEN="$OP_WHEN, and the command still succeeded"; fi
+}
+
+# check_content ID: snapshot ID restores to what the volume held when taken.
+check_content() {
+  local id=$1 out
+  [ -n "${SNAPSTATE[$id]:-}" ] || crash_fail "snapshot $id is completed, but no snapshot was taken then"
+  "$EBS" snapshot restore "$id" --volume chk "${PERF[@]}" >/dev/null || crash_fail "restore of $id failed"
+  out=$("${C[@]}" verify "$(uri chk)" --base "${SNAPSTATE[$id]}" --span "$SPAN" --check-rest) \
+    || crash_fail "snapshot $id does not restore to the volume as it was when taken:
+$out"
+  "$EBS" volume delete chk >/dev/null
+}
+
+# check_store BEFORE: after a crash in the snapshot machinery, the store is
+# consistent and the snapshots completed before (BEFORE) are intact.
+check_store() {
+  local before=$1 out problems id
+  out=$("$EBS" store check --json 2>&1) || true  # exits non-zero when not clean
+  problems=$(echo "$out" | "$PY" -c '
+import json, sys
+d = json.load(sys.stdin)
+for p in d["problems"]:
+    print(("garbage " if "not referenced" in p["error"] else "") + p["object"] + ": " + p["error"])
+') || crash_fail "store check failed: $out"
+  if echo "$problems" | grep -qv '^garbage \|^$'; then
+    crash_fail "store check after the crash: $(echo "$problems" | grep -v '^garbage ' | tr '\n' ';')"
+  fi
+  if [ -n "$problems" ]; then
+    "$EBS" store gc >/dev/null || crash_fail "store gc failed"
+    out=$("$EBS" store check 2>&1) || crash_fail "store check not clean after gc: $out"
+    STORE_NOTE="$(echo "$problems" | wc -l) unreferenced objects left, removed by gc"
+  else
+    STORE_NOTE="store check clean"
+  fi
+  for id in $before; do
+    [ "$id" != "${DELETED:-}" ] || continue
+    [ "${SNAP_STATE[$id]:-}" = completed ] \
+      || crash_fail "snapshot $id was completed before the crash, is '${SNAP_STATE[$id]:-gone}' after it"
+  done
+  for id in $COMPLETED; do
+    out=$("$EBS" snapshot verify "$id" 2>&1) || crash_fail "snapshot verify $id: $out"
+  done
+}
+
+"$EBS" volume create "$VOL" --type gp3 --size 1G "${PERF[@]}" >/dev/null
+echo '{"blocks": {}}' >"$STATE"
+start_server
+START=$SECONDS
+
+for ((i = 0; i < ITERATIONS; i++)); do
+  seed=$((SEED_BASE + i))
+  kind=$((seed % 5))
+  RANDOM=$seed
+  J="$T/journal.$seed"
+  DELETED=""
+  t_iter=$SECONDS
+
+  # 1. The writer, and SIGKILL at a random moment (with a modify in flight
+  #    for kind 1).
+  rm -f "$T/ready"
+  "${C[@]}" write "$(uri "$VOL")" "$J" --seed "$seed" --span "$SPAN" --ready "$T/ready" --max-seconds 30 \
+    >"$T/writer.out" 2>&1 &
+  WRITER=$!
+  for _ in $(seq 1 200); do [ -s "$T/ready" ] && break; sleep 0.025; done
+  [ -s "$T/ready" ] || crash_fail "writer did not connect: $(cat "$T/writer.out")"
+  rand delay 200 1500
+  if [ "$kind" = 1 ]; then
+    read -r old_size old_tp < <("$EBS" volume describe "$VOL" --json | js 'd["size_bytes"], d["throughput_mibps"]' | tr -d '(),')
+    new_size=$old_size new_tp=$old_tp
+    if [ $((RANDOM % 2)) = 0 ] && [ "$old_size" -lt $((4 << 30)) ]; then
+      new_size=$((old_size + (1 << 30)))
+      margs=(--size "$new_size")
+    else
+      tps=(250 500 600 750)
+      while [ "$new_tp" = "$old_tp" ]; do new_tp=${tps[$((RANDOM % 4))]}; done
+      margs=(--throughput "$new_tp")
+    fi
+    rand lead 0 60
+    ms_sleep $((delay - lead))
+    "$EBS" volume modify "$VOL" "${margs[@]}" --json >"$T/modify.out" 2>&1 &
+    MODIFY=$!
+    ms_sleep "$lead"
+  else
+    ms_sleep "$delay"
+  fi
+  crash_server
+  rc=0; wait "$WRITER" || rc=$?
+  [ $rc = 0 ] || crash_fail "writer exited $rc: $(cat "$T/writer.out")"
+  modify_rc=0
+  if [ "$kind" = 1 ]; then wait "$MODIFY" || modify_rc=$?; fi
+
+  # 2. The catalog opens without the server (whose sockets are left behind).
+  "$EBS" volume describe "$VOL" >/dev/null 2>"$T/describe.err" \
+    || crash_fail "volume describe after the crash (server down): $(cat "$T/describe.err")"
+
+  # 3. Restart: every block holds what the journal allows.
+  restart_server
+  out=$("${C[@]}" verify "$(uri "$VOL")" --journal "$J" --base "$STATE" --state-out "$STATE.new" \
+    --span "$SPAN" --check-rest) || crash_fail "data lost or damaged after kill -9 at ${delay} ms:
+$out
+  writer: $(cat "$T/writer.out")"
+  mv "$STATE.new" "$STATE"
+  "$EBS" volume list >/dev/null || crash_fail "volume list failed after the restart"
+  read -r size tp mstate < <("$EBS" volume describe "$VOL" --json \
+    | js 'd["size_bytes"], d["throughput_mibps"], d["modification_state"]' | tr -d "(),'") \
+    || crash_fail "volume describe failed after the restart"
+  [ "$(nbdinfo --size "$(uri "$VOL")")" = "$size" ] || crash_fail "export size differs from the catalog's $size"
+  summary="killed ${delay} ms into the writes; ${out#verify: }"
+
+  if [ "$kind" = 1 ]; then
+    if { [ "$size" != "$old_size" ] && [ "$size" != "$new_size" ]; } || { [ "$tp" != "$old_tp" ] && [ "$tp" != "$new_tp" ]; }; then
+      crash_fail "after a crash during modify ${margs[*]}: size $size, throughput $tp (was $old_size, $old_tp)"
+    fi
+    if [ "$size" = "$new_size" ] && [ "$tp" = "$new_tp" ]; then
+      what=applied
+    elif [ "$modify_rc" = 0 ]; then
+      crash_fail "modify ${margs[*]} was acknowledged, but after the crash size is $size, throughput $tp"
+    else
+      what="not applied"
+    fi
+    [ "$modify_rc" = 0 ] && what="$what, acknowledged" || what="$what, not acknowledged"
+    # Nothing applies a modification after a restart: one left 'modifying'
+    # never ends (and with --modification-rate-limit blocks every later one).
+    [ "$mstate" != modifying ] \
+      || crash_fail "modify ${margs[*]} ($what) is left in state 'modifying' after the restart (size $size, throughput $tp)"
+    summary="$summary; modify ${margs[*]} $what (modification state $mstate)"
+  fi
+
+  # 4. Crashes in the snapshot machinery.
+  if [ "$kind" -ge 2 ]; then
+    load_snaps
+    before=$COMPLETED
+    case $kind in
+      2) # SIGKILL the server while it takes a snapshot.
+        "$EBS" snapshot create "$VOL" --json >"$T/op.out" 2>&1 &
+        kill_within served-create $! "$SERVER_PID"
+        crash_server
+        restart_server
+        op="served snapshot create: server $OP_WHEN"
+        ;;
+      3) # SIGKILL the CLI taking a snapshot on its own (server stopped).
+        stop_server
+        "$EBS" snapshot create "$VOL" --json >"$T/op.out" 2>&1 &
+        kill_within create $!
+        op="CLI snapshot create $OP_WHEN"
+        ;;
+      4) # SIGKILL the CLI deleting a snapshot, or collecting garbage.
+        stop_server
+        if [ $((RANDOM % 3)) != 0 ]; then
+          # A chain of at least three, so the delete is often in the middle.
+          while ids=($COMPLETED) && [ ${#ids[@]} -lt 3 ]; do
+            timed create "$EBS" snapshot create "$VOL" >/dev/null || crash_fail "snapshot create failed"
+            load_snaps
+            record_new_snapshots "$before"
+            before=$COMPLETED
+          done
+          DELETED=${ids[$((RANDOM % ${#ids[@]}))]}
+          deleted_seq=${SNAP_SEQ[$DELETED]}
+          opargs=(snapshot delete "$DELETED")
+          key=delete
+        else
+          # Garbage first: a snapshot create killed part way (if it
+          # finishes, gc has less to do; that is fine too).
+          "$EBS" snapshot create "$VOL" --json >/dev/null 2>&1 &
+          kill_within create $!
+          load_snaps
+          record_new_snapshots "$before"
+          before=$COMPLETED
+          opargs=(store gc)
+          key=gc
+        fi
+        "$EBS" "${opargs[@]}" --json >"$T/op.out" 2>&1 &
+        kill_within "$key" $!
+        op="CLI ${opargs[*]} $OP_WHEN"
+        ;;
+    esac
+    [ -n "$SERVER_PID" ] || restart_server
+    load_snaps
+
+    # What was acknowledged happened.
+    if [ "$OP_RC" = 0 ]; then
+      case $kind in
+        2 | 3)
+          id=$(js 'd[0]["id"]' <"$T/op.out")
+          [ "${SNAP_STATE[$id]:-}" = completed ] \
+            || crash_fail "snapshot $id was reported created, is not completed after the crash"
+          ;;
+        4)
+          if [ -n "$DELETED" ] && [ -n "${SNAP_STATE[$DELETED]:-}" ]; then
+            crash_fail "snapshot $DELETED was reported deleted, still exists after the crash"
+          elif [ -z "$DELETED" ]; then
+            out=$("$EBS" store check 2>&1) || crash_fail "store gc had completed, store check is not clean: $out"
+          fi
+          ;;
+      esac
+    fi
+    if [ -n "$DELETED" ]; then
+      # One index batch deletes a snapshot: it is gone, or still whole.
+      st=${SNAP_STATE[$DELETED]:-}
+      case $st in
+        "") op="$op; $DELETED gone" ;;
+        completed) op="$op; $DELETED still there" ;;
+        *) crash_fail "snapshot $DELETED, killed while being deleted, is left '$st'" ;;
+      esac
+    fi
+    [ "$kind" = 4 ] || record_new_snapshots "$before"
+    for id in "${!SNAPSTATE[@]}"; do
+      [ "${SNAP_STATE[$id]:-}" = completed ] || unset "SNAPSTATE[$id]"
+    done
+    check_store "$before"
+
+    # An older snapshot restores to the volume as it was when taken: the one
+    # that absorbed the deleted snapshot's chunks, else one at random.
+    checked=""
+    ids=($COMPLETED)
+    if [ -n "$DELETED" ]; then
+      for id in "${ids[@]}"; do
+        if [ "${SNAP_SEQ[$id]}" -gt "$deleted_seq" ]; then checked=$id; break; fi
+      done
+    fi
+    if [ -z "$checked" ] && [ ${#ids[@]} -gt 0 ]; then checked=${ids[$((RANDOM % ${#ids[@]}))]}; fi
+    [ -z "$checked" ] || check_content "$checked"
+
+    # A new snapshot restores to exactly the volume.
+    b=$COMPLETED
+    timed served-create "$EBS" snapshot create "$VOL" --json >"$T/new.json" || crash_fail "snapshot create after the crash failed"
+    id=$(js 'd[0]["id"]' <"$T/new.json")
+    load_snaps
+    record_new_snapshots "$b"
+    "$EBS" snapshot restore "$id" --volume fresh "${PERF[@]}" >/dev/null || crash_fail "restore of new snapshot $id failed"
+    out=$("${C[@]}" compare "$(uri "$VOL")" "$(uri fresh)") \
+      || crash_fail "new snapshot $id does not restore to the volume: $out"
+    "$EBS" volume delete fresh >/dev/null
+    # Keep the chain short (three is enough for a delete in the middle).
+    ids=($COMPLETED)
+    for ((k = 0; k + 3 < ${#ids[@]}; k++)); do
+      "$EBS" snapshot delete "${ids[$k]}" >/dev/null || crash_fail "snapshot delete ${ids[$k]} failed"
+      unset "SNAPSTATE[${ids[$k]}]"
+    done
+    summary="$summary; $op; $STORE_NOTE; snapshots verify, ${checked:-none} restored as taken, a new one restores equal"
+  fi
+  pass "seed $seed (${KINDS[$kind]}, $((SECONDS - t_iter)) s): $summary"
+done
+pass "$ITERATIONS crash iterations (seeds $SEED_BASE..$((SEED_BASE + ITERATIONS - 1))) in $((SECONDS - START)) s"
+stop_server
