@@ -2,9 +2,9 @@
 # Lazy restore through the real binary and real NBD clients: the volume is
 # usable at once; reads and partial writes of chunks not yet loaded are
 # correct; background loading proceeds at the given rate, is visible in
-# `volume describe`, and resumes after a server restart; a snapshot of a
-# volume still loading is right; its source cannot be deleted meanwhile;
-# the final image is identical.
+# `volume describe`, and resumes after the server is killed (-9) and
+# restarted; a snapshot of a volume still loading is right; its source
+# cannot be deleted meanwhile; the final image is identical.
 source "$(dirname "$0")/lib.sh"
 need nbdcopy
 
@@ -71,15 +71,18 @@ cmp "$T/want.img" "$T/copy.img" || fail "a snapshot taken while loading differs 
 rm -f "$T/copy.img"
 pass "a snapshot of a volume still loading is exact"
 
-# Restart: loading resumes where it was.
-stop_server
+# A crash (kill -9 in the middle of loading), then a restart: loading
+# resumes where it was, and nothing loaded or written is lost.
+kill -KILL "$SERVER_PID"
+wait "$SERVER_PID" 2>/dev/null || true
+SERVER_PID=""
 n3=$(loaded lazy)
 [ "$n3" -ge "$n2" ] || fail "progress went back across the restart ($n2 -> $n3)"
 start_server
 sleep 2.5
 n4=$(loaded lazy)
 [ "$n4" -gt "$n3" ] || fail "loading did not resume after the restart ($n3 -> $n4)"
-pass "loading resumes after a restart ($n3 -> $n4 chunks)"
+pass "loading resumes after a kill -9 and restart ($n3 -> $n4 chunks)"
 
 # nbdcopy asks for block status: chunks of zeros in the snapshot must show
 # as holes and chunks with data as data before they are loaded.
