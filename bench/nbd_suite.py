@@ -30,7 +30,8 @@ def make_data_file(ebs, workdir, size_gib):
     subprocess.run([ebs, "--data-dir", data, "volume", "create", "vol0", "--type", "gp3", "--size",
                     f"{size_gib}G"], check=True, stdout=subprocess.DEVNULL)
     vols = os.path.join(data, "volumes")
-    path = os.path.join(vols, os.listdir(vols)[0])
+    # The data file (beside it sits the volume's change-tracking file).
+    path = os.path.join(vols, next(n for n in os.listdir(vols) if n.endswith(".img")))
     # Random contents, so no server can shortcut reads of zeros or holes.
     chunk = 8 << 20
     with open(path, "r+b") as f:
