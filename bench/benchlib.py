@@ -125,3 +125,64 @@ def machine_facts(ebs):
     }
 
 
+# Runs one command and reports its wall time and rusage. A small launcher
+# process sits between: a child's ru_maxrss starts at the high-water mark of
+# the process that forked it (Linux carries it over the fork and the exec), so
+# forking from this Python process would add its own size to every reading.
+# The launcher's own ~8 MiB is the floor of what can be reported.
+_LAUNCHER = r"""
+import os, sys, time
+t0 = time.monotonic()
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+_, status, ru = os.wait4(pid, 0)
+t1 = time.monotonic()
+with open(sys.argv[1], "w") as f:
+    f.write(f"{os.waitstatus_to_exitcode(status)} {t1 - t0} {ru.ru_maxrss} {ru.ru_utime} {ru.ru_stime}")
+"""
+
+
+def run_measured(argv, env=None, cwd=None, stdout_path=None, check=True):
+    """Runs argv to completion; returns its wall time, CPU time and peak RSS
+    (wait4's rusage of that process alone). stdout goes to stdout_path (or is
+    discarded); stderr is kept for the error message."""
+    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile(mode="r") as usage:
+        out = open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL
+        try:
+            subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, usage.name, *argv], env=env, cwd=cwd,
+                                  stdout=out, stderr=err)
+        finally:
+            if stdout_path:
+                out.close()
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+        fields = usage.read().split()
+    if len(fields) != 5:
+        raise RuntimeError(f"{' '.join(argv[:4])} ... could not be run: {stderr.strip()[-800:]}")
+    code, wall, maxrss, utime, stime = int(fields[0]), float(fields[1]), int(fields[2]), float(fields[3]), \
+        float(fields[4])
+    if check and code != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} ... exited with {code}: {stderr.strip()[-800:]}")
+    return {"wall_s": wall, "user_s": utime, "sys_s": stime, "peak_rss_mib": maxrss / 1024, "returncode": code,
+            "stderr": stderr}
+
+
+def du_bytes(path):
+    """(allocated, apparent) bytes of every file under path, like du -s and du -sb."""
+    alloc = apparent = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue
+            alloc += st.st_blocks * 512
+            apparent += st.st_size
+    return alloc, apparent
+
+
+def current_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
