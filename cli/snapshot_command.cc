@@ -30,7 +30,7 @@ std::string Str(const nlohmann::json& v) {
 void PrintSnapshot(const nlohmann::json& s) {
   fmt::print("{:<22} {:<10} {:<16} {:>10} {:>10} {:>10} {:>6} {}\n", Str(s["id"]), Str(s["state"]), Str(s["volume"]),
              FormatSize(s["logical_bytes"].get<uint64_t>()), FormatSize(s["changed_bytes"].get<uint64_t>()),
-             FormatSize(s["stored_bytes"].get<uint64_t>()), fmt::format("{:.2f}", s["compression_ratio"].get<double>()),
+             FormatSize(s["stored_bytes"].get<uint64_t>()), (s["compression_ratio"].is_null() ? std::string("-") : fmt::format("{:.2f}", s["compression_ratio"].get<double>())),
              Str(s["created"]));
 }
 

@@ -117,6 +117,7 @@ nlohmann::json RecordToJson(const SnapshotRecord& r) {
           {"logical_bytes", r.logical_bytes},
           {"changed_bytes", r.changed_bytes},
           {"stored_bytes", r.stored_bytes},
+          {"new_bytes", r.new_bytes},
           {"created_at_ms", r.created_at_ms},
           {"description", r.description},
           {"error", r.error}};
@@ -141,6 +142,7 @@ Result<SnapshotRecord> RecordFromJson(std::string_view text) {
     r.logical_bytes = j.at("logical_bytes").get<uint64_t>();
     r.changed_bytes = j.at("changed_bytes").get<uint64_t>();
     r.stored_bytes = j.at("stored_bytes").get<uint64_t>();
+    r.new_bytes = j.value("new_bytes", uint64_t{0});  // absent in records of older versions
     r.created_at_ms = j.at("created_at_ms").get<int64_t>();
     r.description = j.at("description").get<std::string>();
     r.error = j.value("error", "");

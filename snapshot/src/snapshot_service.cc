@@ -123,7 +123,11 @@ class SnapshotChunkSource final : public ChunkSource {
 }  // namespace
 
 nlohmann::json SnapshotToJson(const SnapshotRecord& r) {
-  double ratio = r.stored_bytes > 0 ? static_cast<double>(r.changed_bytes) / static_cast<double>(r.stored_bytes) : 0;
+  // How well the objects it stored compressed (what deduplication saved is
+  // not compression: a snapshot that stored nothing new has no ratio).
+  nlohmann::json ratio = r.stored_bytes > 0 && r.new_bytes > 0
+                             ? nlohmann::json(static_cast<double>(r.new_bytes) / static_cast<double>(r.stored_bytes))
+                             : nlohmann::json(nullptr);
   return {{"id", r.id},
           {"state", std::string(SnapshotStateName(r.state))},
           {"volume", r.volume_name},
@@ -508,7 +512,10 @@ Status SnapshotService::CommitJob(Job& job) {
     if (!now.count(chunk) && chunk < chunks) m.delta.push_back({chunk, ContentHash::ZeroChunk()});
   }
   std::sort(m.delta.begin(), m.delta.end(), [](const DeltaEntry& a, const DeltaEntry& b) { return a.chunk < b.chunk; });
-  for (const auto& slot : job.slots) rec.stored_bytes += slot.stored;
+  for (const auto& slot : job.slots) {
+    rec.stored_bytes += slot.stored;
+    if (slot.stored > 0) rec.new_bytes += slot.bytes;
+  }
   m.snapshot_id = rec.id;
   m.volume_name = rec.volume_name;
   m.volume_id = rec.volume_id;

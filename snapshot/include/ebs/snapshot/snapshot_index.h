@@ -106,6 +106,7 @@ struct SnapshotRecord {
   uint64_t logical_bytes = 0;  // non-zero data in the snapshot's whole map
   uint64_t changed_bytes = 0;  // data in its delta
   uint64_t stored_bytes = 0;   // object bytes it newly wrote to the store
+  uint64_t new_bytes = 0;      // the uncompressed size of those new objects
   int64_t created_at_ms = 0;
   std::string description;
   std::string error;  // why, when state is kError
