@@ -645,11 +645,7 @@ Result<std::vector<SnapshotRecord>> SnapshotService::List() {
 
 Result<SnapshotRecord> SnapshotService::Describe(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto r = index_->GetSnapshot(id);
-  if (!r.ok() && r.status().code() == ENOENT) {
-    return Status::NotFound("InvalidSnapshot.NotFound: snapshot '" + id + "' does not exist");
-  }
-  return r;
+  return index_->GetSnapshot(id);  // ENOENT names the missing snapshot
 }
 
 Result<std::vector<DeltaEntry>> SnapshotService::FullMap(const SnapshotRecord& r) {
@@ -670,10 +666,7 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
                                             std::optional<double> lazy_rate_mibps) {
   std::lock_guard<std::mutex> lock(mu_);
   auto r = index_->GetSnapshot(id);
-  if (!r.ok()) {
-    if (r.status().code() == ENOENT) return Status::NotFound("InvalidSnapshot.NotFound: snapshot '" + id + "' does not exist");
-    return r.status();
-  }
+  if (!r.ok()) return r.status();
   auto map = FullMap(*r);
   if (!map.ok()) return map.status();
   if (!params.size_bytes) params.size_bytes = r->volume_size;
@@ -753,7 +746,7 @@ Status SnapshotService::WriteImage(const SnapshotRecord& r, const std::vector<De
 Result<nlohmann::json> SnapshotService::Export(const std::string& id, const std::string& file, bool force) {
   std::lock_guard<std::mutex> lock(mu_);
   auto r = index_->GetSnapshot(id);
-  if (!r.ok()) return Status::NotFound("InvalidSnapshot.NotFound: snapshot '" + id + "' does not exist");
+  if (!r.ok()) return r.status();  // the index names the missing snapshot
   auto map = FullMap(*r);
   if (!map.ok()) return map.status();
   struct stat st;
@@ -929,9 +922,9 @@ Result<nlohmann::json> SnapshotService::Reindex() {
 Result<nlohmann::json> SnapshotService::Diff(const std::string& from, const std::string& to) {
   std::lock_guard<std::mutex> lock(mu_);
   auto a = index_->GetSnapshot(from);
-  if (!a.ok()) return Status::NotFound("InvalidSnapshot.NotFound: snapshot '" + from + "' does not exist");
+  if (!a.ok()) return a.status();  // the index names the missing snapshot
   auto b = index_->GetSnapshot(to);
-  if (!b.ok()) return Status::NotFound("InvalidSnapshot.NotFound: snapshot '" + to + "' does not exist");
+  if (!b.ok()) return b.status();  // the index names the missing snapshot
   if (a->lineage != b->lineage) {
     return Status::InvalidArgument("snapshots " + from + " and " + to + " are of different volumes (lineages)");
   }
@@ -954,7 +947,7 @@ Result<nlohmann::json> SnapshotService::Diff(const std::string& from, const std:
 Result<nlohmann::json> SnapshotService::Verify(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto r = index_->GetSnapshot(id);
-  if (!r.ok()) return Status::NotFound("InvalidSnapshot.NotFound: snapshot '" + id + "' does not exist");
+  if (!r.ok()) return r.status();  // the index names the missing snapshot
   nlohmann::json bad = nlohmann::json::array();
   auto manifest = store_->Get(ManifestKey(id));
   if (!manifest.ok()) {
@@ -986,7 +979,7 @@ Result<nlohmann::json> SnapshotService::Verify(const std::string& id) {
 Result<nlohmann::json> SnapshotService::Delete(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto r = index_->GetSnapshot(id);
-  if (!r.ok()) return Status::NotFound("InvalidSnapshot.NotFound: snapshot '" + id + "' does not exist");
+  if (!r.ok()) return r.status();  // the index names the missing snapshot
   auto vols = volumes_->List();
   if (!vols.ok()) return vols.status();
   for (const auto& v : *vols) {
