@@ -13,5 +13,8 @@ namespace ebs::cli {
 void AddVolumeCommands(CLI::App* app, Context* ctx, std::function<int()>* action);
 void AddServeCommand(CLI::App* app, Context* ctx, std::function<int()>* action);
 void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* action);
+void AddKeyCommands(CLI::App* app, Context* ctx, std::function<int()>* action);
+// --encrypted and --key on commands that create a volume.
+void AddEncryptionOptions(CLI::App* command, bool* encrypted, std::string* key);
 
 }  // namespace ebs::cli

@@ -16,7 +16,9 @@ struct Context {
   std::string store;  // snapshot store; empty: DATA_DIR/store
   uint32_t store_chunk_size = 0;  // for a new store; 0: the default (512 KiB)
   bool json = false;
+  std::string key_dir;  // master keys; empty: DATA_DIR/keys
   std::string StorePath() const { return store.empty() ? data_dir + "/store" : store; }
+  std::string KeyDir() const { return key_dir.empty() ? data_dir + "/keys" : key_dir; }
 };
 
 // Sends {"cmd": cmd, "args": args} to the server through DATA_DIR/control.sock
@@ -24,8 +26,8 @@ struct Context {
 Result<nlohmann::json> Dispatch(const Context& ctx, const std::string& cmd, const nlohmann::json& args);
 
 // Manager settings that also apply to commands run without a server
-// (EBS_MODIFICATION_RATE_LIMIT=1).
-ManagerOptions ManagerOptionsFromEnv();
+// (EBS_MODIFICATION_RATE_LIMIT=1, the key directory).
+ManagerOptions ManagerOptionsFor(const Context& ctx);
 
 // Prints an error to stderr and returns the process exit status (1).
 int Fail(const Status& status);

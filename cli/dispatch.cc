@@ -63,7 +63,7 @@ Result<nlohmann::json> Dispatch(const Context& ctx, const std::string& cmd, cons
     // failure is real.
     if (reply.status().code() != ECONNREFUSED && reply.status().code() != ENOENT) return reply.status();
   }
-  auto manager = VolumeManager::Open(ctx.data_dir, ManagerOptionsFromEnv());
+  auto manager = VolumeManager::Open(ctx.data_dir, ManagerOptionsFor(ctx));
   if (!manager.ok()) return manager.status();
   CommandRegistry registry;
   RegisterVolumeCommands(&registry, manager->get());
@@ -78,8 +78,9 @@ Result<nlohmann::json> Dispatch(const Context& ctx, const std::string& cmd, cons
   return ReplyToResult(registry.Handle(request));
 }
 
-ManagerOptions ManagerOptionsFromEnv() {
+ManagerOptions ManagerOptionsFor(const Context& ctx) {
   ManagerOptions o;
+  o.key_dir = ctx.KeyDir();
   const char* rate = std::getenv("EBS_MODIFICATION_RATE_LIMIT");
   o.modification_rate_limit = rate != nullptr && (std::string(rate) == "1" || std::string(rate) == "on");
   return o;

@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
                  "data directory: catalog, volume data files, sockets (env EBS_DATA_DIR; default ./ebs-data)");
   app.add_flag("--json", ctx.json, "print one JSON document instead of text");
   app.add_option("--store", ctx.store, "snapshot store directory (default DATA_DIR/store)");
+  app.add_option("--key-dir", ctx.key_dir,
+                 "where master keys for encrypted volumes live (default DATA_DIR/keys; a running server uses its own)");
   std::string chunk_size;
   app.add_option("--store-chunk-size", chunk_size,
                  "chunk size of a new snapshot store: a power of two from 64K to 4M (default 512K; an existing "
@@ -29,6 +31,7 @@ int main(int argc, char** argv) {
   ebs::cli::AddVolumeCommands(&app, &ctx, &action);
   ebs::cli::AddServeCommand(&app, &ctx, &action);
   ebs::cli::AddSnapshotCommands(&app, &ctx, &action);
+  ebs::cli::AddKeyCommands(&app, &ctx, &action);
 
   try {
     app.parse(argc, argv);
@@ -44,6 +47,9 @@ int main(int argc, char** argv) {
     if (!bytes.ok()) return ebs::cli::Fail(ebs::Status::InvalidArgument("--store-chunk-size: " + bytes.status().message()));
     if (*bytes > (uint64_t{1} << 30)) return ebs::cli::Fail(ebs::Status::InvalidArgument("--store-chunk-size: at most 4M"));
     ctx.store_chunk_size = static_cast<uint32_t>(*bytes);
+  }
+  if (!ctx.key_dir.empty() && ctx.key_dir[0] != '/') {
+    ctx.key_dir = std::filesystem::current_path().string() + "/" + ctx.key_dir;
   }
   if (!ctx.store.empty() && ctx.store[0] != '/') ctx.store = std::filesystem::current_path().string() + "/" + ctx.store;
   return action ? action() : 0;

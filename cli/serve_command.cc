@@ -99,7 +99,7 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   opts.tcp_exports = *tcp_exports;
   opts.unix_exports = *unix_exports;
 
-  ManagerOptions mopts = ManagerOptionsFromEnv();
+  ManagerOptions mopts = ManagerOptionsFor(ctx);
   mopts.throttle = !a.no_throttle;
   mopts.optimize_ms = static_cast<int64_t>(a.optimizing_seconds * 1000);
   mopts.modification_rate_limit = mopts.modification_rate_limit || a.modification_rate_limit;

@@ -20,6 +20,8 @@ struct SnapshotArgs {
   std::optional<double> initialization_rate;
   std::string file, name = "imported";
   bool force = false;
+  bool encrypted = false;
+  std::string key;
 };
 
 std::string Str(const nlohmann::json& v) {
@@ -106,6 +108,7 @@ void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* acti
   restore->add_option("--initialization-rate", a->initialization_rate,
                       "with --lazy: background loading rate in MiB/s (default: as fast as it goes)")
       ->check(CLI::PositiveNumber);
+  AddEncryptionOptions(restore, &a->encrypted, &a->key);
   restore->callback([=] {
     *action = [=] {
       nlohmann::json args = {{"id", a->id}, {"volume", a->volume}};
@@ -119,6 +122,8 @@ void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* acti
       if (a->throughput) args["throughput_mibps"] = *a->throughput;
       args["lazy"] = a->lazy || a->initialization_rate.has_value();
       if (a->initialization_rate) args["initialization_rate_mibps"] = *a->initialization_rate;
+      if (a->encrypted) args["encrypted"] = true;
+      if (!a->key.empty()) args["key"] = a->key;
       return Run(*ctx, "snapshot.restore", args, [](const nlohmann::json& v) {
         fmt::print("restored {} ({}, {}) from {}\n", Str(v["name"]), Str(v["type"]), Str(v["size"]),
                    Str(v["source_snapshot"]));

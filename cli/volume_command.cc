@@ -22,6 +22,8 @@ struct VolumeArgs {
   bool lazy = false;
   std::optional<double> initialization_rate;
   bool force = false;
+  bool encrypted = false;
+  std::string key;
 };
 
 std::string OrDash(const nlohmann::json& v) {
@@ -45,6 +47,9 @@ void PrintVolume(const nlohmann::json& v) {
   fmt::print("state:             {}\n", v["state"].get<std::string>());
   fmt::print("created:           {}\n", v["created"].get<std::string>());
   fmt::print("source snapshot:   {}\n", OrDash(v["source_snapshot"]));
+  fmt::print("encrypted:         {}\n", v.value("encrypted", false)
+                                             ? fmt::format("yes, AES-256-XTS under key {} ({})", OrDash(v["key"]), OrDash(v["key_id"]))
+                                             : std::string("no"));
   if (v.contains("initialization")) {
     const auto& init = v["initialization"];
     if (init["state"] == "loading") {
@@ -77,6 +82,8 @@ Result<nlohmann::json> ToArgs(const VolumeArgs& a) {
   }
   if (a.iops) args["iops"] = *a.iops;
   if (a.throughput) args["throughput_mibps"] = *a.throughput;
+  if (a.encrypted) args["encrypted"] = true;
+  if (!a.key.empty()) args["key"] = a.key;
   return args;
 }
 
@@ -120,6 +127,7 @@ void AddVolumeCommands(CLI::App* app, Context* ctx, std::function<int()>* action
   create->add_option("--initialization-rate", a->initialization_rate,
                      "with --lazy: background loading rate in MiB/s (default: as fast as it goes)")
       ->check(CLI::PositiveNumber);
+  AddEncryptionOptions(create, &a->encrypted, &a->key);
   create->callback([=] {
     *action = [=] {
       if (a->snapshot.empty()) return Run(*ctx, "volume.create", ToArgs(*a), true);

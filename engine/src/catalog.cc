@@ -67,6 +67,9 @@ nlohmann::json VolumeRecord::ToJson() const {
                       {"source_snapshot", source_snapshot},
                       {"modifications", mods}};
   if (!last_cut.empty()) j["last_cut"] = last_cut;
+  if (encryption) {
+    j["encryption"] = {{"key", encryption->key_name}, {"key_id", encryption->key_id}, {"data_key", encryption->sealed_hex}};
+  }
   if (!initialization_state.empty()) {
     j["initialization"] = {{"state", initialization_state},
                            {"rate_mibps", initialization_rate_mibps},
@@ -88,6 +91,11 @@ Result<VolumeRecord> VolumeRecord::FromJson(const nlohmann::json& j) {
     r.state = j.at("state").get<std::string>();
     r.source_snapshot = j.value("source_snapshot", "");
     r.last_cut = j.value("last_cut", "");
+    if (j.contains("encryption")) {
+      const auto& e = j.at("encryption");
+      r.encryption = WrappedKey{e.at("key").get<std::string>(), e.at("key_id").get<std::string>(),
+                                e.at("data_key").get<std::string>()};
+    }
     if (j.contains("initialization")) {
       const auto& init = j.at("initialization");
       r.initialization_state = init.at("state").get<std::string>();

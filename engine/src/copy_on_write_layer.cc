@@ -17,8 +17,9 @@ bool Mutates(const IoRequest& req) {
 // CopyOutSession
 
 CopyOutSession::CopyOutSession(int fd, uint64_t volume_size, uint64_t chunk_size, std::vector<uint64_t> chunks,
-                               Handler handler)
+                               Handler handler, std::shared_ptr<SectorCipher> cipher)
     : fd_(fd),
+      cipher_(std::move(cipher)),
       volume_size_(volume_size),
       chunk_size_(chunk_size),
       chunks_(std::move(chunks)),
@@ -83,6 +84,7 @@ void CopyOutSession::Run(size_t position, std::string* buf) {
     if (n == 0) break;  // beyond the end of the file: zeros
     done += static_cast<size_t>(n);
   }
+  if (st.ok() && cipher_) st = cipher_->Decrypt(offset, buf->data(), buf->data(), len);
   if (st.ok()) st = handler_(position, *buf);
   if (!st.ok()) Fail(st);
   state_[position].store(kDone, std::memory_order_release);

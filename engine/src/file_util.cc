@@ -14,4 +14,18 @@ Status SyncDirectory(const std::string& dir) {
   return rc == 0 ? Status::Ok() : Status::FromErrno(err, "fsync " + dir);
 }
 
+Status ValidateName(const std::string& what, const std::string& name) {
+  // Safe as a file name and in a URI.
+  auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); };
+  bool ok = !name.empty() && name.size() <= 64 && alnum(name[0]);
+  for (size_t i = 1; ok && i < name.size(); ++i) {
+    ok = alnum(name[i]) || name[i] == '.' || name[i] == '_' || name[i] == '-';
+  }
+  if (!ok) {
+    return Status::InvalidArgument("InvalidParameterValue: " + what + " '" + name +
+                                   "' must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}");
+  }
+  return Status::Ok();
+}
+
 }  // namespace ebs

@@ -30,14 +30,21 @@ Result<VolumeParams> VolumeParamsFromArgs(const nlohmann::json& args) {
   return p;
 }
 
+std::optional<EncryptionRequest> EncryptionFromArgs(const nlohmann::json& args) {
+  std::string key = args.contains("key") && args["key"].is_string() ? args["key"].get<std::string>() : "";
+  if (key.empty() && !args.value("encrypted", false)) return std::nullopt;
+  return EncryptionRequest{key};
+}
+
 void RegisterVolumeCommands(CommandRegistry* registry, VolumeManager* manager) {
   registry->Register("volume.create", [manager](const nlohmann::json& args) -> Result<nlohmann::json> {
     auto p = VolumeParamsFromArgs(args);
     if (!p.ok()) return p.status();
     if (!p->type) p->type = VolumeType::kGp3;
     if (!p->size_bytes) return Status::InvalidArgument("MissingParameter: --size is required");
-    auto info = manager->Create(args.at("name").get<std::string>(), *p,
-                                args.value("source_snapshot", std::string()));
+    auto encryption = EncryptionFromArgs(args);
+    auto info = manager->Create(args.at("name").get<std::string>(), *p, args.value("source_snapshot", std::string()),
+                                nullptr, encryption ? &*encryption : nullptr);
     if (!info.ok()) return info.status();
     return info->ToJson();
   });

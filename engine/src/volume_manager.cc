@@ -12,7 +12,9 @@
 #include <set>
 
 #include <fmt/format.h>
+#include <openssl/crypto.h>
 
+#include "ebs/engine/encryption_layer.h"
 #include "ebs/engine/file_device.h"
 #include "ebs/engine/metrics_layer.h"
 #include "ebs/engine/size.h"
@@ -58,6 +60,9 @@ nlohmann::json VolumeInfo::ToJson() const {
   j["created"] = FormatTime(record.created_at_ms);
   j["source_snapshot"] = record.source_snapshot.empty() ? nlohmann::json(nullptr)
                                                         : nlohmann::json(record.source_snapshot);
+  j["encrypted"] = record.encryption.has_value();
+  j["key"] = record.encryption ? nlohmann::json(record.encryption->key_name) : nlohmann::json(nullptr);
+  j["key_id"] = record.encryption ? nlohmann::json(record.encryption->key_id) : nlohmann::json(nullptr);
   if (!record.initialization_state.empty()) {
     nlohmann::json init = {{"state", record.initialization_state},
                            {"mode", "lazy"},
@@ -105,7 +110,11 @@ VolumeAttachment::~VolumeAttachment() { manager_->Detach(volume_.get()); }
 
 VolumeManager::VolumeManager(std::string data_dir, int lock_fd, std::unique_ptr<Catalog> catalog,
                              ManagerOptions options)
-    : data_dir_(std::move(data_dir)), lock_fd_(lock_fd), options_(options), catalog_(std::move(catalog)) {}
+    : data_dir_(std::move(data_dir)),
+      lock_fd_(lock_fd),
+      options_(options),
+      catalog_(std::move(catalog)),
+      keys_(std::make_unique<KeyService>(options_.key_dir.empty() ? data_dir_ + "/keys" : options_.key_dir)) {}
 
 VolumeManager::~VolumeManager() {
   open_.clear();  // volumes (and their throttles) go before the scheduler
@@ -190,19 +199,7 @@ Status VolumeManager::OpenLoadingVolumes() {
   return first;
 }
 
-Status VolumeManager::ValidateName(const std::string& name) {
-  // [A-Za-z0-9][A-Za-z0-9._-]{0,63}: safe as a file name and in a URI.
-  auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); };
-  bool ok = !name.empty() && name.size() <= 64 && alnum(name[0]);
-  for (size_t i = 1; ok && i < name.size(); ++i) {
-    ok = alnum(name[i]) || name[i] == '.' || name[i] == '_' || name[i] == '-';
-  }
-  if (!ok) {
-    return Status::InvalidArgument("InvalidParameterValue: volume name '" + name +
-                                   "' must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}");
-  }
-  return Status::Ok();
-}
+Status VolumeManager::ValidateName(const std::string& name) { return ebs::ValidateName("volume name", name); }
 
 // A crash between creating a data file and recording it in the catalog (or
 // between removing the record and the file) leaves a file nobody names.
@@ -304,7 +301,8 @@ Status VolumeManager::AdvanceModifications(VolumeRecord* record) {
 }
 
 Result<VolumeInfo> VolumeManager::Create(const std::string& name, const VolumeParams& params,
-                                         const std::string& source_snapshot, const LazyRestore* lazy) {
+                                         const std::string& source_snapshot, const LazyRestore* lazy,
+                                         const EncryptionRequest* encryption) {
   EBS_RETURN_IF_ERROR(ValidateName(name));
   auto config = ValidateCreate(params);
   if (!config.ok()) return config.status();
@@ -325,6 +323,16 @@ Result<VolumeInfo> VolumeManager::Create(const std::string& name, const VolumePa
     r.initialization_state = "loading";
     r.initialization_rate_mibps = lazy->rate_mibps;
     r.initialization_chunk_size = lazy->chunk_size;
+  }
+  if (encryption != nullptr) {
+    const std::string& key_name = encryption->key_name.empty() ? std::string(kDefaultKeyName) : encryption->key_name;
+    auto master = encryption->key_name.empty() ? keys_->LoadOrCreate(key_name) : keys_->Load(key_name);
+    if (!master.ok()) return master.status();
+    std::string data_key;
+    auto wrapped = keys_->NewDataKey(*master, SectorCipher::kKeySize, r.id, &data_key);
+    OPENSSL_cleanse(data_key.data(), data_key.size());  // opened again, from the record, when used
+    if (!wrapped.ok()) return wrapped.status();
+    r.encryption = *wrapped;
   }
   // The file first, durable, then the record that names it: a crash in
   // between leaves an orphan file that the next Open removes.
@@ -525,7 +533,20 @@ Result<std::shared_ptr<Volume>> VolumeManager::OpenLocked(const std::string& nam
   vol->id_ = r->id;
   vol->metrics_ = std::make_unique<VolumeMetrics>(options_.clock->NowNs());
   vol->tracker_ = *tracker;
-  std::shared_ptr<BlockDevice> stack = std::make_shared<ChangeTrackingLayer>(std::move(*dev), *tracker);
+  std::shared_ptr<BlockDevice> stack = *dev;
+  if (r->encryption) {
+    auto key = keys_->Unwrap(*r->encryption, r->id);
+    if (!key.ok()) {
+      return Status::Error(key.status().code(), "volume '" + name + "' is encrypted with key '" +
+                                                    r->encryption->key_name + "': " + key.status().message());
+    }
+    auto cipher = SectorCipher::Create(*key);
+    OPENSSL_cleanse(key->data(), key->size());
+    if (!cipher.ok()) return cipher.status();
+    vol->cipher_ = *cipher;
+    stack = std::make_shared<EncryptionLayer>(std::move(stack), *cipher, (*dev)->fd());
+  }
+  stack = std::make_shared<ChangeTrackingLayer>(std::move(stack), *tracker);
   std::shared_ptr<HydrationLayer> hydration;
   if (r->initialization_state == "loading") {
     if (!chunk_sources_) {
@@ -540,6 +561,7 @@ Result<std::shared_ptr<Volume>> VolumeManager::OpenLocked(const std::string& nam
     HydrationLayer::Options hopts;
     hopts.chunk_size = r->initialization_chunk_size;
     hopts.rate_mibps = r->initialization_rate_mibps;
+    hopts.cipher = vol->cipher_;
     auto h = HydrationLayer::Open(std::move(stack), DataFilePath(r->id), LoadedFilePath(r->id), std::move(*source),
                                   hopts);
     if (!h.ok()) return h.status();

@@ -122,7 +122,12 @@ std::optional<ExportInfo> Connection::Open(const std::string& requested) {
   auto info = Find(requested);
   if (!info) return std::nullopt;
   auto att = server_->volumes()->Attach(info->name);
-  if (!att.ok()) return std::nullopt;
+  if (!att.ok()) {
+    open_error_ = "volume '" + info->name + "' cannot be opened: " + att.status().message();
+    fprintf(stderr, "ebs: export refused: %s\n", open_error_.c_str());
+    return std::nullopt;
+  }
+  open_error_.clear();
   attachment_ = std::move(*att);
   device_ = &attachment_->volume().device();
   info->size = device_->size();  // fixed for this connection

@@ -45,6 +45,7 @@ class Connection final : public ExportDirectory {
   std::vector<ExportInfo> List() override;
   std::optional<ExportInfo> Find(const std::string& name) override;
   std::optional<ExportInfo> Open(const std::string& name) override;
+  std::string OpenError() const override { return open_error_; }
 
  private:
   // One request in flight. Slots are preallocated per connection; their
@@ -125,6 +126,8 @@ class Connection final : public ExportDirectory {
   bool transmission_ = false;
 
   std::unique_ptr<VolumeAttachment> attachment_;
+
+  std::string open_error_;  // why the last Open failed
   BlockDevice* device_ = nullptr;
   uint64_t size_ = 0;
   bool structured_ = false;

@@ -223,7 +223,8 @@ void Handshake::HandleInfoOrGo(uint32_t option, const char* data, uint32_t len, 
   }
   std::optional<ExportInfo> info = option == kOptGo ? dir_->Open(name) : dir_->Find(name);
   if (!info) {
-    ReplyError(out, option, kRepErrUnknown, "no volume named '" + name + "'");
+    std::string why = option == kOptGo ? dir_->OpenError() : "";
+    ReplyError(out, option, kRepErrUnknown, why.empty() ? "no volume named '" + name + "'" : why);
     return;
   }
   ExportInfo saved = export_;

@@ -60,6 +60,14 @@ struct IoRequest : IoCompletion {
   // beneath the metrics layer.
   IoCallback lower_callback = nullptr;
   void* lower_owner = nullptr;
+  // The same for the encryption layer, which may put a buffer of
+  // ciphertext (and an aligned range) in place of the caller's while the
+  // request runs beneath it.
+  IoCallback crypt_callback = nullptr;
+  void* crypt_owner = nullptr;
+  char* crypt_buf = nullptr;
+  uint64_t crypt_offset = 0;
+  uint64_t crypt_length = 0;
   void OnComplete(int res, uint32_t) override { on_cqe(this, res); }
   void Finish(int result) { callback(this, result); }
 };

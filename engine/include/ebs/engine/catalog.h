@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ebs/engine/key_service.h"
 #include "ebs/engine/status.h"
 #include "ebs/engine/volume_type.h"
 
@@ -47,6 +48,9 @@ struct VolumeRecord {
   uint32_t initialization_chunk_size = 0;
   int64_t initialization_completed_at_ms = 0;
   std::vector<Modification> modifications;
+  // Set for an encrypted volume: its data key (AES-256-XTS, 64 bytes),
+  // sealed under the named master key (key_service.h). Never changes.
+  std::optional<WrappedKey> encryption;
 
   nlohmann::json ToJson() const;
   static Result<VolumeRecord> FromJson(const nlohmann::json& j);

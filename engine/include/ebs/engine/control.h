@@ -13,12 +13,14 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "ebs/engine/key_service.h"
 #include "ebs/engine/status.h"
 #include "ebs/engine/volume_type.h"
 
@@ -42,6 +44,9 @@ class CommandRegistry {
 // Reads volume parameters (type, size_bytes, iops, throughput_mibps; each
 // optional) from a control request's arguments, refusing bad values.
 Result<VolumeParams> VolumeParamsFromArgs(const nlohmann::json& args);
+// "encrypted": true and/or "key": NAME ask for an encrypted volume; nullopt
+// when neither is given.
+std::optional<EncryptionRequest> EncryptionFromArgs(const nlohmann::json& args);
 
 // volume.create|list|describe|delete|modify|stats over `manager`.
 void RegisterVolumeCommands(CommandRegistry* registry, VolumeManager* manager);

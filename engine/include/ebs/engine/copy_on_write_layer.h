@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "ebs/engine/block_device.h"
+#include "ebs/engine/sector_cipher.h"
 #include "ebs/engine/status.h"
 
 namespace ebs {
@@ -42,7 +43,9 @@ class CopyOutSession {
 
   // `fd`: the volume's data file, open for reading for the session's life.
   // `chunks`: sorted, unique chunk indexes below ceil(volume_size / chunk_size).
-  CopyOutSession(int fd, uint64_t volume_size, uint64_t chunk_size, std::vector<uint64_t> chunks, Handler handler);
+  // `cipher`: an encrypted volume's (the handler gets plaintext); null else.
+  CopyOutSession(int fd, uint64_t volume_size, uint64_t chunk_size, std::vector<uint64_t> chunks, Handler handler,
+                 std::shared_ptr<SectorCipher> cipher = nullptr);
 
   size_t size() const { return chunks_.size(); }
   uint64_t chunk(size_t position) const { return chunks_[position]; }
@@ -76,6 +79,7 @@ class CopyOutSession {
   void Fail(const Status& st);
 
   const int fd_;
+  const std::shared_ptr<SectorCipher> cipher_;
   const uint64_t volume_size_;
   const uint64_t chunk_size_;
   const std::vector<uint64_t> chunks_;

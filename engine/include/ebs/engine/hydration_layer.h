@@ -26,6 +26,7 @@
 
 #include "ebs/engine/block_device.h"
 #include "ebs/engine/change_tracker.h"
+#include "ebs/engine/sector_cipher.h"
 #include "ebs/engine/status.h"
 
 namespace ebs {
@@ -48,6 +49,8 @@ class HydrationLayer final : public DeviceLayer {
   struct Options {
     uint64_t chunk_size = 512 * 1024;  // the snapshot's chunk size (a power of two)
     double rate_mibps = 0;             // background loading; 0 = as fast as it goes
+    // An encrypted volume's cipher: loaded chunks are written encrypted.
+    std::shared_ptr<SectorCipher> cipher;
   };
   // `data_path`: the volume's data file (written directly when loading).
   // `bitmap_path`: the record of loaded chunks; created empty if missing.

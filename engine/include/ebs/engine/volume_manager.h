@@ -20,6 +20,8 @@
 #include "ebs/engine/clock.h"
 #include "ebs/engine/fault_layer.h"
 #include "ebs/engine/hydration_layer.h"
+#include "ebs/engine/key_service.h"
+#include "ebs/engine/sector_cipher.h"
 #include "ebs/engine/throttle_layer.h"
 #include "ebs/engine/volume_metrics.h"
 #include "ebs/engine/status.h"
@@ -30,7 +32,8 @@ namespace ebs {
 class VolumeManager;
 
 // An open volume: its I/O stack (metrics -> throttle -> [faults] ->
-// copy-on-write -> change tracking -> data file), its counters and its
+// copy-on-write -> [lazy loading] -> change tracking -> [encryption] ->
+// data file), its counters and its
 // throttle state. Shared by every attachment (NBD
 // connection); stays open while the manager runs, so counters and credit
 // balances outlive connections.
@@ -46,6 +49,10 @@ class Volume {
   CopyOnWriteLayer& copy_on_write() { return *copy_on_write_; }
   // Null unless the volume is being restored lazily.
   HydrationLayer* hydration() { return hydration_; }
+  // Null unless the volume is encrypted: what its data file holds is this
+  // cipher's output, so code that reads or writes the file directly
+  // (snapshots, restores) goes through it.
+  const std::shared_ptr<SectorCipher>& cipher() const { return cipher_; }
   const std::string& id() const { return id_; }
   // Set when the volume was deleted while attached: users must stop using it.
   bool deleted() const { return deleted_.load(std::memory_order_acquire); }
@@ -61,6 +68,7 @@ class Volume {
   std::shared_ptr<ChangeTracker> tracker_;
   CopyOnWriteLayer* copy_on_write_ = nullptr;  // owned by the device stack
   HydrationLayer* hydration_ = nullptr;        // owned by the device stack
+  std::shared_ptr<SectorCipher> cipher_;
   std::shared_ptr<BlockDevice> device_;
   std::atomic<bool> deleted_{false};
   std::atomic<int> attachments_{0};
@@ -111,6 +119,8 @@ struct ManagerOptions {
   // each only after the previous one completed. Off by default.
   bool modification_rate_limit = false;
   const Clock* clock = SteadyClock::Default();
+  // Where master keys live; empty: DATA_DIR/keys.
+  std::string key_dir;
   // Test-only fault injection (`ebs serve --inject-fault`), per volume.
   std::vector<FaultSpec> faults;
 };
@@ -125,9 +135,11 @@ class VolumeManager {
 
   static Status ValidateName(const std::string& name);
 
-  // With `lazy`, the volume is restored lazily from `source_snapshot`.
+  // With `lazy`, the volume is restored lazily from `source_snapshot`; with
+  // `encryption`, it is encrypted at rest under a fresh data key.
   Result<VolumeInfo> Create(const std::string& name, const VolumeParams& params,
-                            const std::string& source_snapshot = "", const LazyRestore* lazy = nullptr);
+                            const std::string& source_snapshot = "", const LazyRestore* lazy = nullptr,
+                            const EncryptionRequest* encryption = nullptr);
   Result<std::vector<VolumeInfo>> List();
   Result<VolumeInfo> Describe(const std::string& name);
   // Refuses a volume in use unless `force`; forced, its attachments see deleted().
@@ -159,6 +171,7 @@ class VolumeManager {
   Result<std::vector<nlohmann::json>> AllStats();
 
   const std::string& data_dir() const { return data_dir_; }
+  KeyService& keys() { return *keys_; }
   std::string DataFilePath(const std::string& id) const;
   // The change-tracking file beside the data file (change_tracker.h).
   std::string ChangesFilePath(const std::string& id) const;
@@ -186,6 +199,7 @@ class VolumeManager {
   std::mutex mu_;
   std::unique_ptr<ThrottleScheduler> scheduler_;         // GUARDED_BY(mu_); started on first attach
   std::unique_ptr<Catalog> catalog_;                     // GUARDED_BY(mu_)
+  std::unique_ptr<KeyService> keys_;
   std::map<std::string, std::shared_ptr<Volume>> open_;  // GUARDED_BY(mu_)
   std::set<std::string> exclusive_;                      // GUARDED_BY(mu_)
   ChunkSourceFactory chunk_sources_;                     // GUARDED_BY(mu_)

@@ -27,6 +27,9 @@ class ExportDirectory {
   // Opens an export for transmission (NBD_OPT_GO, EXPORT_NAME). The
   // returned size is fixed for the connection.
   virtual std::optional<ExportInfo> Open(const std::string& name) = 0;
+  // Why the last Open of an existing export failed (a volume that cannot be
+  // opened, e.g. its encryption key is missing); empty when it did not exist.
+  virtual std::string OpenError() const { return ""; }
 };
 
 // The server's TLS policy (NBD spec, "TLS support"): kOff is NOTLS (STARTTLS
