@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "coding.h"
+#include "ebs/engine/crypto.h"
 
 namespace ebs::snapshot {
 namespace {
@@ -72,9 +73,11 @@ Result<ChunkHeader> ParseChunkHeader(std::string_view object) {
   if (codec != static_cast<uint8_t>(ChunkCodecId::kRaw) && codec != static_cast<uint8_t>(ChunkCodecId::kZstd)) {
     return Corrupt("unknown codec " + std::to_string(codec));
   }
-  if (coding::DecodeFixed16(p + 6) != 0) return Corrupt("reserved header bits are set");
+  const uint16_t flags = coding::DecodeFixed16(p + 6);
+  if ((flags & ~kChunkFlagEncrypted) != 0) return Corrupt("reserved header bits are set");
   ChunkHeader h;
   h.codec = static_cast<ChunkCodecId>(codec);
+  h.encrypted = (flags & kChunkFlagEncrypted) != 0;
   h.uncompressed_length = coding::DecodeFixed32(p + 8);
   h.stored_length = coding::DecodeFixed32(p + 12);
   h.stored_checksum = coding::DecodeFixed64(p + 16);
@@ -93,13 +96,17 @@ Result<ChunkHeader> ParseChunkHeader(std::string_view object) {
                    std::to_string(h.stored_length) + " stored bytes");
   }
   // Raw chunks store exactly their bytes; a zstd chunk is only written when
-  // strictly smaller. Either way a mismatch here is damage.
-  if (h.codec == ChunkCodecId::kRaw && h.stored_length != h.uncompressed_length) {
-    return Corrupt("raw chunk stores " + std::to_string(h.stored_length) + " bytes but its length is " +
+  // strictly smaller. Either way a mismatch here is damage. Encryption adds
+  // a fixed nonce and tag.
+  const uint64_t overhead = h.encrypted ? crypto::kGcmOverhead : 0;
+  if (h.stored_length < overhead) return Corrupt("encrypted chunk shorter than its nonce and tag");
+  const uint64_t inner = h.stored_length - overhead;
+  if (h.codec == ChunkCodecId::kRaw && inner != h.uncompressed_length) {
+    return Corrupt("raw chunk stores " + std::to_string(inner) + " bytes but its length is " +
                    std::to_string(h.uncompressed_length));
   }
-  if (h.codec == ChunkCodecId::kZstd && h.stored_length >= h.uncompressed_length) {
-    return Corrupt("zstd chunk stores " + std::to_string(h.stored_length) + " bytes for a " +
+  if (h.codec == ChunkCodecId::kZstd && inner >= h.uncompressed_length) {
+    return Corrupt("zstd chunk stores " + std::to_string(inner) + " bytes for a " +
                    std::to_string(h.uncompressed_length) + "-byte chunk");
   }
   return h;
@@ -112,12 +119,13 @@ ChunkCodec::~ChunkCodec() {
   ZSTD_freeDCtx(dctx_);
 }
 
-Status ChunkCodec::Encode(const void* data, size_t len, std::string* object, ContentHash* hash_out) {
+Status ChunkCodec::Encode(const void* data, size_t len, std::string* object, ContentHash* hash_out,
+                          const ChunkCrypto* crypto) {
   if (len > kMaxChunkObjectLength) {
     return Status::InvalidArgument("chunk of " + std::to_string(len) + " bytes exceeds the maximum " +
                                    std::to_string(kMaxChunkObjectLength));
   }
-  const ContentHash hash = ContentHash::Of(data, len);
+  const ContentHash hash = crypto != nullptr ? crypto->Address(data, len) : ContentHash::Of(data, len);
   if (hash_out != nullptr) *hash_out = hash;
 
   // Room for the raw form; compression is given one byte less than that, so
@@ -140,13 +148,20 @@ Status ChunkCodec::Encode(const void* data, size_t len, std::string* object, Con
   }
   if (codec == ChunkCodecId::kRaw && len > 0) std::memcpy(stored, data, len);
   object->resize(kChunkHeaderSize + stored_len);
+  if (crypto != nullptr) {
+    EBS_RETURN_IF_ERROR(crypto->Seal(std::string_view(object->data() + kChunkHeaderSize, stored_len), hash, &sealed_));
+    stored_len = sealed_.size();
+    object->resize(kChunkHeaderSize);
+    object->append(sealed_);
+  }
   stored = object->data() + kChunkHeaderSize;
 
   char* p = object->data();
   std::memcpy(p, kMagic, 4);
   p[4] = static_cast<char>(kChunkFormatVersion);
   p[5] = static_cast<char>(codec);
-  p[6] = p[7] = 0;
+  p[6] = static_cast<char>(crypto != nullptr ? kChunkFlagEncrypted : 0);  // flags, u16 little-endian
+  p[7] = 0;
   coding::EncodeFixed32(p + 8, static_cast<uint32_t>(len));
   coding::EncodeFixed32(p + 12, static_cast<uint32_t>(stored_len));
   coding::EncodeFixed64(p + 16, XXH3_64bits(stored, stored_len));
@@ -154,7 +169,8 @@ Status ChunkCodec::Encode(const void* data, size_t len, std::string* object, Con
   return Status::Ok();
 }
 
-Status ChunkCodec::Decode(std::string_view object, const ContentHash& expected, std::string* data) {
+Status ChunkCodec::Decode(std::string_view object, const ContentHash& expected, std::string* data,
+                          const ChunkCrypto* crypto) {
   auto header = ParseChunkHeader(object);
   if (!header.ok()) return header.status();
   const ChunkHeader& h = *header;
@@ -168,14 +184,24 @@ Status ChunkCodec::Decode(std::string_view object, const ContentHash& expected, 
     return Corrupt("checksum mismatch over " + std::to_string(h.stored_length) + " stored bytes: header " +
                    Hex64(h.stored_checksum) + ", computed " + Hex64(checksum));
   }
+  uint32_t stored_length = h.stored_length;
+  if (h.encrypted != (crypto != nullptr)) {
+    if (h.encrypted) return Corrupt("object is marked encrypted, but its snapshot is not (damaged header?)");
+    return Corrupt("chunk " + expected.ToHex() + " is not encrypted, but its snapshot is");
+  }
+  if (crypto != nullptr) {
+    EBS_RETURN_IF_ERROR(crypto->Open(std::string_view(stored, stored_length), expected, &sealed_));
+    stored = sealed_.data();
+    stored_length = static_cast<uint32_t>(sealed_.size());
+  }
   data->resize(h.uncompressed_length);
   if (h.codec == ChunkCodecId::kRaw) {
-    if (h.stored_length > 0) std::memcpy(data->data(), stored, h.stored_length);
+    if (stored_length > 0) std::memcpy(data->data(), stored, stored_length);
   } else {
     if (dctx_ == nullptr && (dctx_ = ZSTD_createDCtx()) == nullptr) {
       return Status::Error(ENOMEM, "cannot allocate a zstd decompression context");
     }
-    size_t r = ZSTD_decompressDCtx(dctx_, data->data(), data->size(), stored, h.stored_length);
+    size_t r = ZSTD_decompressDCtx(dctx_, data->data(), data->size(), stored, stored_length);
     if (ZSTD_isError(r)) {
       return Corrupt(std::string("zstd decompression failed: ") + ZSTD_getErrorName(r));
     }
@@ -184,7 +210,8 @@ Status ChunkCodec::Decode(std::string_view object, const ContentHash& expected, 
                      std::to_string(h.uncompressed_length));
     }
   }
-  ContentHash actual = ContentHash::Of(data->data(), data->size());
+  ContentHash actual = crypto != nullptr ? crypto->Address(data->data(), data->size())
+                                         : ContentHash::Of(data->data(), data->size());
   if (actual != expected) {
     return Corrupt("content hash mismatch: expected " + expected.ToHex() + ", content hashes to " +
                    actual.ToHex());

@@ -120,7 +120,9 @@ nlohmann::json RecordToJson(const SnapshotRecord& r) {
           {"new_bytes", r.new_bytes},
           {"created_at_ms", r.created_at_ms},
           {"description", r.description},
-          {"error", r.error}};
+          {"error", r.error},
+          {"key_name", r.key_name},
+          {"key_id", r.key_id}};
 }
 
 Result<SnapshotRecord> RecordFromJson(std::string_view text) {
@@ -146,6 +148,8 @@ Result<SnapshotRecord> RecordFromJson(std::string_view text) {
     r.created_at_ms = j.at("created_at_ms").get<int64_t>();
     r.description = j.at("description").get<std::string>();
     r.error = j.value("error", "");
+    r.key_name = j.value("key_name", "");
+    r.key_id = j.value("key_id", "");
     return r;
   } catch (const nlohmann::json::exception& e) {
     return Status::IoError(std::string("snapshot index: corrupt snapshot record: ") + e.what());

@@ -91,8 +91,9 @@ std::string TombstoneKey(const std::string& id) { return std::string(kManifestKe
 // the snapshot's map and the store, so it outlives the service.
 class SnapshotChunkSource final : public ChunkSource {
  public:
-  SnapshotChunkSource(std::shared_ptr<ObjectStore> store, std::string id, const std::vector<DeltaEntry>& map)
-      : store_(std::move(store)), id_(std::move(id)) {
+  SnapshotChunkSource(std::shared_ptr<ObjectStore> store, std::string id, const std::vector<DeltaEntry>& map,
+                      std::shared_ptr<const ChunkCrypto> crypto)
+      : store_(std::move(store)), id_(std::move(id)), crypto_(std::move(crypto)) {
     for (const auto& e : map) map_.emplace(e.chunk, e.hash);
   }
   Status Fetch(uint64_t chunk, std::string* data) override {
@@ -107,7 +108,7 @@ class SnapshotChunkSource final : public ChunkSource {
                                          it->second.ToHex(), object.status().message()));
     }
     thread_local ChunkCodec codec;
-    Status st = codec.Decode(*object, it->second, data);
+    Status st = codec.Decode(*object, it->second, data, crypto_.get());
     if (!st.ok()) return Status::IoError(fmt::format("snapshot {} chunk {} is corrupt: {}", id_, chunk, st.message()));
     return Status::Ok();
   }
@@ -117,6 +118,7 @@ class SnapshotChunkSource final : public ChunkSource {
  private:
   const std::shared_ptr<ObjectStore> store_;
   const std::string id_;
+  const std::shared_ptr<const ChunkCrypto> crypto_;
   std::unordered_map<uint64_t, ContentHash> map_;
 };
 
@@ -142,6 +144,9 @@ nlohmann::json SnapshotToJson(const SnapshotRecord& r) {
           {"compression_ratio", ratio},
           {"created", FormatTime(r.created_at_ms)},
           {"description", r.description},
+          {"encrypted", !r.key_id.empty()},
+          {"key", r.key_id.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.key_name)},
+          {"key_id", r.key_id.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.key_id)},
           {"error", r.error.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.error)}};
 }
 
@@ -194,7 +199,9 @@ Result<std::unique_ptr<SnapshotService>> SnapshotService::Open(const std::string
     }
     auto map = service->FullMap(*r);
     if (!map.ok()) return map.status();
-    return std::shared_ptr<ChunkSource>(std::make_shared<SnapshotChunkSource>(service->store_, r->id, *map));
+    auto crypto = service->CryptoFor(*r);
+    if (!crypto.ok()) return crypto.status();
+    return std::shared_ptr<ChunkSource>(std::make_shared<SnapshotChunkSource>(service->store_, r->id, *map, *crypto));
   });
   return s;
 }
@@ -245,6 +252,7 @@ struct SnapshotService::Job {
   bool full = false;  // nothing known: read every allocated chunk
   std::optional<uint64_t> cut_generation;
   int fd = -1;
+  std::shared_ptr<const ChunkCrypto> crypto;  // set for an encrypted volume
   std::shared_ptr<CopyOutSession> session;
   std::unique_ptr<ProgressReporter> progress;  // while uploading
   struct Slot {
@@ -328,6 +336,15 @@ Result<std::unique_ptr<SnapshotService::Job>> SnapshotService::PrepareJob(const 
   rec.chunk_size = chunk_size_;
   rec.created_at_ms = NowMs();
   rec.description = description;
+  if (vr.encryption) {
+    // Chunks and manifest under the volume's master key: a missing or
+    // re-created key stops the snapshot here, before anything is cut.
+    rec.key_name = vr.encryption->key_name;
+    rec.key_id = vr.encryption->key_id;
+    auto crypto = CryptoFor(rec);
+    if (!crypto.ok()) return crypto.status();
+    job->crypto = *crypto;
+  }
 
   auto members = index_->ListLineage(rec.lineage);
   if (!members.ok()) return members.status();
@@ -356,7 +373,10 @@ Result<std::unique_ptr<SnapshotService::Job>> SnapshotService::PrepareJob(const 
     // tracker has recorded changes since the restore, so unchanged chunks
     // are the source's (and already in the store).
     auto src = index_->GetSnapshot(vr.source_snapshot);
-    if (src.ok() && src->state == SnapshotState::kCompleted && src->chunk_size == chunk_size_) {
+    // Its chunks count as this volume's only under the same key (a restore
+    // under another key or into an encrypted volume re-encrypted them).
+    if (src.ok() && src->state == SnapshotState::kCompleted && src->chunk_size == chunk_size_ &&
+        src->key_id == rec.key_id) {
       auto map = FullMap(*src);
       if (!map.ok()) return map.status();
       for (const auto& e : *map) job->source_map[e.chunk] = e.hash;
@@ -437,7 +457,8 @@ Status SnapshotService::CutJob(Job& job) {
   Job* jp = &job;
   job.session = std::make_shared<CopyOutSession>(
       job.fd, job.rec.volume_size, chunk_size_, std::move(candidates),
-      [this, jp](size_t position, const std::string& data) { return StoreChunk(*jp, position, data); });
+      [this, jp](size_t position, const std::string& data) { return StoreChunk(*jp, position, data); },
+      vol.cipher());
   return Status::Ok();
 }
 
@@ -451,7 +472,7 @@ Status SnapshotService::StoreChunk(Job& job, size_t position, const std::string&
     return Status::Ok();
   }
   s.bytes = data.size();
-  EBS_RETURN_IF_ERROR(codec.Encode(data.data(), data.size(), &object, &s.hash));
+  EBS_RETURN_IF_ERROR(codec.Encode(data.data(), data.size(), &object, &s.hash, job.crypto.get()));
   auto it = job.content_base->find(job.session->chunk(position));
   if (it != job.content_base->end() && it->second == s.hash) return Status::Ok();  // unchanged
   std::string key = ChunkKey(s.hash);
@@ -527,8 +548,10 @@ Status SnapshotService::CommitJob(Job& job) {
   m.created_at_ms = rec.created_at_ms;
   m.description = rec.description;
   m.map_digest = digest.value();
+  m.key_name = rec.key_name;
+  m.key_id = rec.key_id;
   // The manifest is durable before the index points at the snapshot.
-  auto encoded = EncodeManifest(m);
+  auto encoded = EncodeManifest(m, job.crypto.get());
   if (!encoded.ok()) return encoded.status();
   EBS_RETURN_IF_ERROR(store_->Put(ManifestKey(rec.id), *encoded));
   rec.state = SnapshotState::kCompleted;
@@ -599,7 +622,9 @@ Status SnapshotService::RewriteManifest(const SnapshotRecord& rec, uint64_t prev
   if (!delta.ok()) return delta.status();
   m->parent_snapshot_id = prev_id;
   m->delta = *delta;
-  auto encoded = EncodeManifest(*m);
+  auto crypto = CryptoFor(rec);
+  if (!crypto.ok()) return crypto.status();
+  auto encoded = EncodeManifest(*m, crypto->get());
   if (!encoded.ok()) return encoded.status();
   EBS_RETURN_IF_ERROR(store_->Put(ManifestKey(rec.id), *encoded));
   if (rec.parent_id != prev_id) {
@@ -662,13 +687,46 @@ Result<std::vector<DeltaEntry>> SnapshotService::FullMap(const SnapshotRecord& r
   return out;
 }
 
+Result<std::shared_ptr<const ChunkCrypto>> SnapshotService::CryptoFor(const SnapshotRecord& r) const {
+  if (r.key_id.empty()) return std::shared_ptr<const ChunkCrypto>();
+  auto key = volumes_->keys().LoadExpected(r.key_name, r.key_id);
+  if (!key.ok()) {
+    return Status::Error(key.status().code(),
+                         "snapshot " + r.id + " is encrypted with key '" + r.key_name + "': " + key.status().message());
+  }
+  return std::shared_ptr<const ChunkCrypto>(std::make_shared<ChunkCrypto>(*key));
+}
+
+Status SnapshotService::CheckManifest(const SnapshotRecord& r, const ChunkCrypto* crypto) {
+  auto bytes = store_->Get(ManifestKey(r.id));
+  if (!bytes.ok()) return bytes.status();
+  auto m = DecodeManifest(*bytes);
+  if (!m.ok()) return m.status();
+  if (m->snapshot_id != r.id || m->key_id != r.key_id) {
+    return Status::IoError("manifest " + ManifestKey(r.id) + " is not snapshot " + r.id + "'s");
+  }
+  if (crypto != nullptr) return VerifyManifestMac(*bytes, *crypto);
+  return Status::Ok();
+}
+
 Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::string& volume, VolumeParams params,
-                                            std::optional<double> lazy_rate_mibps) {
+                                            std::optional<double> lazy_rate_mibps,
+                                            std::optional<EncryptionRequest> encryption) {
   std::lock_guard<std::mutex> lock(mu_);
   auto r = index_->GetSnapshot(id);
   if (!r.ok()) return r.status();
   auto map = FullMap(*r);
   if (!map.ok()) return map.status();
+  // Everything that can refuse the restore is checked before the volume exists.
+  auto crypto = CryptoFor(*r);
+  if (!crypto.ok()) return Status::Error(crypto.status().code(), "restore refused: " + crypto.status().message());
+  if (Status m = CheckManifest(*r, crypto->get()); !m.ok()) {
+    return Status::Error(m.code(), "restore refused: snapshot " + id + ": " + m.message());
+  }
+  if (!r->key_id.empty() && (!encryption || encryption->key_name.empty())) {
+    encryption = EncryptionRequest{r->key_name};  // stays encrypted, by default under its own key
+  }
+  const EncryptionRequest* enc = encryption ? &*encryption : nullptr;
   if (!params.size_bytes) params.size_bytes = r->volume_size;
   if (*params.size_bytes < r->volume_size) {
     return Status::InvalidArgument(fmt::format("InvalidParameterValue: size {} is smaller than the snapshot's {}",
@@ -680,7 +738,7 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
     LazyRestore lazy;
     lazy.chunk_size = r->chunk_size;
     lazy.rate_mibps = *lazy_rate_mibps;
-    auto info = volumes_->Create(volume, params, id, &lazy);
+    auto info = volumes_->Create(volume, params, id, &lazy, enc);
     if (!info.ok()) return info.status();
     EBS_RETURN_IF_ERROR(volumes_->SetLastCut(volume, info->record.id, CutName("restore", 0, id)));
     if (serving_) {
@@ -691,16 +749,28 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
   }
   // Nobody may attach the new volume before every chunk is in place.
   EBS_RETURN_IF_ERROR(volumes_->BeginExclusive(volume));
-  auto info = volumes_->Create(volume, params, id);
+  auto info = volumes_->Create(volume, params, id, nullptr, enc);
   if (!info.ok()) {
     volumes_->EndExclusive(volume);
     return info.status();
+  }
+  // The new volume's cipher: its data key, opened the way serving opens it.
+  std::shared_ptr<SectorCipher> cipher;
+  if (info->record.encryption) {
+    auto key = volumes_->keys().Unwrap(*info->record.encryption, info->record.id);
+    auto made = key.ok() ? SectorCipher::Create(*key) : Result<std::shared_ptr<SectorCipher>>(key.status());
+    if (!made.ok()) {
+      volumes_->EndExclusive(volume);
+      (void)volumes_->Delete(volume, /*force=*/true);
+      return Status::Error(made.status().code(), "restore refused: " + made.status().message());
+    }
+    cipher = *made;
   }
   std::string path = volumes_->DataFilePath(info->record.id);
   int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
   Status st = fd < 0 ? Status::FromErrno(errno, "open " + path) : Status::Ok();
   if (st.ok()) {
-    st = WriteImage(*r, *map, fd);
+    st = WriteImage(*r, *map, fd, cipher.get());
     ::close(fd);
   }
   if (st.ok()) st = volumes_->SetLastCut(volume, info->record.id, CutName("restore", 0, id));
@@ -713,7 +783,11 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
   return volumes_->Describe(volume);
 }
 
-Status SnapshotService::WriteImage(const SnapshotRecord& r, const std::vector<DeltaEntry>& map, int fd) {
+Status SnapshotService::WriteImage(const SnapshotRecord& r, const std::vector<DeltaEntry>& map, int fd,
+                                   const SectorCipher* cipher) {
+  auto crypto = CryptoFor(r);
+  if (!crypto.ok()) return crypto.status();
+  const ChunkCrypto* cc = crypto->get();
   ProgressReporter progress("writing " + r.id, map.size());
   Status st = ParallelFor(map.size(), workers_, [&](size_t i) -> Status {
     progress.Add();
@@ -725,9 +799,13 @@ Status SnapshotService::WriteImage(const SnapshotRecord& r, const std::vector<De
       return Status::IoError(fmt::format("snapshot {} chunk {}: object {} unreadable: {}", r.id, e.chunk,
                                          e.hash.ToHex(), object.status().message()));
     }
-    Status d = codec.Decode(*object, e.hash, &data);
+    Status d = codec.Decode(*object, e.hash, &data, cc);
     if (!d.ok()) return Status::IoError(fmt::format("snapshot {} chunk {} is corrupt: {}", r.id, e.chunk, d.message()));
     uint64_t off = e.chunk * r.chunk_size;
+    if (cipher != nullptr) {
+      data.resize((data.size() + SectorCipher::kSectorSize - 1) / SectorCipher::kSectorSize * SectorCipher::kSectorSize);
+      EBS_RETURN_IF_ERROR(cipher->Encrypt(off, data.data(), data.data(), data.size()));
+    }
     size_t done = 0;
     while (done < data.size()) {
       ssize_t n = pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(off + done));
@@ -886,6 +964,8 @@ Result<nlohmann::json> SnapshotService::Reindex() {
       rec.chunk_size = m.chunk_size;
       rec.created_at_ms = m.created_at_ms;
       rec.description = m.description;
+      rec.key_name = m.key_name;
+      rec.key_id = m.key_id;
       Status st = (*index)->CompleteSnapshot(rec, m.delta);
       if (!st.ok()) return Status::Error(st.code(), "reindex of " + rec.id + " failed: " + st.message());
       ++snapshots;
@@ -949,11 +1029,10 @@ Result<nlohmann::json> SnapshotService::Verify(const std::string& id) {
   auto r = index_->GetSnapshot(id);
   if (!r.ok()) return r.status();  // the index names the missing snapshot
   nlohmann::json bad = nlohmann::json::array();
-  auto manifest = store_->Get(ManifestKey(id));
-  if (!manifest.ok()) {
-    bad.push_back({{"object", ManifestKey(id)}, {"error", manifest.status().message()}});
-  } else if (auto m = DecodeManifest(*manifest); !m.ok()) {
-    bad.push_back({{"object", ManifestKey(id)}, {"error", m.status().message()}});
+  auto crypto = CryptoFor(*r);
+  if (!crypto.ok()) return crypto.status();  // nothing can be checked without the key
+  if (Status m = CheckManifest(*r, crypto->get()); !m.ok()) {
+    bad.push_back({{"object", ManifestKey(id)}, {"error", m.message()}});
   }
   auto map = FullMap(*r);
   if (!map.ok()) return map.status();
@@ -965,7 +1044,7 @@ Result<nlohmann::json> SnapshotService::Verify(const std::string& id) {
     thread_local std::string data;
     const DeltaEntry& e = (*map)[i];
     auto object = store_->Get(ChunkKey(e.hash));
-    Status problem = object.ok() ? codec.Decode(*object, e.hash, &data) : object.status();
+    Status problem = object.ok() ? codec.Decode(*object, e.hash, &data, crypto->get()) : object.status();
     if (!problem.ok()) {
       std::lock_guard<std::mutex> lock(mu);
       bad.push_back({{"chunk", e.chunk}, {"object", ChunkKey(e.hash)}, {"error", problem.message()}});
@@ -1094,7 +1173,8 @@ void RegisterSnapshotCommands(CommandRegistry* registry, SnapshotService* servic
     if (!p.ok()) return p.status();
     std::optional<double> lazy;
     if (args.value("lazy", false)) lazy = args.value("initialization_rate_mibps", 0.0);
-    auto r = service->Restore(args.at("id").get<std::string>(), args.at("volume").get<std::string>(), *p, lazy);
+    auto r = service->Restore(args.at("id").get<std::string>(), args.at("volume").get<std::string>(), *p, lazy,
+                              EncryptionFromArgs(args));
     if (!r.ok()) return r.status();
     return r->ToJson();
   });

@@ -6,7 +6,7 @@
 //   0  magic            "EBSC"
 //   4  format version   u8, 1
 //   5  codec            u8, 0 = raw, 1 = zstd (one frame)
-//   6  reserved         u16, must be 0
+//   6  flags            u16, bit 0 = encrypted; other bits must be 0
 //   8  uncompressed len u32, the chunk's length
 //  12  stored len       u32, bytes that follow the header
 //  16  stored checksum  u64, XXH3-64 of the stored bytes
@@ -21,6 +21,12 @@
 // byte is trusted. Every header field is cross-checked by DecodeChunk, so a
 // flipped byte anywhere in an object is reported, never returned as data.
 //
+// Encrypted objects (snapshots of encrypted volumes, chunk_crypto.h): the
+// content hash is the keyed address, and the stored bytes are the raw or
+// zstd bytes sealed with AES-256-GCM (12-byte nonce, ciphertext, 16-byte
+// tag); the stored checksum still covers what is stored, so `store check`
+// finds damage without the key.
+//
 // Zstd is used only when it makes the object smaller; otherwise the chunk is
 // stored raw (random data, already-compressed data), so decoding a raw
 // chunk costs one copy and no CPU.
@@ -32,6 +38,7 @@
 #include <string_view>
 
 #include "ebs/engine/status.h"
+#include "ebs/snapshot/chunk_crypto.h"
 #include "ebs/snapshot/content_hash.h"
 
 struct ZSTD_CCtx_s;
@@ -50,8 +57,11 @@ inline constexpr uint32_t kMaxChunkObjectLength = 4 * 1024 * 1024;
 
 enum class ChunkCodecId : uint8_t { kRaw = 0, kZstd = 1 };
 
+inline constexpr uint16_t kChunkFlagEncrypted = 1;
+
 struct ChunkHeader {
   ChunkCodecId codec = ChunkCodecId::kRaw;
+  bool encrypted = false;
   uint32_t uncompressed_length = 0;
   uint32_t stored_length = 0;
   uint64_t stored_checksum = 0;
@@ -85,7 +95,10 @@ class ChunkCodec {
   // also returned in *hash when that is not null, so the caller can name the
   // object without hashing twice. EINVAL when len > kMaxChunkObjectLength,
   // ENOMEM when zstd cannot allocate, EIO on an unexpected zstd error.
-  Status Encode(const void* data, size_t len, std::string* object, ContentHash* hash = nullptr);
+  //
+  // With `crypto`, the object is encrypted and named by the keyed address.
+  Status Encode(const void* data, size_t len, std::string* object, ContentHash* hash = nullptr,
+                const ChunkCrypto* crypto = nullptr);
 
   // Checks `object` completely and writes the chunk's bytes into *data
   // (replacing its contents, reusing its capacity). `expected` is the hash
@@ -94,7 +107,12 @@ class ChunkCodec {
   // exactly what is wrong (bad magic, unsupported version, unknown codec,
   // truncated, trailing bytes, checksum mismatch, decompression failure,
   // length mismatch, content hash mismatch). On failure *data is unspecified.
-  Status Decode(std::string_view object, const ContentHash& expected, std::string* data);
+  //
+  // `crypto`: the snapshot's keys when it is encrypted. An object whose
+  // encryption flag disagrees is refused with EIO (a snapshot's objects are
+  // all encrypted or all plain); one that does not authenticate, with EACCES.
+  Status Decode(std::string_view object, const ContentHash& expected, std::string* data,
+                const ChunkCrypto* crypto = nullptr);
 
   int level() const { return level_; }
 
@@ -102,6 +120,7 @@ class ChunkCodec {
   const int level_;
   ZSTD_CCtx_s* cctx_ = nullptr;  // created lazily
   ZSTD_DCtx_s* dctx_ = nullptr;  // created lazily
+  std::string sealed_;           // encryption scratch
 };
 
 // One-shot forms of ChunkCodec::Encode/Decode for callers off the hot path.

@@ -22,8 +22,13 @@
 //  56  entry count      u64
 //  64  six strings, each u16 length + bytes: snapshot id, volume name,
 //      volume id, lineage id, parent snapshot id, description
+//  ..  version 2 only: two more strings, key name and key id
 //  ..  entry count x (u64 chunk index, 16-byte content hash), ascending
+//  ..  version 2 only: 32-byte HMAC-SHA256 of every preceding byte, under
+//      the key's manifest key (chunk_crypto.h)
 //  ..  trailer          u64, XXH3-64 of every preceding byte
+//
+// Version 1 is a plain snapshot's manifest; version 2 an encrypted one's.
 //
 // The total length in the header is what lets Decode tell a truncated
 // object ("truncated: N of M bytes") from a damaged one (checksum mismatch).
@@ -37,11 +42,13 @@
 #include <vector>
 
 #include "ebs/engine/status.h"
+#include "ebs/snapshot/chunk_crypto.h"
 #include "ebs/snapshot/chunk_map.h"
 
 namespace ebs::snapshot {
 
 inline constexpr uint16_t kManifestFormatVersion = 1;
+inline constexpr uint16_t kEncryptedManifestFormatVersion = 2;
 
 struct Manifest {
   std::string snapshot_id;
@@ -66,6 +73,9 @@ struct Manifest {
   // incrementally from the parent's (see chunk_map.h): rebuilding the map
   // from the chain of deltas must reproduce it.
   uint64_t map_digest = 0;
+  // An encrypted snapshot's master key (empty for a plain one).
+  std::string key_name;
+  std::string key_id;
 
   uint64_t chunk_count() const { return ChunkCount(volume_size, chunk_size); }
   friend bool operator==(const Manifest&, const Manifest&) = default;
@@ -74,12 +84,17 @@ struct Manifest {
 // EINVAL when the manifest is not well formed: chunk size out of range, a
 // delta that is not sorted/unique or points past the volume, a string longer
 // than 65535 bytes, an empty snapshot id or lineage id.
-Result<std::string> EncodeManifest(const Manifest& manifest);
+// A manifest with a key id needs `crypto` for that key (EINVAL otherwise).
+Result<std::string> EncodeManifest(const Manifest& manifest, const ChunkCrypto* crypto = nullptr);
 
 // Refuses anything that is not exactly one intact manifest, with EIO and a
 // message naming the fault: bad magic, unsupported version, truncated,
 // trailing bytes, checksum mismatch, or (in a manifest whose checksum is
 // right, i.e. written by a buggy encoder) malformed contents.
 Result<Manifest> DecodeManifest(std::string_view bytes);
+
+// Checks the MAC of an encrypted manifest (already decoded) under `crypto`:
+// EACCES when it does not match (altered, or another key).
+Status VerifyManifestMac(std::string_view bytes, const ChunkCrypto& crypto);
 
 }  // namespace ebs::snapshot

@@ -110,6 +110,9 @@ struct SnapshotRecord {
   int64_t created_at_ms = 0;
   std::string description;
   std::string error;  // why, when state is kError
+  // An encrypted snapshot's master key (key_service.h); empty when plain.
+  std::string key_name;
+  std::string key_id;
 
   friend bool operator==(const SnapshotRecord&, const SnapshotRecord&) = default;
 };

@@ -20,6 +20,7 @@
 
 #include "ebs/engine/control.h"
 #include "ebs/engine/volume_manager.h"
+#include "ebs/snapshot/chunk_crypto.h"
 #include "ebs/snapshot/object_store.h"
 #include "ebs/snapshot/snapshot_index.h"
 
@@ -40,8 +41,14 @@ class SnapshotService {
   // A new volume with the snapshot's content. Eager (no `lazy`): fully
   // copied before it returns. Lazy: created at once and loaded on demand and
   // in the background while a server runs (hydration_layer.h).
+  //
+  // Encryption, as EBS does it: a snapshot of an encrypted volume restores
+  // to an encrypted volume, under its own key unless `encryption` names
+  // another; `encryption` on a plain snapshot encrypts the new volume. Either
+  // way the volume gets a fresh data key and its data is re-encrypted.
   Result<VolumeInfo> Restore(const std::string& id, const std::string& volume, VolumeParams params,
-                             std::optional<double> lazy_rate_mibps = std::nullopt);
+                             std::optional<double> lazy_rate_mibps = std::nullopt,
+                             std::optional<EncryptionRequest> encryption = std::nullopt);
   // For the server: lazily restored volumes load in the background from now
   // on, including those left loading by an earlier run.
   Status ResumeLoading();
@@ -81,8 +88,16 @@ class SnapshotService {
   Status UploadJob(Job& job);
   Status CommitJob(Job& job);
   void FailJob(Job& job, const Status& why);
-  // Writes every chunk of `map` (a whole snapshot) into `fd` and syncs.
-  Status WriteImage(const SnapshotRecord& r, const std::vector<DeltaEntry>& map, int fd);
+  // Writes every chunk of `map` (a whole snapshot) into `fd` and syncs;
+  // through `cipher` when the file is an encrypted volume's.
+  Status WriteImage(const SnapshotRecord& r, const std::vector<DeltaEntry>& map, int fd,
+                    const SectorCipher* cipher = nullptr);
+  // The keys of an encrypted snapshot (null for a plain one); a clear error
+  // when its master key is missing or is not the one it was made with.
+  Result<std::shared_ptr<const ChunkCrypto>> CryptoFor(const SnapshotRecord& r) const;
+  // Reads and checks `r`'s manifest: intact, and for an encrypted snapshot
+  // authenticated by its key.
+  Status CheckManifest(const SnapshotRecord& r, const ChunkCrypto* crypto);
   // Encodes one chunk's content as of the cut and stores it if new.
   Status StoreChunk(Job& job, size_t position, const std::string& data);
   // Folds retired predecessors into `rec` (snapshot_index.h, deletion).
