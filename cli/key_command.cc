@@ -55,7 +55,10 @@ void AddKeyCommands(CLI::App* app, Context* ctx, std::function<int()>* action) {
         return 0;
       }
       fmt::print("{:<24} {:<21} {}\n", "NAME", "ID", "CREATED");
-      for (const auto& k : *all) fmt::print("{:<24} {:<21} {}\n", k.name, k.id, FormatTime(k.created_at_ms));
+      for (const auto& k : *all) {
+        fmt::print("{:<24} {:<21} {}\n", k.name, k.error.empty() ? k.id : "-",
+                   k.error.empty() ? FormatTime(k.created_at_ms) : "unreadable: " + k.error);
+      }
       return 0;
     };
   });

@@ -203,6 +203,9 @@ void AddVolumeCommands(CLI::App* app, Context* ctx, std::function<int()>* action
   auto* modify = vol->add_subcommand("modify", "change size (grow), type, IOPS or throughput, also while in use");
   modify->add_option("name", a->name, "volume name")->required();
   AddParams(modify, a.get(), false);
+  modify->add_flag("--encrypted", a->encrypted, "refused: encryption is chosen at creation (snapshot and restore to change it)")
+      ->group("");
+  modify->add_option("--key", a->key, "refused, as --encrypted")->group("");
   modify->callback([=] { *action = [=] { return Run(*ctx, "volume.modify", ToArgs(*a), true); }; });
 }
 

@@ -56,7 +56,9 @@ Result<std::string> ReadFile(const std::string& path) {
 }  // namespace
 
 nlohmann::json MasterKeyInfo::ToJson() const {
-  return {{"name", name}, {"id", id}, {"created", FormatTime(created_at_ms)}};
+  nlohmann::json j = {{"name", name}, {"id", id}, {"created", FormatTime(created_at_ms)}};
+  if (!error.empty()) j["error"] = error;
+  return j;
 }
 
 std::string KeyService::PathOf(const std::string& name) const { return dir_ + "/" + name + std::string(kSuffix); }
@@ -71,7 +73,7 @@ Result<MasterKeyInfo> KeyService::Create(const std::string& name) {
   if (!secret.ok()) return secret.status();
   auto id = crypto::RandomBytes(8);
   if (!id.ok()) return id.status();
-  MasterKeyInfo info{name, "key-" + crypto::ToHex(*id), NowMs()};
+  MasterKeyInfo info{name, "key-" + crypto::ToHex(*id), NowMs(), ""};
   nlohmann::json j = info.ToJson();
   j["created_at_ms"] = info.created_at_ms;
   j["secret"] = crypto::ToHex(*secret);
@@ -113,8 +115,14 @@ Result<std::vector<MasterKeyInfo>> KeyService::List() const {
   std::sort(names.begin(), names.end());
   for (const auto& n : names) {
     auto k = Load(n);
-    if (!k.ok()) return k.status();
-    out.push_back(k->info);
+    if (k.ok()) {
+      out.push_back(k->info);
+    } else {
+      MasterKeyInfo bad;
+      bad.name = n;
+      bad.error = k.status().message();
+      out.push_back(bad);
+    }
   }
   return out;
 }

@@ -70,6 +70,11 @@ void RegisterVolumeCommands(CommandRegistry* registry, VolumeManager* manager) {
     return manager->Stats(args.at("name").get<std::string>());
   });
   registry->Register("volume.modify", [manager](const nlohmann::json& args) -> Result<nlohmann::json> {
+    if (EncryptionFromArgs(args)) {
+      return Status::InvalidArgument(
+          "InvalidParameterCombination: a volume cannot be encrypted, decrypted or re-keyed in place; snapshot it "
+          "and restore the snapshot with --encrypted or --key");
+    }
     auto p = VolumeParamsFromArgs(args);
     if (!p.ok()) return p.status();
     auto info = manager->Modify(args.at("name").get<std::string>(), *p);

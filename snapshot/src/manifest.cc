@@ -45,6 +45,9 @@ class Reader {
 
 Result<std::string> EncodeManifest(const Manifest& m, const ChunkCrypto* crypto) {
   const bool encrypted = !m.key_id.empty();
+  if (crypto != nullptr && !encrypted) {
+    return Status::InvalidArgument("manifest of " + m.snapshot_id + " is to be sealed but names no key");
+  }
   if (encrypted && (crypto == nullptr || crypto->key_id() != m.key_id)) {
     return Status::InvalidArgument("manifest of " + m.snapshot_id + " names key " + m.key_id + " but is not sealed with it");
   }

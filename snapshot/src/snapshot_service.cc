@@ -1069,6 +1069,11 @@ Result<nlohmann::json> SnapshotService::Delete(const std::string& id) {
   }
   auto all = index_->ListSnapshots();
   if (!all.ok()) return all.status();
+  // Deleting may re-seal the next snapshot's manifest (below): an encrypted
+  // chain needs its key for that, so without it nothing is changed.
+  if (auto crypto = CryptoFor(*r); !crypto.ok()) {
+    return Status::Error(crypto.status().code(), "cannot delete: " + crypto.status().message());
+  }
   // The tombstone first: whatever step a crash interrupts below, the store
   // says this snapshot was deleted, and a reindex deletes it again.
   const bool has_manifest = r->state == SnapshotState::kCompleted;

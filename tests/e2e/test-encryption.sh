@@ -252,7 +252,10 @@ encrypted_under z default
 [ "$(stat -c %a "$(key_file default)")" = 600 ] || fail "the default key file is not mode 600"
 [ -n "$(key_id default)" ] || fail "key list does not show the default key made on first use"
 E_ID=$(vol_id e); P_ID=$(vol_id p)
-pass "volume create --encrypted/--key; describe shows encrypted and key"
+expect_fail "in place" "$EBS" volume modify p --encrypted
+expect_fail "in place" "$EBS" volume modify e --key k2
+encrypted_under e k1
+pass "volume create --encrypted/--key; describe shows encrypted and key; modify cannot change encryption"
 
 start_server --no-throttle
 fill "$(uri e)" "$T/e.model" pattern

@@ -31,6 +31,7 @@ struct MasterKeyInfo {
   std::string name;
   std::string id;  // "key-" + 16 hex digits
   int64_t created_at_ms = 0;
+  std::string error;  // List: why the key file could not be read
   nlohmann::json ToJson() const;
 };
 
@@ -59,7 +60,8 @@ class KeyService {
   // EEXIST when a key of that name exists; EINVAL for a bad name (the
   // volume name rules).
   Result<MasterKeyInfo> Create(const std::string& name);
-  // Every key, sorted by name. Empty when the directory does not exist.
+  // Every key, sorted by name; a key file that cannot be read is listed
+  // with its error. Empty when the directory does not exist.
   Result<std::vector<MasterKeyInfo>> List() const;
   // ENOENT with a message naming the directory when there is no such key.
   Result<MasterKey> Load(const std::string& name) const;
