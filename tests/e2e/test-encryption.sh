@@ -387,35 +387,29 @@ b[len(b) // 2] ^= 0x5A
 open(p, "wb").write(bytes(b))
 PYEOF
 }
+# tampered SNAPSHOT FILE WHAT: with FILE's middle byte flipped, verify fails
+# and restore refuses, leaving no volume; with FILE put back, verify passes.
+tampered() {
+  local snap=$1 file=$2 what=$3 rc out
+  [ -f "$file" ] || fail "no $what $file for $snap"
+  "$EBS" snapshot verify "$snap" >/dev/null || fail "verify of $snap before the flip"
+  cp -p "$file" "$T/tampered.saved"
+  flip "$file"
+  rc=0; out=$("$EBS" snapshot verify "$snap" 2>&1) || rc=$?
+  [ $rc -ne 0 ] || fail "verify did not notice a flipped byte in the $what: $out"
+  rc=0; out=$("$EBS" snapshot restore "$snap" --volume tampered 2>&1) || rc=$?
+  [ $rc -ne 0 ] || fail "restore used a snapshot whose $what has a flipped byte"
+  no_volume tampered
+  cp -p "$T/tampered.saved" "$file"
+  "$EBS" snapshot verify "$snap" >/dev/null || fail "verify after putting the $what back"
+}
 fill "$(uri e)" "$T/e.model" tail
 S3=$("$EBS" snapshot create e --json | js 'd[0]["id"]')
-MF="$STORE/snapshots/$S3.manifest"
-[ -f "$MF" ] || fail "no manifest object $MF for $S3"
-"$EBS" snapshot verify "$S3" >/dev/null || fail "verify of a fresh encrypted snapshot"
-cp -p "$MF" "$T/manifest.saved"
-flip "$MF"
-rc=0; out=$("$EBS" snapshot verify "$S3" 2>&1) || rc=$?
-[ $rc -ne 0 ] || fail "verify did not notice a flipped byte in the manifest: $out"
-rc=0; out=$("$EBS" snapshot restore "$S3" --volume bad3 2>&1) || rc=$?
-[ $rc -ne 0 ] || fail "restore used a snapshot whose manifest has a flipped byte"
-no_volume bad3
-cp -p "$T/manifest.saved" "$MF"
-"$EBS" snapshot verify "$S3" >/dev/null || fail "verify after putting the manifest back"
+tampered "$S3" "$STORE/snapshots/$S3.manifest" manifest
 pass "a flipped byte in an encrypted snapshot's manifest: verify reports it, restore refuses"
 
 # 8b. A flipped byte in a chunk object of the first encrypted snapshot.
-OBJ=$(head -n 1 "$T/s1.objects")
-[ -f "$OBJ" ] || fail "object $OBJ of $S1 is gone"
-"$EBS" snapshot verify "$S1" >/dev/null || fail "verify of $S1 before the flip"
-cp -p "$OBJ" "$T/object.saved"
-flip "$OBJ"
-rc=0; out=$("$EBS" snapshot verify "$S1" 2>&1) || rc=$?
-[ $rc -ne 0 ] || fail "verify did not notice a flipped byte in an encrypted object: $out"
-rc=0; out=$("$EBS" snapshot restore "$S1" --volume bad1 2>&1) || rc=$?
-[ $rc -ne 0 ] || fail "restore used an encrypted object with a flipped byte"
-no_volume bad1
-cp -p "$T/object.saved" "$OBJ"
-"$EBS" snapshot verify "$S1" >/dev/null || fail "verify after putting the object back"
+tampered "$S1" "$(head -n 1 "$T/s1.objects")" "encrypted chunk object"
 "$EBS" store check >/dev/null || fail "store check not clean: $("$EBS" store check 2>&1)"
 pass "a flipped byte in an encrypted chunk object: verify reports it, restore refuses; store check clean"
 stop_server
