@@ -75,6 +75,12 @@ void FileDevice::Submit(EventLoop& loop, IoRequest* req) {
     io_uring_prep_nop(loop.GetSqe(req));
     return;
   }
+  if ((req->kind == IoKind::kRead || req->kind == IoKind::kWrite) && req->length == 0) {
+    req->stage = kRejected;  // nothing to transfer: done (a 0-byte write must not look like a failed one)
+    req->inline_result = 0;
+    io_uring_prep_nop(loop.GetSqe(req));
+    return;
+  }
   Issue(req);
 }
 
