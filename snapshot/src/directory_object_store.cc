@@ -126,12 +126,12 @@ std::string DirectoryObjectStore::PathOf(std::string_view key) const {
   return path;
 }
 
-Status DirectoryObjectStore::CreateParents(std::string_view key) {
+Status DirectoryObjectStore::CreateParents(std::string_view key, bool durable) {
   std::string parent = root_;
   for (size_t slash = key.find('/'); slash != std::string_view::npos; slash = key.find('/', slash + 1)) {
     std::string dir = PathOf(key.substr(0, slash));
     if (::mkdir(dir.c_str(), 0755) == 0) {
-      EBS_RETURN_IF_ERROR(SyncDirectory(parent));
+      if (durable) EBS_RETURN_IF_ERROR(SyncDirectory(parent));
     } else if (errno != EEXIST) {  // EEXIST: already there, or a concurrent Put made it
       return Errno("create directory " + dir);
     }
@@ -140,7 +140,23 @@ Status DirectoryObjectStore::CreateParents(std::string_view key) {
   return Status::Ok();
 }
 
-Status DirectoryObjectStore::Put(std::string_view key, std::string_view bytes) {
+Status DirectoryObjectStore::Put(std::string_view key, std::string_view bytes) { return Write(key, bytes, true); }
+
+Status DirectoryObjectStore::PutBatched(std::string_view key, std::string_view bytes) {
+  return Write(key, bytes, false);
+}
+
+Status DirectoryObjectStore::Flush() {
+  int fd = ::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Errno("open " + root_);
+  int rc = ::syncfs(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) return Status::FromErrno(err, "sync the file system of " + root_);
+  return Status::Ok();
+}
+
+Status DirectoryObjectStore::Write(std::string_view key, std::string_view bytes, bool durable) {
   EBS_RETURN_IF_ERROR(ValidateObjectKey(key));
   const std::string path = PathOf(key);
   const std::string dir = DirName(path);
@@ -151,20 +167,20 @@ Status DirectoryObjectStore::Put(std::string_view key, std::string_view bytes) {
   if (fd < 0 && errno == ENOENT) {
     // First object under this prefix: create the directories and retry. Not
     // done up front because it costs a mkdir per level on every Put.
-    EBS_RETURN_IF_ERROR(CreateParents(key));
+    EBS_RETURN_IF_ERROR(CreateParents(key, durable));
     fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   }
   if (fd < 0) return Errno("create " + temp);
 
   Status s = WriteAll(fd, bytes, temp);
-  if (s.ok() && ::fsync(fd) != 0) s = Errno("fsync " + temp);
+  if (s.ok() && durable && ::fsync(fd) != 0) s = Errno("fsync " + temp);
   if (::close(fd) != 0 && s.ok()) s = Errno("close " + temp);
   if (s.ok() && ::rename(temp.c_str(), path.c_str()) != 0) s = Errno("rename " + temp + " to " + path);
   if (!s.ok()) {
     ::unlink(temp.c_str());  // best effort; List never shows dot-names anyway
     return s;
   }
-  return SyncDirectory(dir);
+  return durable ? SyncDirectory(dir) : Status::Ok();
 }
 
 Result<std::string> DirectoryObjectStore::Get(std::string_view key) {

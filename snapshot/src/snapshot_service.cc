@@ -480,7 +480,8 @@ Status SnapshotService::StoreChunk(Job& job, size_t position, const std::string&
   auto exists = store_->Exists(key);
   if (!exists.ok()) return exists.status();
   if (!*exists) {
-    EBS_RETURN_IF_ERROR(store_->Put(key, object));
+    // Durable before the manifest names it: CommitJob flushes the store.
+    EBS_RETURN_IF_ERROR(store_->PutBatched(key, object));
     s.stored = object.size();
   }
   return Status::Ok();
@@ -550,7 +551,9 @@ Status SnapshotService::CommitJob(Job& job) {
   m.map_digest = digest.value();
   m.key_name = rec.key_name;
   m.key_id = rec.key_id;
-  // The manifest is durable before the index points at the snapshot.
+  // The chunks, then the manifest, are durable before the index points at
+  // the snapshot.
+  EBS_RETURN_IF_ERROR(store_->Flush());
   auto encoded = EncodeManifest(m, job.crypto.get());
   if (!encoded.ok()) return encoded.status();
   EBS_RETURN_IF_ERROR(store_->Put(ManifestKey(rec.id), *encoded));

@@ -15,6 +15,11 @@
 //   crash or power cut, and a reader never sees a partial object. A failed
 //   Put (ENOSPC included) leaves either the previous object or none. Put
 //   replaces an existing object.
+// - PutBatched is Put whose durability may wait for the next Flush: atomic
+//   (never seen partial by a reader of this machine), durable only once
+//   Flush returns OK. For uploads of many objects, which then make them all
+//   durable at once before anything points at them. A backend whose puts are
+//   durable anyway (S3) keeps the defaults.
 // - Get of a missing key is ENOENT. Delete of a missing key is OK, as in S3,
 //   so an interrupted garbage collection can simply be repeated.
 // - A key that breaks the rules above is EINVAL, before any I/O.
@@ -39,6 +44,8 @@ class ObjectStore {
   virtual ~ObjectStore() = default;
 
   [[nodiscard]] virtual Status Put(std::string_view key, std::string_view bytes) = 0;
+  [[nodiscard]] virtual Status PutBatched(std::string_view key, std::string_view bytes) { return Put(key, bytes); }
+  [[nodiscard]] virtual Status Flush() { return Status::Ok(); }
   [[nodiscard]] virtual Result<std::string> Get(std::string_view key) = 0;
   [[nodiscard]] virtual Status Delete(std::string_view key) = 0;
   [[nodiscard]] virtual Result<bool> Exists(std::string_view key) = 0;
