@@ -14,6 +14,21 @@ Status SyncDirectory(const std::string& dir) {
   return rc == 0 ? Status::Ok() : Status::FromErrno(err, "fsync " + dir);
 }
 
+Status WriteAll(int fd, std::string_view bytes, const std::string& path) {
+  const char* p = bytes.data();
+  size_t left = bytes.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "write " + path);
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
 Status ValidateName(const std::string& what, const std::string& name) {
   // Safe as a file name and in a URI.
   auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); };

@@ -155,10 +155,7 @@ Status HydrationLayer::Load(uint64_t chunk, uint64_t* fetched) {
   const uint64_t offset = chunk << shift_;
   st = source_->Fetch(chunk, &data);
   if (fetched != nullptr) *fetched = data.size();
-  if (st.ok() && !data.empty() && options_.cipher) {
-    data.resize((data.size() + SectorCipher::kSectorSize - 1) / SectorCipher::kSectorSize * SectorCipher::kSectorSize);
-    st = options_.cipher->Encrypt(offset, data.data(), data.data(), data.size());
-  }
+  if (st.ok() && !data.empty() && options_.cipher) st = options_.cipher->EncryptPadded(offset, &data);
   if (st.ok() && !data.empty()) {
     size_t done = 0;
     while (st.ok() && done < data.size()) {

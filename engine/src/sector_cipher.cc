@@ -91,6 +91,11 @@ Status SectorCipher::Encrypt(uint64_t offset, const char* in, char* out, size_t 
   return Run(true, offset, in, out, len);
 }
 
+Status SectorCipher::EncryptPadded(uint64_t offset, std::string* data) const {
+  data->resize((data->size() + kSectorSize - 1) / kSectorSize * kSectorSize);
+  return Encrypt(offset, data->data(), data->data(), data->size());
+}
+
 Status SectorCipher::Decrypt(uint64_t offset, const char* in, char* out, size_t len) const {
   return Run(false, offset, in, out, len);
 }

@@ -507,6 +507,18 @@ Result<std::shared_ptr<Volume>> VolumeManager::OpenVolume(const std::string& nam
   return OpenLocked(name);
 }
 
+Result<std::shared_ptr<SectorCipher>> VolumeManager::OpenCipher(const VolumeRecord& record) {
+  if (!record.encryption) return std::shared_ptr<SectorCipher>();
+  auto key = keys_->Unwrap(*record.encryption, record.id);
+  if (!key.ok()) {
+    return Status::Error(key.status().code(), "volume '" + record.name + "' is encrypted with key '" +
+                                                  record.encryption->key_name + "': " + key.status().message());
+  }
+  auto cipher = SectorCipher::Create(*key);
+  OPENSSL_cleanse(key->data(), key->size());
+  return cipher;
+}
+
 Result<std::shared_ptr<Volume>> VolumeManager::OpenLocked(const std::string& name) {
   auto it = open_.find(name);
   if (it != open_.end()) return it->second;
@@ -534,15 +546,9 @@ Result<std::shared_ptr<Volume>> VolumeManager::OpenLocked(const std::string& nam
   vol->metrics_ = std::make_unique<VolumeMetrics>(options_.clock->NowNs());
   vol->tracker_ = *tracker;
   std::shared_ptr<BlockDevice> stack = *dev;
-  if (r->encryption) {
-    auto key = keys_->Unwrap(*r->encryption, r->id);
-    if (!key.ok()) {
-      return Status::Error(key.status().code(), "volume '" + name + "' is encrypted with key '" +
-                                                    r->encryption->key_name + "': " + key.status().message());
-    }
-    auto cipher = SectorCipher::Create(*key);
-    OPENSSL_cleanse(key->data(), key->size());
-    if (!cipher.ok()) return cipher.status();
+  auto cipher = OpenCipher(*r);
+  if (!cipher.ok()) return cipher.status();
+  if (*cipher) {
     vol->cipher_ = *cipher;
     stack = std::make_shared<EncryptionLayer>(std::move(stack), *cipher, (*dev)->fd());
   }

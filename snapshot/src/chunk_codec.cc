@@ -18,18 +18,6 @@ constexpr char kMagic[4] = {'E', 'B', 'S', 'C'};
 
 Status Corrupt(const std::string& what) { return Status::IoError("corrupt chunk object: " + what); }
 
-// The first bytes of a damaged object, printable whatever they are.
-std::string HexBytes(const char* p, size_t n) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string s;
-  for (size_t i = 0; i < n; ++i) {
-    auto b = static_cast<unsigned char>(p[i]);
-    s += kDigits[b >> 4];
-    s += kDigits[b & 0xf];
-  }
-  return s;
-}
-
 std::string Hex64(uint64_t v) {
   char buf[17];
   snprintf(buf, sizeof buf, "%016" PRIx64, v);
@@ -62,7 +50,7 @@ Result<ChunkHeader> ParseChunkHeader(std::string_view object) {
   }
   const char* p = object.data();
   if (std::memcmp(p, kMagic, 4) != 0) {
-    return Corrupt("bad magic " + HexBytes(p, 4) + " (expected 45425343, \"EBSC\")");
+    return Corrupt("bad magic " + crypto::ToHex(std::string_view(p, 4)) + " (expected 45425343, \"EBSC\")");
   }
   uint8_t version = static_cast<uint8_t>(p[4]);
   if (version != kChunkFormatVersion) {

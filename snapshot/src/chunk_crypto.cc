@@ -3,7 +3,6 @@
 #include <openssl/crypto.h>
 #include <xxhash.h>
 
-#include <cstring>
 
 #include "ebs/engine/crypto.h"
 
@@ -23,12 +22,7 @@ ChunkCrypto::~ChunkCrypto() {
 }
 
 ContentHash ChunkCrypto::Address(const void* data, size_t len) const {
-  XXH128_hash_t h = XXH3_128bits_withSecret(data, len, address_secret_.data(), address_secret_.size());
-  XXH128_canonical_t canonical;
-  XXH128_canonicalFromHash(&canonical, h);
-  ContentHash out;
-  std::memcpy(out.bytes.data(), canonical.digest, out.bytes.size());
-  return out;
+  return ContentHash::OfKeyed(data, len, address_secret_);
 }
 
 Status ChunkCrypto::Seal(std::string_view plain, const ContentHash& address, std::string* out) const {

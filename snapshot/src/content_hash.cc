@@ -2,20 +2,12 @@
 
 #include <xxhash.h>
 
+#include "ebs/engine/crypto.h"
+
 namespace ebs::snapshot {
 namespace {
 
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-}  // namespace
-
-ContentHash ContentHash::Of(const void* data, size_t len) {
-  XXH128_hash_t h = XXH3_128bits(data, len);
+ContentHash Canonical(XXH128_hash_t h) {
   XXH128_canonical_t canonical;
   XXH128_canonicalFromHash(&canonical, h);
   ContentHash out;
@@ -24,30 +16,23 @@ ContentHash ContentHash::Of(const void* data, size_t len) {
   return out;
 }
 
-std::string ContentHash::ToHex() const {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string s(32, '0');
-  for (size_t i = 0; i < bytes.size(); ++i) {
-    s[2 * i] = kDigits[bytes[i] >> 4];
-    s[2 * i + 1] = kDigits[bytes[i] & 0xf];
-  }
-  return s;
+}  // namespace
+
+ContentHash ContentHash::Of(const void* data, size_t len) { return Canonical(XXH3_128bits(data, len)); }
+
+ContentHash ContentHash::OfKeyed(const void* data, size_t len, std::string_view secret) {
+  return Canonical(XXH3_128bits_withSecret(data, len, secret.data(), secret.size()));
 }
+
+std::string ContentHash::ToHex() const { return crypto::ToHex(AsBytes()); }
 
 Result<ContentHash> ContentHash::FromHex(std::string_view hex) {
   if (hex.size() != 32) {
     return Status::InvalidArgument("content hash '" + std::string(hex) + "' must be 32 hex digits");
   }
-  ContentHash out;
-  for (size_t i = 0; i < out.bytes.size(); ++i) {
-    int hi = HexValue(hex[2 * i]);
-    int lo = HexValue(hex[2 * i + 1]);
-    if (hi < 0 || lo < 0) {
-      return Status::InvalidArgument("content hash '" + std::string(hex) + "' is not hexadecimal");
-    }
-    out.bytes[i] = static_cast<uint8_t>(hi << 4 | lo);
-  }
-  return out;
+  auto raw = crypto::FromHex(hex);
+  if (!raw.ok()) return Status::InvalidArgument("content hash '" + std::string(hex) + "' is not hexadecimal");
+  return FromBytes(*raw);
 }
 
 Result<ContentHash> ContentHash::FromBytes(std::string_view raw) {

@@ -7,42 +7,14 @@
 
 #include <algorithm>
 
+#include "ebs/engine/file_util.h"
+
 namespace ebs::snapshot {
 namespace {
 
 // Keeps the errno of a failed syscall until the Status is built, so cleanup
 // calls in between cannot clobber it.
 Status Errno(const std::string& context) { return Status::FromErrno(errno, context); }
-
-// Makes a directory entry change (create, rename, unlink) in `dir` durable.
-Status SyncDirectory(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Errno("open directory " + dir);
-  if (::fsync(fd) != 0) {
-    Status s = Errno("fsync directory " + dir);
-    ::close(fd);
-    return s;
-  }
-  ::close(fd);
-  return Status::Ok();
-}
-
-Status WriteAll(int fd, std::string_view bytes, const std::string& path) {
-  const char* p = bytes.data();
-  size_t left = bytes.size();
-  while (left > 0) {
-    ssize_t n = ::write(fd, p, left);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Errno("write " + path);
-    }
-    // A short write is not an error: the next write reports why it stopped
-    // (ENOSPC on a full disk).
-    p += n;
-    left -= static_cast<size_t>(n);
-  }
-  return Status::Ok();
-}
 
 std::string DirName(const std::string& path) { return path.substr(0, path.rfind('/')); }
 

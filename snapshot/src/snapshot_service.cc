@@ -757,23 +757,18 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
     volumes_->EndExclusive(volume);
     return info.status();
   }
-  // The new volume's cipher: its data key, opened the way serving opens it.
-  std::shared_ptr<SectorCipher> cipher;
-  if (info->record.encryption) {
-    auto key = volumes_->keys().Unwrap(*info->record.encryption, info->record.id);
-    auto made = key.ok() ? SectorCipher::Create(*key) : Result<std::shared_ptr<SectorCipher>>(key.status());
-    if (!made.ok()) {
-      volumes_->EndExclusive(volume);
-      (void)volumes_->Delete(volume, /*force=*/true);
-      return Status::Error(made.status().code(), "restore refused: " + made.status().message());
-    }
-    cipher = *made;
+  // The new volume's cipher (null when plain), opened the way serving opens it.
+  auto cipher = volumes_->OpenCipher(info->record);
+  if (!cipher.ok()) {
+    volumes_->EndExclusive(volume);
+    (void)volumes_->Delete(volume, /*force=*/true);
+    return Status::Error(cipher.status().code(), "restore refused: " + cipher.status().message());
   }
   std::string path = volumes_->DataFilePath(info->record.id);
   int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
   Status st = fd < 0 ? Status::FromErrno(errno, "open " + path) : Status::Ok();
   if (st.ok()) {
-    st = WriteImage(*r, *map, fd, cipher.get());
+    st = WriteImage(*r, *map, fd, crypto->get(), cipher->get());
     ::close(fd);
   }
   if (st.ok()) st = volumes_->SetLastCut(volume, info->record.id, CutName("restore", 0, id));
@@ -787,10 +782,7 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
 }
 
 Status SnapshotService::WriteImage(const SnapshotRecord& r, const std::vector<DeltaEntry>& map, int fd,
-                                   const SectorCipher* cipher) {
-  auto crypto = CryptoFor(r);
-  if (!crypto.ok()) return crypto.status();
-  const ChunkCrypto* cc = crypto->get();
+                                   const ChunkCrypto* crypto, const SectorCipher* cipher) {
   ProgressReporter progress("writing " + r.id, map.size());
   Status st = ParallelFor(map.size(), workers_, [&](size_t i) -> Status {
     progress.Add();
@@ -802,13 +794,10 @@ Status SnapshotService::WriteImage(const SnapshotRecord& r, const std::vector<De
       return Status::IoError(fmt::format("snapshot {} chunk {}: object {} unreadable: {}", r.id, e.chunk,
                                          e.hash.ToHex(), object.status().message()));
     }
-    Status d = codec.Decode(*object, e.hash, &data, cc);
+    Status d = codec.Decode(*object, e.hash, &data, crypto);
     if (!d.ok()) return Status::IoError(fmt::format("snapshot {} chunk {} is corrupt: {}", r.id, e.chunk, d.message()));
     uint64_t off = e.chunk * r.chunk_size;
-    if (cipher != nullptr) {
-      data.resize((data.size() + SectorCipher::kSectorSize - 1) / SectorCipher::kSectorSize * SectorCipher::kSectorSize);
-      EBS_RETURN_IF_ERROR(cipher->Encrypt(off, data.data(), data.data(), data.size()));
-    }
+    if (cipher != nullptr) EBS_RETURN_IF_ERROR(cipher->EncryptPadded(off, &data));
     size_t done = 0;
     while (done < data.size()) {
       ssize_t n = pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(off + done));
@@ -830,6 +819,8 @@ Result<nlohmann::json> SnapshotService::Export(const std::string& id, const std:
   if (!r.ok()) return r.status();  // the index names the missing snapshot
   auto map = FullMap(*r);
   if (!map.ok()) return map.status();
+  auto crypto = CryptoFor(*r);
+  if (!crypto.ok()) return Status::Error(crypto.status().code(), "export refused: " + crypto.status().message());
   struct stat st;
   if (!force && ::stat(file.c_str(), &st) == 0) {
     return Status::AlreadyExists("'" + file + "' exists; give --force to overwrite it");
@@ -841,7 +832,7 @@ Result<nlohmann::json> SnapshotService::Export(const std::string& id, const std:
   if (fd < 0) return Status::FromErrno(errno, "create " + tmp);
   Status s = Status::Ok();
   if (ftruncate(fd, static_cast<off_t>(r->volume_size)) != 0) s = Status::FromErrno(errno, "size " + tmp);
-  if (s.ok()) s = WriteImage(*r, *map, fd);
+  if (s.ok()) s = WriteImage(*r, *map, fd, crypto->get());
   ::close(fd);
   if (s.ok() && ::rename(tmp.c_str(), file.c_str()) != 0) s = Status::FromErrno(errno, "rename to " + file);
   if (!s.ok()) {

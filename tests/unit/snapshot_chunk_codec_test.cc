@@ -7,31 +7,16 @@
 #include <string>
 
 #include "ebs/snapshot/chunk_codec.h"
+#include "test_util.h"
 #include "ebs/snapshot/chunk_map.h"
 
 namespace ebs::snapshot {
 namespace {
 
+using ebs::testing::RandomBytes;
+using ebs::testing::TextBytes;
+
 constexpr size_t kChunk = 512 * 1024;
-
-std::string RandomBytes(size_t n, uint32_t seed) {
-  std::mt19937_64 rng(seed);
-  std::string s(n, '\0');
-  for (size_t i = 0; i + 8 <= n; i += 8) {
-    uint64_t v = rng();
-    std::memcpy(&s[i], &v, 8);
-  }
-  return s;
-}
-
-std::string TextBytes(size_t n) {
-  static const char* kWords[] = {"block ", "storage ", "snapshot ", "volume ", "chunk ", "the ", "of ", "\n"};
-  std::mt19937 rng(7);
-  std::string s;
-  while (s.size() < n) s += kWords[rng() % 8];
-  s.resize(n);
-  return s;
-}
 
 ChunkHeader HeaderOf(const std::string& object) {
   auto h = ParseChunkHeader(object);

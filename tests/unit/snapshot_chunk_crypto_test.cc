@@ -10,10 +10,14 @@
 #include <string>
 
 #include "ebs/snapshot/chunk_codec.h"
+#include "test_util.h"
 #include "ebs/snapshot/manifest.h"
 
 namespace ebs::snapshot {
 namespace {
+
+using ebs::testing::RandomBytes;
+using ebs::testing::TextBytes;
 
 MasterKey MakeKey(const std::string& name, const std::string& id, char seed) {
   MasterKey k;
@@ -23,22 +27,6 @@ MasterKey MakeKey(const std::string& name, const std::string& id, char seed) {
   k.secret.resize(32);
   for (size_t i = 0; i < k.secret.size(); ++i) k.secret[i] = static_cast<char>(seed + i * 3);
   return k;
-}
-
-std::string RandomBytes(size_t n, uint32_t seed) {
-  std::mt19937_64 rng(seed);
-  std::string s(n, '\0');
-  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(rng());
-  return s;
-}
-
-std::string TextBytes(size_t n) {
-  static const char* kWords[] = {"block ", "storage ", "snapshot ", "volume ", "chunk ", "the ", "of ", "\n"};
-  std::mt19937 rng(7);
-  std::string s;
-  while (s.size() < n) s += kWords[rng() % 8];
-  s.resize(n);
-  return s;
 }
 
 // Rewrites the stored checksum of a chunk object so that damage to its

@@ -5,14 +5,38 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
+#include <algorithm>
 #include <filesystem>
 #include <future>
+#include <random>
 #include <string>
 
 #include "ebs/engine/block_device.h"
 #include "ebs/engine/event_loop.h"
 
 namespace ebs::testing {
+
+// `n` pseudo-random bytes (incompressible), the same for the same seed.
+inline std::string RandomBytes(size_t n, uint32_t seed) {
+  std::mt19937_64 rng(seed);
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(&s[i], &v, std::min<size_t>(8, n - i));
+  }
+  return s;
+}
+
+// `n` bytes of word soup: compresses well, like text.
+inline std::string TextBytes(size_t n) {
+  static const char* kWords[] = {"block ", "storage ", "snapshot ", "volume ", "chunk ", "the ", "of ", "\n"};
+  std::mt19937 rng(7);
+  std::string s;
+  while (s.size() < n) s += kWords[rng() % 8];
+  s.resize(n);
+  return s;
+}
 
 class TempDir {
  public:

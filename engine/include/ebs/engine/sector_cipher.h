@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -40,6 +41,10 @@ class SectorCipher {
   // `in` and `out` may be the same buffer. Fails only if OpenSSL does.
   Status Encrypt(uint64_t offset, const char* in, char* out, size_t len) const;
   Status Decrypt(uint64_t offset, const char* in, char* out, size_t len) const;
+  // Pads `data` (to be written at sector-aligned `offset`) with zeros to
+  // whole sectors and encrypts it in place: a chunk about to be written to
+  // the data file directly (lazy loading, restores).
+  Status EncryptPadded(uint64_t offset, std::string* data) const;
 
   static bool Aligned(uint64_t offset, uint64_t len) {
     return offset % kSectorSize == 0 && len % kSectorSize == 0;

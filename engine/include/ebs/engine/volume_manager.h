@@ -172,6 +172,9 @@ class VolumeManager {
 
   const std::string& data_dir() const { return data_dir_; }
   KeyService& keys() { return *keys_; }
+  // An encrypted volume's cipher, its data key unsealed by its master key
+  // (null for a plain volume); errors name the volume and the key.
+  Result<std::shared_ptr<SectorCipher>> OpenCipher(const VolumeRecord& record);
   std::string DataFilePath(const std::string& id) const;
   // The change-tracking file beside the data file (change_tracker.h).
   std::string ChangesFilePath(const std::string& id) const;

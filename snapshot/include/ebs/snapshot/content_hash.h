@@ -26,6 +26,9 @@ struct ContentHash {
 
   // XXH3-128 of `len` bytes at `data`.
   static ContentHash Of(const void* data, size_t len);
+  // XXH3-128 keyed with `secret` (at least 136 bytes): the address of a
+  // chunk of an encrypted snapshot (chunk_crypto.h).
+  static ContentHash OfKeyed(const void* data, size_t len, std::string_view secret);
 
   // The all-zero value. It is NOT the hash of a zero chunk: it is a sentinel
   // that a chunk map uses to say "this chunk reads as zeros and has no

@@ -88,9 +88,10 @@ class SnapshotService {
   Status UploadJob(Job& job);
   Status CommitJob(Job& job);
   void FailJob(Job& job, const Status& why);
-  // Writes every chunk of `map` (a whole snapshot) into `fd` and syncs;
-  // through `cipher` when the file is an encrypted volume's.
-  Status WriteImage(const SnapshotRecord& r, const std::vector<DeltaEntry>& map, int fd,
+  // Writes every chunk of `map` (a whole snapshot, decoded with `crypto`
+  // when it is encrypted) into `fd` and syncs; through `cipher` when the
+  // file is an encrypted volume's.
+  Status WriteImage(const SnapshotRecord& r, const std::vector<DeltaEntry>& map, int fd, const ChunkCrypto* crypto,
                     const SectorCipher* cipher = nullptr);
   // The keys of an encrypted snapshot (null for a plain one); a clear error
   // when its master key is missing or is not the one it was made with.
