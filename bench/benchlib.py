@@ -186,3 +186,17 @@ def current_rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def write_results(args, suite, text, data):
+    """Prints the suite's table and writes it to OUT/SUITE-{quick,full}.md,
+    with `data` (machine facts, raw runs) beside it as .json."""
+    print(text)
+    stamp = "quick" if args.quick else "full"
+    base = os.path.join(args.out, f"{suite}-{stamp}")
+    with open(base + ".md", "w") as f:
+        f.write(text)
+    with open(base + ".json", "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    log(f"bench: wrote {base}.md and .json")
+

@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import tempfile
 
-from benchlib import Server, log, machine_facts, run_fio, run_measured
+from benchlib import Server, log, machine_facts, run_fio, run_measured, write_results
 
 JOBS = [
     # name, fio rw, block size, queue depth, extra fio args
@@ -124,11 +124,5 @@ def report(results, snap, facts, rounds, runtime, size_gib, args):
     lines.append("")
     lines.append("Targets missed: " + (", ".join(misses) if misses else "none"))
     text = "\n".join(lines) + "\n"
-    print(text)
-    stamp = "quick" if args.quick else "full"
-    with open(os.path.join(args.out, f"encryption-{stamp}.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.out, f"encryption-{stamp}.json"), "w") as f:
-        json.dump({"machine": facts, "summary": summary, "snapshot": snap, "runs": results}, f, indent=2)
-    log(f"bench: wrote {args.out}/encryption-{stamp}.md and .json")
+    write_results(args, "encryption", text, {"machine": facts, "summary": summary, "snapshot": snap, "runs": results})
     return text

@@ -2,7 +2,6 @@
 on the same data file, alternated round by round, plus nbdkit memory as the
 protocol's ceiling on this machine."""
 import datetime
-import json
 import os
 import platform
 import shutil
@@ -13,7 +12,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import ROOT, Server, log, machine_facts, run_fio
+from benchlib import ROOT, Server, log, machine_facts, run_fio, write_results
 
 JOBS = [
     # name, fio rw, block size, queue depth, extra fio args
@@ -116,14 +115,8 @@ def report(results, servers, facts, rounds, runtime, args):
     lines.append("Peak server RSS (MiB): " + ", ".join(
         f"{n} {max(s[n]['server_peak_rss_mib'] or 0 for s in summary.values()):.0f}" for n in names))
     text = "\n".join(lines) + "\n"
-    print(text)
-    stamp = "quick" if args.quick else "full"
-    with open(os.path.join(args.out, f"nbd-{stamp}.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.out, f"nbd-{stamp}.json"), "w") as f:
-        json.dump({"machine": facts, "rounds": rounds, "runtime_s": runtime, "summary": summary,
-                   "runs": results}, f, indent=2)
-    log(f"bench: wrote {args.out}/nbd-{stamp}.md and .json")
+    write_results(args, "nbd", text, {"machine": facts, "rounds": rounds, "runtime_s": runtime, "summary": summary,
+                   "runs": results})
     if missing:
         raise RuntimeError(f"no numbers for {missing}")
     return text

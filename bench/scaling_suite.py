@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 
-from benchlib import Server, current_rss_kib, log, machine_facts, peak_rss_kib, run_fio, run_measured
+from benchlib import Server, current_rss_kib, log, machine_facts, peak_rss_kib, run_fio, run_measured, write_results
 from snapshot_suite import KeyStream
 
 CONNS = [1, 4, 16, 64]
@@ -307,15 +307,9 @@ def report(args, by_conn, by_qd, snaps, mem, rounds, runtime):
                   f"{'met' if hundred['peak_rss_mib'] < t else 'missed'})."]
     lines.append("")
     text = "\n".join(lines)
-    print(text)
-    stamp = "quick" if args.quick else "full"
-    with open(os.path.join(args.out, f"scaling-{stamp}.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.out, f"scaling-{stamp}.json"), "w") as f:
-        json.dump({"machine": facts, "rounds": rounds, "runtime_s": runtime, "connections": conn_rows,
+    write_results(args, "scaling", text, {"machine": facts, "rounds": rounds, "runtime_s": runtime, "connections": conn_rows,
                    "queue_depth": qd_rows, "snapshot_vs_size": snaps, "memory_vs_volumes": mem,
-                   "runs": {"connections": by_conn, "queue_depth": by_qd}}, f, indent=2)
-    log(f"bench: wrote {args.out}/scaling-{stamp}.md and .json")
+                   "runs": {"connections": by_conn, "queue_depth": by_qd}})
     missing = [r["connections"] for r in conn_rows if not r["ebs_iops"] or not r["nbdkit_iops"]]
     missing += [f"qd{r['qd']}" for r in qd_rows if not r["iops"]]
     if missing or not snaps or not mem:

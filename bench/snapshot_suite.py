@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import tempfile
 
-from benchlib import Server, du_bytes, log, machine_facts, run_measured, version
+from benchlib import Server, du_bytes, log, machine_facts, run_measured, version, write_results
 
 PIECE = 16 << 20
 LAYOUT = "RTRZ"  # per 64 MiB: random, text, random, zeros
@@ -460,15 +460,9 @@ def report(args, runs, diff_rows, diff_fixed, rounds, size, region):
                      f"{over(extrap)}).")
     lines.append("")
     text = "\n".join(lines)
-    print(text)
-    stamp = "quick" if args.quick else "full"
-    with open(os.path.join(args.out, f"snapshot-{stamp}.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.out, f"snapshot-{stamp}.json"), "w") as f:
-        json.dump({"machine": facts, "rounds": rounds, "image_bytes": size,
+    write_results(args, "snapshot", text, {"machine": facts, "rounds": rounds, "image_bytes": size,
                    "regions": REGIONS, "region_bytes": region, "summary": summary, "runs": runs,
-                   "diff": {"rows": diff_rows, "fixed_s": diff_fixed}}, f, indent=2, default=str)
-    log(f"bench: wrote {args.out}/snapshot-{stamp}.md and .json")
+                   "diff": {"rows": diff_rows, "fixed_s": diff_fixed}})
     bad = [k for k in ("full", "incremental", "restore") if not summary[k]["ebs_s"] or not summary[k]["restic_s"]]
     if bad or not diff_rows or not es or not rs:
         raise RuntimeError(f"snapshot suite produced no numbers for {bad or 'store/diff'}")

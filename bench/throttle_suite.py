@@ -10,14 +10,14 @@ import statistics
 import subprocess
 import tempfile
 
-from benchlib import Server, log, machine_facts, run_fio
+from benchlib import Server, log, machine_facts, run_fio, write_results
 
 # type, size GiB, --iops, --throughput
 VOLUMES = [
     ("gp2", 100, None, None), ("gp2", 2000, None, None),
     ("gp3", 10, None, None), ("gp3", 1000, 16000, 1000),
     ("io1", 100, 5000, None), ("io1", 1000, 20000, None),
-    ("io2", 100, 20000, None), ("io2", 1000, 64000, None),
+    ("io2", 100, 20000, None), ("io2", 1000, 40000, None),
     ("st1", 1024, None, None), ("st1", 12288, None, None),
     ("sc1", 1024, None, None), ("sc1", 12288, None, None),
     ("standard", 10, None, None), ("standard", 1024, None, None),
@@ -124,13 +124,7 @@ def report(args, rows, overhead, runtime):
               f"reads QD32, median of {overhead['rounds']}: throttled {overhead['throttled_iops']} IOPS, "
               f"--no-throttle {overhead['unthrottled_iops']} IOPS: overhead {overhead['overhead_percent']:+.2f}%.", ""]
     text = "\n".join(lines)
-    print(text)
-    stamp = "quick" if args.quick else "full"
-    with open(os.path.join(args.out, f"throttle-{stamp}.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.out, f"throttle-{stamp}.json"), "w") as f:
-        json.dump({"machine": facts, "runtime_s": runtime, "rows": rows, "overhead": overhead}, f, indent=2)
-    log(f"bench: wrote {args.out}/throttle-{stamp}.md and .json")
+    write_results(args, "throttle", text, {"machine": facts, "runtime_s": runtime, "rows": rows, "overhead": overhead})
     if not rows or any(r["delivered"] <= 0 for r in rows):
         raise RuntimeError("a throttle row produced no numbers")
     return text
