@@ -38,9 +38,10 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  // Absolute, so the paths printed for clients work from any directory.
-  if (!ctx.data_dir.empty() && ctx.data_dir[0] != '/') {
-    ctx.data_dir = std::filesystem::current_path().string() + "/" + ctx.data_dir;
+  // Absolute, so the paths printed for clients (and given to a server) work
+  // from any directory.
+  for (std::string* path : {&ctx.data_dir, &ctx.key_dir, &ctx.store}) {
+    if (!path->empty() && (*path)[0] != '/') *path = std::filesystem::current_path().string() + "/" + *path;
   }
   if (!chunk_size.empty()) {
     auto bytes = ebs::ParseSize(chunk_size);
@@ -48,9 +49,5 @@ int main(int argc, char** argv) {
     if (*bytes > (uint64_t{1} << 30)) return ebs::cli::Fail(ebs::Status::InvalidArgument("--store-chunk-size: at most 4M"));
     ctx.store_chunk_size = static_cast<uint32_t>(*bytes);
   }
-  if (!ctx.key_dir.empty() && ctx.key_dir[0] != '/') {
-    ctx.key_dir = std::filesystem::current_path().string() + "/" + ctx.key_dir;
-  }
-  if (!ctx.store.empty() && ctx.store[0] != '/') ctx.store = std::filesystem::current_path().string() + "/" + ctx.store;
   return action ? action() : 0;
 }

@@ -51,7 +51,7 @@ class OneExport : public nbd::ExportDirectory {
  public:
   std::vector<nbd::ExportInfo> List() override { return {info}; }
   std::optional<nbd::ExportInfo> Find(const std::string&) override { return info; }
-  std::optional<nbd::ExportInfo> Open(const std::string&) override { return info; }
+  Result<nbd::ExportInfo> Open(const std::string&) override { return info; }
   nbd::ExportInfo info{"vol0", "gp3", 1ull << 30, false};
 };
 

@@ -118,20 +118,22 @@ std::optional<ExportInfo> Connection::Find(const std::string& requested) {
                     c.size_bytes, server_->options().read_only};
 }
 
-std::optional<ExportInfo> Connection::Open(const std::string& requested) {
+Result<ExportInfo> Connection::Open(const std::string& requested) {
   auto info = Find(requested);
-  if (!info) return std::nullopt;
+  if (!info) return Status::NotFound("no export named '" + requested + "'");
   auto att = server_->volumes()->Attach(info->name);
   if (!att.ok()) {
-    open_error_ = "volume '" + info->name + "' cannot be opened: " + att.status().message();
-    fprintf(stderr, "ebs: export refused: %s\n", open_error_.c_str());
-    return std::nullopt;
+    // ENOENT is kept for "no such export"; a volume that exists but cannot
+    // be opened (a missing key file, say) reports EIO with the reason.
+    Status why = Status::Error(att.status().code() == ENOENT ? EIO : att.status().code(),
+                               "volume '" + info->name + "' cannot be opened: " + att.status().message());
+    fprintf(stderr, "ebs: export refused: %s\n", why.message().c_str());
+    return why;
   }
-  open_error_.clear();
   attachment_ = std::move(*att);
   device_ = &attachment_->volume().device();
   info->size = device_->size();  // fixed for this connection
-  return info;
+  return *info;
 }
 
 // --- Receiving ------------------------------------------------------------

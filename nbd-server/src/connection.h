@@ -44,8 +44,7 @@ class Connection final : public ExportDirectory {
   // ExportDirectory (handshake).
   std::vector<ExportInfo> List() override;
   std::optional<ExportInfo> Find(const std::string& name) override;
-  std::optional<ExportInfo> Open(const std::string& name) override;
-  std::string OpenError() const override { return open_error_; }
+  Result<ExportInfo> Open(const std::string& name) override;
 
  private:
   // One request in flight. Slots are preallocated per connection; their
@@ -127,7 +126,6 @@ class Connection final : public ExportDirectory {
 
   std::unique_ptr<VolumeAttachment> attachment_;
 
-  std::string open_error_;  // why the last Open failed
   BlockDevice* device_ = nullptr;
   uint64_t size_ = 0;
   bool structured_ = false;

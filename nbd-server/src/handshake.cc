@@ -143,8 +143,9 @@ void Handshake::HandleOption(uint32_t option, const char* data, uint32_t len, st
   switch (option) {
     case kOptExportName: {
       auto info = dir_->Open(std::string(data, len));
-      if (!info) {
-        Close("unknown export '" + std::string(data, len) + "'");
+      if (!info.ok()) {
+        Close(info.status().code() == ENOENT ? "unknown export '" + std::string(data, len) + "'"
+                                             : info.status().message());
         return;
       }
       export_ = *info;
@@ -221,10 +222,17 @@ void Handshake::HandleInfoOrGo(uint32_t option, const char* data, uint32_t len, 
     if (info == kInfoDescription) want_description = true;
     if (info == kInfoBlockSize) want_block_size = true;
   }
-  std::optional<ExportInfo> info = option == kOptGo ? dir_->Open(name) : dir_->Find(name);
+  std::optional<ExportInfo> info;
+  std::string why = "no volume named '" + name + "'";
+  if (option == kOptGo) {
+    auto opened = dir_->Open(name);
+    if (opened.ok()) info = *opened;
+    if (!opened.ok() && opened.status().code() != ENOENT) why = opened.status().message();
+  } else {
+    info = dir_->Find(name);
+  }
   if (!info) {
-    std::string why = option == kOptGo ? dir_->OpenError() : "";
-    ReplyError(out, option, kRepErrUnknown, why.empty() ? "no volume named '" + name + "'" : why);
+    ReplyError(out, option, kRepErrUnknown, why);
     return;
   }
   ExportInfo saved = export_;

@@ -18,9 +18,11 @@ class FixedDirectory : public ExportDirectory {
     }
     return std::nullopt;
   }
-  std::optional<ExportInfo> Open(const std::string& name) override {
+  Result<ExportInfo> Open(const std::string& name) override {
     ++opened;
-    return Find(name);
+    auto e = Find(name);
+    if (!e) return Status::NotFound("no export " + name);
+    return *e;
   }
   std::vector<ExportInfo> exports = {{"vol0", "gp3 1 GiB", 1 << 30, false}, {"db", "io2", 4ull << 30, false}};
   int opened = 0;

@@ -28,7 +28,11 @@ class CountingDirectory : public ExportDirectory {
     }
     return std::nullopt;
   }
-  std::optional<ExportInfo> Open(const std::string& name) override { return Find(name); }
+  Result<ExportInfo> Open(const std::string& name) override {
+    auto e = Find(name);
+    if (!e) return Status::NotFound("no export " + name);
+    return *e;
+  }
   std::vector<ExportInfo> exports = {{"vol0", "gp3 1 GiB", 1 << 30, false}, {"secret", "io2", 4ull << 30, false}};
   int lookups = 0;
 };

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "ebs/engine/status.h"
+
 namespace ebs::nbd {
 
 struct ExportInfo {
@@ -25,11 +27,10 @@ class ExportDirectory {
   // Describes an export without opening it (NBD_OPT_INFO, LIST_META_CONTEXT).
   virtual std::optional<ExportInfo> Find(const std::string& name) = 0;
   // Opens an export for transmission (NBD_OPT_GO, EXPORT_NAME). The
-  // returned size is fixed for the connection.
-  virtual std::optional<ExportInfo> Open(const std::string& name) = 0;
-  // Why the last Open of an existing export failed (a volume that cannot be
-  // opened, e.g. its encryption key is missing); empty when it did not exist.
-  virtual std::string OpenError() const { return ""; }
+  // returned size is fixed for the connection. ENOENT when there is no such
+  // export; any other error says why an existing one cannot be opened (e.g.
+  // its encryption key is missing), and the client is told.
+  virtual Result<ExportInfo> Open(const std::string& name) = 0;
 };
 
 // The server's TLS policy (NBD spec, "TLS support"): kOff is NOTLS (STARTTLS
