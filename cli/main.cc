@@ -1,4 +1,6 @@
 // The `ebs` command: parses, calls the libraries, prints.
+#include <sys/stat.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -10,6 +12,10 @@
 #include "ebs/engine/size.h"
 
 int main(int argc, char** argv) {
+  // What ebs creates is its user's alone, also where a library picks the
+  // mode (RocksDB's catalog and snapshot index: 0755 and 0644 otherwise) and
+  // for snapshot exports; ebs's own files carry explicit private modes too.
+  ::umask(077);
   ebs::cli::Context ctx;
   if (const char* env = std::getenv("EBS_DATA_DIR"); env != nullptr && *env != '\0') ctx.data_dir = env;
 

@@ -1,7 +1,13 @@
 #include "ebs/engine/file_util.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cstring>
+
+#include <fmt/format.h>
 
 namespace ebs {
 
@@ -27,6 +33,50 @@ Status WriteAll(int fd, std::string_view bytes, const std::string& path) {
     left -= static_cast<size_t>(n);
   }
   return Status::Ok();
+}
+
+namespace {
+
+// The error for a mode that stays open to other users: says what, where, how
+// open, whose, and what to do.
+Status NotPrivate(const std::string& what, const std::string& path, const struct stat& st, int err) {
+  std::string owner = st.st_uid == ::geteuid() ? "" : fmt::format(", owned by uid {}", st.st_uid);
+  return Status::Error(err, fmt::format("{} {} is mode {:04o}{}: other users may read it, and ebs cannot make it "
+                                        "{:04o} ({}); chmod go-rwx it, or use another path",
+                                        what, path, st.st_mode & 07777, owner, st.st_mode & 0700, std::strerror(err)));
+}
+
+}  // namespace
+
+Status MakePrivate(const std::string& path, const std::string& what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return Status::FromErrno(errno, "stat " + what + " " + path);
+  if ((st.st_mode & 077) == 0) return Status::Ok();
+  if (::chmod(path.c_str(), st.st_mode & 0700) != 0) return NotPrivate(what, path, st, errno);
+  return Status::Ok();
+}
+
+Status MakeDirectoryPrivate(const std::string& dir, const std::string& what) {
+  EBS_RETURN_IF_ERROR(MakePrivate(dir, what));
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return Status::FromErrno(errno, "open " + what + " " + dir);
+  Status status;
+  while (struct dirent* e = ::readdir(d)) {
+    if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0) continue;
+    struct stat st {};
+    if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno == ENOENT) continue;  // removed meanwhile
+      status = Status::FromErrno(errno, "stat " + dir + "/" + e->d_name);
+      break;
+    }
+    if (S_ISLNK(st.st_mode) || (st.st_mode & 077) == 0) continue;
+    if (::fchmodat(::dirfd(d), e->d_name, st.st_mode & 0700, 0) != 0 && errno != ENOENT) {
+      status = NotPrivate("file in " + what, dir + "/" + e->d_name, st, errno);
+      break;
+    }
+  }
+  ::closedir(d);
+  return status;
 }
 
 Status ValidateName(const std::string& what, const std::string& name) {

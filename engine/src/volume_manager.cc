@@ -126,6 +126,10 @@ VolumeManager::~VolumeManager() {
 Result<std::unique_ptr<VolumeManager>> VolumeManager::Open(const std::string& data_dir,
                                                            ManagerOptions options) {
   EBS_RETURN_IF_ERROR(MakeDir(data_dir, 0700));
+  // Whoever made the directory (an older ebs, mkdir under umask 022), other
+  // users must not reach the volumes, catalog and keys in it: made 0700, or
+  // refused.
+  EBS_RETURN_IF_ERROR(MakePrivate(data_dir, "data directory"));
   EBS_RETURN_IF_ERROR(MakeDir(data_dir + "/volumes", 0700));
   std::string lock_path = data_dir + "/LOCK";
   int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -155,6 +159,13 @@ Result<std::unique_ptr<VolumeManager>> VolumeManager::Open(const std::string& da
     return catalog.status();
   }
   std::unique_ptr<VolumeManager> m(new VolumeManager(data_dir, fd, std::move(*catalog), options));
+  // Older versions (and RocksDB under a loose umask) left these 0755 and
+  // 0644; the private data directory already shuts other users out, and
+  // this makes the modes say so too.
+  EBS_RETURN_IF_ERROR(MakeDirectoryPrivate(data_dir, "data directory"));
+  EBS_RETURN_IF_ERROR(MakeDirectoryPrivate(data_dir + "/volumes", "volume directory"));
+  EBS_RETURN_IF_ERROR(MakeDirectoryPrivate(data_dir + "/catalog", "catalog"));
+  if (Status st = MakeDirectoryPrivate(m->keys_->dir(), "key directory"); !st.ok() && st.code() != ENOENT) return st;
   EBS_RETURN_IF_ERROR(m->CleanOrphanFiles());
   EBS_RETURN_IF_ERROR(m->FinishInterruptedModifications());
   return m;

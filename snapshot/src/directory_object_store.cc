@@ -77,7 +77,7 @@ Result<std::unique_ptr<DirectoryObjectStore>> DirectoryObjectStore::Open(const s
   for (size_t pos = 1; pos <= clean.size(); ++pos) {
     if (pos != clean.size() && clean[pos] != '/') continue;
     std::string dir = clean.substr(0, pos);
-    if (::mkdir(dir.c_str(), 0755) == 0) {
+    if (::mkdir(dir.c_str(), 0700) == 0) {
       std::string parent = dir.find('/') == std::string::npos ? "." : DirName(dir);
       if (parent.empty()) parent = "/";
       EBS_RETURN_IF_ERROR(SyncDirectory(parent));
@@ -88,6 +88,10 @@ Result<std::unique_ptr<DirectoryObjectStore>> DirectoryObjectStore::Open(const s
   struct stat st;
   if (::stat(clean.c_str(), &st) != 0) return Errno("object store " + clean);
   if (!S_ISDIR(st.st_mode)) return Status::Error(ENOTDIR, "object store " + clean + " is not a directory");
+  // Older versions made 0755 directories and 0644 objects: a private root
+  // shuts other users out of them. Only a root of our own, and best effort (a
+  // read-only store still serves restores); what we create is private anyway.
+  if (st.st_uid == ::geteuid() && (st.st_mode & 077) != 0) ::chmod(clean.c_str(), st.st_mode & 0700);
   return std::unique_ptr<DirectoryObjectStore>(new DirectoryObjectStore(clean));
 }
 
@@ -102,7 +106,7 @@ Status DirectoryObjectStore::CreateParents(std::string_view key, bool durable) {
   std::string parent = root_;
   for (size_t slash = key.find('/'); slash != std::string_view::npos; slash = key.find('/', slash + 1)) {
     std::string dir = PathOf(key.substr(0, slash));
-    if (::mkdir(dir.c_str(), 0755) == 0) {
+    if (::mkdir(dir.c_str(), 0700) == 0) {
       if (durable) EBS_RETURN_IF_ERROR(SyncDirectory(parent));
     } else if (errno != EEXIST) {  // EEXIST: already there, or a concurrent Put made it
       return Errno("create directory " + dir);
@@ -135,12 +139,12 @@ Status DirectoryObjectStore::Write(std::string_view key, std::string_view bytes,
   const std::string temp = dir + "/.tmp." + path.substr(dir.size() + 1) + "." + std::to_string(::getpid()) + "." +
                            std::to_string(temp_counter_.fetch_add(1, std::memory_order_relaxed));
 
-  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0 && errno == ENOENT) {
     // First object under this prefix: create the directories and retry. Not
     // done up front because it costs a mkdir per level on every Put.
     EBS_RETURN_IF_ERROR(CreateParents(key, durable));
-    fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   }
   if (fd < 0) return Errno("create " + temp);
 

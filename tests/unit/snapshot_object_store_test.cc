@@ -169,6 +169,40 @@ TEST_F(DirectoryObjectStoreTest, ReopenSeesObjectsAndRootMustBeADirectory) {
   EXPECT_EQ(ENOTDIR, DirectoryObjectStore::Open(dir_.path() + "/file").status().code());
 }
 
+mode_t ModeOf(const std::string& path) {
+  struct stat st {};
+  EXPECT_EQ(0, ::stat(path.c_str(), &st)) << path;
+  return st.st_mode & 07777;
+}
+
+// Directories 0700 and objects 0600 whatever the umask; a store an older
+// version left open (0755, 0644) gets a private root and still reads.
+TEST(DirectoryObjectStorePermissionsTest, PrivateWhateverTheUmaskAndOldObjectsStillRead) {
+  TempDir dir;
+  mode_t old_umask = ::umask(022);
+  auto fresh = DirectoryObjectStore::Open(dir.path() + "/a/b/store");
+  ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
+  ASSERT_TRUE((*fresh)->Put("chunks/ab/cd/x", "new").ok());
+  ASSERT_TRUE((*fresh)->PutBatched("chunks/ef/y", "new").ok());
+  for (const char* d : {"/a", "/a/b", "/a/b/store", "/a/b/store/chunks", "/a/b/store/chunks/ab",
+                        "/a/b/store/chunks/ab/cd", "/a/b/store/chunks/ef"}) {
+    EXPECT_EQ(0700u, ModeOf(dir.path() + d)) << d;
+  }
+  EXPECT_EQ(0600u, ModeOf(dir.path() + "/a/b/store/chunks/ab/cd/x"));
+  EXPECT_EQ(0600u, ModeOf(dir.path() + "/a/b/store/chunks/ef/y"));
+
+  const std::string old = dir.path() + "/old";
+  fs::create_directories(old + "/snapshots");
+  { std::ofstream(old + "/snapshots/s.manifest") << "written by an older version"; }
+  ASSERT_EQ(0755u, ModeOf(old));
+  ASSERT_EQ(0644u, ModeOf(old + "/snapshots/s.manifest"));
+  auto reopened = DirectoryObjectStore::Open(old);
+  ::umask(old_umask);
+  ASSERT_TRUE(reopened.ok()) << reopened.status().ToString();
+  EXPECT_EQ(0700u, ModeOf(old));
+  EXPECT_EQ("written by an older version", *(*reopened)->Get("snapshots/s.manifest"));
+}
+
 // A full disk fails the Put with ENOSPC, leaves no partial object and no
 // temporary file, keeps earlier objects intact, and Put works again once
 // space is freed.

@@ -178,6 +178,50 @@ TEST(VolumeManagerTest, OrphanDataFilesAreRemovedOnOpen) {
   EXPECT_FALSE(std::filesystem::exists(orphan));
 }
 
+// Every entry under `dir` (symbolic links aside) that grants group or other
+// any access.
+std::vector<std::string> OpenToOthers(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    struct stat st {};
+    if (::lstat(e.path().c_str(), &st) == 0 && !S_ISLNK(st.st_mode) && (st.st_mode & 077) != 0) {
+      out.push_back(e.path().string());
+    }
+  }
+  return out;
+}
+
+// A data directory that exists open (mkdir under umask 022, or left so by
+// an older version) is made private on open, with what is in it.
+TEST(VolumeManagerTest, OpenMakesTheDataDirectoryPrivate) {
+  TempDir dir;
+  mode_t old_umask = ::umask(022);
+  const std::string data = dir.path() + "/data";
+  ASSERT_EQ(0, ::mkdir(data.c_str(), 0755));
+  {
+    auto m = VolumeManager::Open(data);
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    ASSERT_TRUE((*m)->Create("v", Gp3(1)).ok());
+  }
+  struct stat st {};
+  ASSERT_EQ(0, ::stat(data.c_str(), &st));
+  EXPECT_EQ(0700u, st.st_mode & 07777);
+  // Loosen everything, as an older version or a careless chmod would.
+  for (const auto& e : std::filesystem::recursive_directory_iterator(data)) {
+    std::filesystem::permissions(e.path(), std::filesystem::perms::group_read | std::filesystem::perms::others_read,
+                                 std::filesystem::perm_options::add);
+  }
+  std::filesystem::permissions(data, std::filesystem::perms::group_all | std::filesystem::perms::others_all,
+                               std::filesystem::perm_options::add);
+  ASSERT_FALSE(OpenToOthers(data).empty());
+  auto m = VolumeManager::Open(data);
+  ::umask(old_umask);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  ASSERT_EQ(0, ::stat(data.c_str(), &st));
+  EXPECT_EQ(0700u, st.st_mode & 07777);
+  EXPECT_THAT(OpenToOthers(data), ::testing::IsEmpty());
+}
+
 TEST(ControlTest, RegistryTurnsBadRequestsIntoErrors) {
   TempDir dir;
   auto m = VolumeManager::Open(dir.path());

@@ -16,6 +16,19 @@ Status SyncDirectory(const std::string& dir);
 // stopped (ENOSPC on a full disk).
 Status WriteAll(int fd, std::string_view bytes, const std::string& path);
 
+// Takes group and other access away from `path` (followed if a symbolic
+// link): a mode with any of 077 set becomes mode & 0700; a private mode is
+// left alone. Fails when the mode cannot be changed (another user's file or
+// directory, a read-only file system) with an error that names `what`
+// ("data directory"), the path, its mode and, when not ours, its owner.
+// ENOENT when `path` does not exist.
+Status MakePrivate(const std::string& path, const std::string& what);
+
+// MakePrivate on the directory `dir` and on each entry directly in it (not
+// deeper; symbolic links in it are left alone). For small directories (the
+// catalog, volume data files, keys): it visits every entry.
+Status MakeDirectoryPrivate(const std::string& dir, const std::string& what);
+
 // Names that become file names and URI parts (volumes, keys):
 // [A-Za-z0-9][A-Za-z0-9._-]{0,63}. `what` names the kind in the error
 // ("volume name", "key name").

@@ -128,7 +128,11 @@ struct ManagerOptions {
 class VolumeManager {
  public:
   // Takes the data directory's lock (EBUSY with the holder's pid if another
-  // process has it), creating the directory (mode 0700) if needed.
+  // process has it), creating the directory (mode 0700) if needed. A data
+  // directory other users can reach is made 0700, and refused (naming the
+  // path and mode) when it cannot be; the entries directly in it, and in the
+  // volume directory, the catalog and the key directory, lose group and
+  // other access the same way (the store's contents are left to the store).
   static Result<std::unique_ptr<VolumeManager>> Open(const std::string& data_dir,
                                                      ManagerOptions options = {});
   ~VolumeManager();

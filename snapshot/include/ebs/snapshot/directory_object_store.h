@@ -23,6 +23,10 @@
 // - A key cannot be both an object and the parent "directory" of other keys
 //   (S3 allows it; this backend returns ENOTDIR/EISDIR-style errors). The
 //   store's own layout never needs it.
+// - Private: directories are created 0700 and objects 0600, and Open takes
+//   group and other access away from a root of our own (best effort), which
+//   also hides objects an older version wrote 0644. Objects are read whatever
+//   their mode, so older stores keep working.
 //
 // Safe for concurrent use, and by several processes on the same root.
 #pragma once
