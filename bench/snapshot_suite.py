@@ -243,10 +243,11 @@ def restic_round(work, image, changes, image2):
 
 def diff_sweep(args, work, counts, chunk_size):
     """A sparse volume; snapshot 0 empty, then for each count N a snapshot
-    after the first N chunks changed (4 KiB written into each, through NBD);
-    diff from snapshot 0 to each, timed."""
+    after N chunks changed, every other chunk from the start (4 KiB written
+    into each, through NBD; no two changed chunks adjacent, so the diff's byte
+    ranges cannot merge); diff from snapshot 0 to each, timed."""
     data = os.path.join(work, f"diff-data-{chunk_size >> 10}k")
-    gib = max(1, -(-max(counts) * chunk_size // (1 << 30)))
+    gib = max(1, -(-max(counts) * 2 * chunk_size // (1 << 30)))
     c = chunk_size  # the store's chunk size (--store-chunk-size), given to every command
     subprocess.run(ebs_cmd(args.ebs, data, "volume", "create", "d", "--size", f"{gib}G", chunk=c), check=True,
                    stdout=subprocess.DEVNULL)
@@ -260,11 +261,11 @@ def diff_sweep(args, work, counts, chunk_size):
     for n in sorted(counts):
         server.start()
         try:
-            # One 4 KiB write at the start of each chunk in [done, n): every chunk
-            # changes, all with the same content (one object; the diff does not care).
+            # One 4 KiB write at the start of chunks 2*[done, n): those chunks
+            # change, all with the same content (one object; the diff does not care).
             w = run_measured(["fio", "--name=mark", "--ioengine=nbd", "--uri=" + server.uri, "--rw=write:%dk"
-                              % ((chunk_size >> 10) - 4), "--bs=4k", f"--offset={done * chunk_size}",
-                              f"--size={(n - done) * chunk_size}", f"--number_ios={n - done}", "--iodepth=32",
+                              % ((2 * chunk_size >> 10) - 4), "--bs=4k", f"--offset={2 * done * chunk_size}",
+                              f"--size={2 * (n - done) * chunk_size}", f"--number_ios={n - done}", "--iodepth=32",
                               "--buffer_pattern=0x%08x" % (0x5a000000 + n % 0xffffff), "--output-format=terse"])
         finally:
             server.stop()
@@ -435,10 +436,11 @@ def report(args, runs, diff_rows, diff_fixed, rounds, size, region):
         f"`ebs snapshot diff` of the incremental ({e[0]['diff']['changed_chunks']} chunks): {diff21:.2f} s.",
         "Restores are byte-identical to the changed image (cmp), for both tools.",
         "",
-        "`ebs snapshot diff` against the number of changed chunks (one sparse volume; snapshot 0 empty, then the "
-        "first N chunks changed, 4 KiB written into each through NBD; diff from snapshot 0, JSON output to "
+        "`ebs snapshot diff` against the number of changed chunks (one sparse volume; snapshot 0 empty, then "
+        "N chunks changed, every other one from the start so that no byte ranges merge, 4 KiB written into each "
+        "through NBD; diff from snapshot 0, JSON output to "
         "/dev/null, median). The sweep uses a store of 64 KiB chunks (`--store-chunk-size 64K`) so that a million "
-        "chunks fit a 64 GiB sparse volume and its snapshot takes a minute, not ten; the diff's work is per changed "
+        "chunks fit a 128 GiB sparse volume and its snapshot takes a minute, not ten; the diff's work is per changed "
         "chunk whatever its size, which the 512 KiB row checks:",
         "",
         "| chunk size | changed chunks | diff (JSON) | diff (text) | diff CPU s | diff peak RSS | snapshot of those "

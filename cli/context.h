@@ -32,4 +32,9 @@ ManagerOptions ManagerOptionsFor(const Context& ctx);
 // Prints an error to stderr and returns the process exit status (1).
 int Fail(const Status& status);
 
+// Prints `doc` to stdout as indented JSON and a newline: the --json output of
+// every command. Written straight from the serialized text (a diff can be
+// tens of megabytes).
+void PrintJson(const nlohmann::json& doc);
+
 }  // namespace ebs::cli

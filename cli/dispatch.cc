@@ -4,11 +4,17 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <iomanip>
 #include <optional>
+#include <ostream>
+#include <streambuf>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "context.h"
 #include "ebs/engine/control.h"
+#include "ebs/engine/file_util.h"
 #include "ebs/engine/progress.h"
 #include "ebs/engine/volume_manager.h"
 #include "ebs/snapshot/snapshot_service.h"
@@ -58,7 +64,7 @@ Result<nlohmann::json> Dispatch(const Context& ctx, const std::string& cmd, cons
     auto reply = ControlCall(socket, request, [&](const nlohmann::json& p) {
       if (bar) bar->Update(p.value("stage", std::string()), p.value("done", uint64_t{0}), p.value("total", uint64_t{0}));
     });
-    if (reply.ok()) return ReplyToResult(*reply);
+    if (reply.ok()) return ReplyToResult(std::move(*reply));
     // A socket without a listener was left by a server that died; any other
     // failure is real.
     if (reply.status().code() != ECONNREFUSED && reply.status().code() != ENOENT) return reply.status();
@@ -89,6 +95,40 @@ ManagerOptions ManagerOptionsFor(const Context& ctx) {
 int Fail(const Status& status) {
   std::fprintf(stderr, "ebs: %s\n", status.message().c_str());
   return 1;
+}
+
+namespace {
+
+// An ostream buffer over stdout's descriptor, written in 1 MiB blocks.
+class StdoutBuffer final : public std::streambuf {
+ public:
+  StdoutBuffer() : buf_(1 << 20) { setp(buf_.data(), buf_.data() + buf_.size()); }
+  ~StdoutBuffer() override { sync(); }
+
+ protected:
+  int_type overflow(int_type c) override {
+    if (sync() != 0) return traits_type::eof();
+    if (!traits_type::eq_int_type(c, traits_type::eof())) sputc(traits_type::to_char_type(c));
+    return traits_type::not_eof(c);
+  }
+  int sync() override {
+    Status s = WriteAll(STDOUT_FILENO, std::string_view(pbase(), static_cast<size_t>(pptr() - pbase())), "stdout");
+    setp(buf_.data(), buf_.data() + buf_.size());
+    return s.ok() ? 0 : -1;
+  }
+
+ private:
+  std::vector<char> buf_;
+};
+
+}  // namespace
+
+void PrintJson(const nlohmann::json& doc) {
+  // Serialized straight into a large buffer: no copy of the whole text.
+  std::fflush(stdout);
+  StdoutBuffer buffer;
+  std::ostream out(&buffer);
+  out << std::setw(2) << doc << '\n';
 }
 
 }  // namespace ebs::cli

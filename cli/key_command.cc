@@ -34,7 +34,7 @@ void AddKeyCommands(CLI::App* app, Context* ctx, std::function<int()>* action) {
       auto info = keys.Create(*name);
       if (!info.ok()) return Fail(info.status());
       if (ctx->json) {
-        fmt::print("{}\n", info->ToJson().dump(2));
+        PrintJson(info->ToJson());
       } else {
         fmt::print("created key {} ({}) in {}\n", info->name, info->id, keys.dir());
       }
@@ -51,7 +51,7 @@ void AddKeyCommands(CLI::App* app, Context* ctx, std::function<int()>* action) {
       if (ctx->json) {
         nlohmann::json out = nlohmann::json::array();
         for (const auto& k : *all) out.push_back(k.ToJson());
-        fmt::print("{}\n", out.dump(2));
+        PrintJson(out);
         return 0;
       }
       fmt::print("{:<24} {:<21} {}\n", "NAME", "ID", "CREATED");

@@ -1,6 +1,8 @@
 // `ebs snapshot create|list|describe|restore|diff|verify|delete` and
 // `ebs store gc|check|reindex`.
+#include <cstdio>
 #include <filesystem>
+#include <iterator>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -41,13 +43,42 @@ void PrintSnapshotHeader() {
              "STORED", "RATIO", "CREATED");
 }
 
+// One line per changed byte range (adjacent chunks merged), written in
+// large blocks: a diff can list millions of chunks.
+void PrintDiff(const nlohmann::json& d) {
+  const auto chunk_size = d["chunk_size"].get<uint64_t>();
+  const auto& zeroed = d["zeroed_chunks"];
+  const auto& offsets = d["ranges"]["offsets"];
+  const auto& lengths = d["ranges"]["lengths"];
+  fmt::memory_buffer out;
+  fmt::format_to(std::back_inserter(out), "{} chunks of {} changed, in {} byte ranges{}\n",
+                 d["changed_chunks"].get<uint64_t>(), FormatSize(chunk_size), offsets.size(),
+                 zeroed.empty() ? std::string() : fmt::format(" ({} chunks now zero)", zeroed.size()));
+  size_t z = 0;
+  for (size_t i = 0; i < offsets.size(); ++i) {
+    const auto off = offsets[i].get<uint64_t>(), len = lengths[i].get<uint64_t>();
+    const uint64_t first = off / chunk_size, last = (off + len - 1) / chunk_size;
+    size_t zeros = 0;
+    while (z < zeroed.size() && zeroed[z].get<uint64_t>() <= last) zeros += zeroed[z++].get<uint64_t>() >= first;
+    fmt::format_to(std::back_inserter(out), "offset {:>14}  length {:>14}  chunks {}", off, len, first);
+    if (last != first) fmt::format_to(std::back_inserter(out), "-{}", last);
+    if (zeros > 0) fmt::format_to(std::back_inserter(out), "  ({} zeroed)", zeros);
+    out.push_back('\n');
+    if (out.size() >= (1 << 16)) {
+      std::fwrite(out.data(), 1, out.size(), stdout);
+      out.clear();
+    }
+  }
+  std::fwrite(out.data(), 1, out.size(), stdout);
+}
+
 // Runs a command; prints JSON, or `text` for humans.
 int Run(const Context& ctx, const std::string& cmd, const nlohmann::json& args,
         const std::function<void(const nlohmann::json&)>& text) {
   auto r = Dispatch(ctx, cmd, args);
   if (!r.ok()) return Fail(r.status());
   if (ctx.json) {
-    fmt::print("{}\n", r->dump(2));
+    PrintJson(*r);
   } else {
     text(*r);
   }
@@ -136,14 +167,7 @@ void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* acti
   diff->add_option("to", a->to, "newer snapshot id")->required();
   diff->callback([=] {
     *action = [=] {
-      return Run(*ctx, "snapshot.diff", {{"from", a->from}, {"to", a->to}}, [](const nlohmann::json& d) {
-        fmt::print("{} chunks of {} changed\n", d["changed_chunks"].get<uint64_t>(),
-                   FormatSize(d["chunk_size"].get<uint64_t>()));
-        for (const auto& c : d["chunks"]) {
-          fmt::print("chunk {:>10}  offset {:>14}  length {:>8}{}\n", c["chunk"].get<uint64_t>(),
-                     c["offset"].get<uint64_t>(), c["length"].get<uint64_t>(), c["zero"].get<bool>() ? "  (zeroed)" : "");
-        }
-      });
+      return Run(*ctx, "snapshot.diff", {{"from", a->from}, {"to", a->to}}, PrintDiff);
     };
   });
 
@@ -154,7 +178,7 @@ void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* acti
       auto r = Dispatch(*ctx, "snapshot.verify", {{"id", a->id}});
       if (!r.ok()) return Fail(r.status());
       if (ctx->json) {
-        fmt::print("{}\n", r->dump(2));
+        PrintJson(*r);
       } else {
         fmt::print("{}: {} chunks checked, {}\n", a->id, (*r)["chunks_checked"].get<uint64_t>(),
                    (*r)["ok"].get<bool>() ? "all good" : fmt::format("{} bad", (*r)["bad"].size()));
@@ -221,7 +245,7 @@ void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* acti
       auto r = Dispatch(*ctx, "store.reindex", nlohmann::json::object());
       if (!r.ok()) return Fail(r.status());
       if (ctx->json) {
-        fmt::print("{}\n", r->dump(2));
+        PrintJson(*r);
       } else {
         fmt::print("index rebuilt: {} snapshots{}\n", (*r)["snapshots"].get<uint64_t>(),
                    (*r)["ok"].get<bool>() ? "" : ", with problems:");
@@ -238,7 +262,7 @@ void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* acti
       auto r = Dispatch(*ctx, "store.check", nlohmann::json::object());
       if (!r.ok()) return Fail(r.status());
       if (ctx->json) {
-        fmt::print("{}\n", r->dump(2));
+        PrintJson(*r);
       } else {
         fmt::print("{} objects, {} referenced: {}\n", (*r)["objects"].get<uint64_t>(),
                    (*r)["referenced"].get<uint64_t>(), (*r)["ok"].get<bool>() ? "clean" : "PROBLEMS");

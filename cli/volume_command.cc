@@ -92,7 +92,7 @@ int Run(const Context& ctx, const std::string& cmd, const Result<nlohmann::json>
   auto r = Dispatch(ctx, cmd, *args);
   if (!r.ok()) return Fail(r.status());
   if (ctx.json) {
-    fmt::print("{}\n", r->dump(2));
+    PrintJson(*r);
   } else if (print_volume) {
     PrintVolume(*r);
   }
@@ -148,7 +148,7 @@ void AddVolumeCommands(CLI::App* app, Context* ctx, std::function<int()>* action
       auto r = Dispatch(*ctx, "volume.list", nlohmann::json::object());
       if (!r.ok()) return Fail(r.status());
       if (ctx->json) {
-        fmt::print("{}\n", r->dump(2));
+        PrintJson(*r);
         return 0;
       }
       fmt::print("{:<24} {:<21} {:<8} {:>10} {:>7} {:>11} {}\n", "NAME", "ID", "TYPE", "SIZE", "IOPS",
@@ -186,7 +186,7 @@ void AddVolumeCommands(CLI::App* app, Context* ctx, std::function<int()>* action
       auto r = Dispatch(*ctx, "volume.stats", {{"name", a->name}});
       if (!r.ok()) return Fail(r.status());
       if (ctx->json) {
-        fmt::print("{}\n", r->dump(2));
+        PrintJson(*r);
         return 0;
       }
       for (const auto& [k, v] : r->items()) {

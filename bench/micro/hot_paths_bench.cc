@@ -1,6 +1,6 @@
 // Micro-benchmarks of the per-request hot paths: NBD request decoding and
 // reply encoding, the handshake, the throttle's accounting and admission,
-// per-volume metrics. Run: build/bin/micro_bench
+// per-volume metrics (snapshot paths: snapshot_bench.cc). Run: build/bin/micro_bench
 #include <benchmark/benchmark.h>
 
 #include <cstring>

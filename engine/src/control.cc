@@ -16,8 +16,6 @@
 namespace ebs {
 namespace {
 
-constexpr size_t kMaxRequestBytes = 1 << 20;
-
 nlohmann::json ErrorReply(int code, const std::string& message) {
   return {{"ok", false}, {"code", code}, {"error", message}};
 }
@@ -36,7 +34,7 @@ Status WriteAll(int fd, const std::string& data) {
 }
 
 // Reads one newline-terminated line; EOF before any byte gives an empty string.
-Result<std::string> ReadLine(int fd) {
+Result<std::string> ReadLine(int fd, size_t max_bytes) {
   std::string line;
   char buf[4096];
   while (true) {
@@ -52,7 +50,7 @@ Result<std::string> ReadLine(int fd) {
       line.resize(nl);
       return line;
     }
-    if (line.size() > kMaxRequestBytes) return Status::InvalidArgument("control request too large");
+    if (line.size() > max_bytes) return Status::InvalidArgument("control request too large");
   }
 }
 
@@ -85,16 +83,23 @@ nlohmann::json CommandRegistry::Handle(const nlohmann::json& request) const {
   try {
     Result<nlohmann::json> r = it->second(args);
     if (!r.ok()) return ErrorReply(r.status().code(), r.status().message());
-    return {{"ok", true}, {"result", *r}};
+    // Moved, not copied: a result can hold millions of elements (a diff).
+    nlohmann::json reply = nlohmann::json::object();
+    reply["ok"] = true;
+    reply["result"] = std::move(*r);
+    return reply;
   } catch (const nlohmann::json::exception& e) {
     // A field of the wrong type: the request is bad, not the server.
     return ErrorReply(EINVAL, std::string("malformed arguments for ") + cmd + ": " + e.what());
   }
 }
 
-Result<nlohmann::json> ReplyToResult(const nlohmann::json& reply) {
+Result<nlohmann::json> ReplyToResult(nlohmann::json reply) {
   if (!reply.is_object() || !reply.contains("ok")) return Status::IoError("malformed control reply");
-  if (reply["ok"].get<bool>()) return reply.value("result", nlohmann::json());
+  if (reply["ok"].get<bool>()) {
+    auto it = reply.find("result");
+    return it == reply.end() ? nlohmann::json() : std::move(*it);
+  }
   return Status::Error(reply.value("code", EIO), reply.value("error", std::string("unknown error")));
 }
 
@@ -150,7 +155,7 @@ void ControlServer::AcceptLoop() {
     // each gets its own short-lived thread so one slow command blocks no other.
     active_.fetch_add(1);
     std::thread([this, fd] {
-      Serve(fd);
+      ServeControlConnection(fd, *registry_);
       ::close(fd);
       active_.fetch_sub(1);
     }).detach();
@@ -176,8 +181,8 @@ class SocketProgress final : public Progress {
 
 }  // namespace
 
-void ControlServer::Serve(int fd) {
-  auto line = ReadLine(fd);
+void ServeControlConnection(int fd, const CommandRegistry& registry, size_t max_request_bytes) {
+  auto line = ReadLine(fd, max_request_bytes);
   if (!line.ok() || line->empty()) return;
   auto request = nlohmann::json::parse(*line, nullptr, /*allow_exceptions=*/false);
   nlohmann::json reply;
@@ -185,9 +190,11 @@ void ControlServer::Serve(int fd) {
     reply = ErrorReply(EINVAL, "control request is not valid JSON");
   } else {
     SocketProgress progress(fd);
-    const bool wants = request.is_object() && request.value("progress", false) == true;
+    // Only `true` asks for progress. (value("progress", false) would throw
+    // on a "progress" that is not a boolean, and nothing here catches it.)
+    const bool wants = request.is_object() && request.contains("progress") && request["progress"] == true;
     ScopedProgress scope(wants ? &progress : nullptr);
-    reply = registry_->Handle(request);
+    reply = registry.Handle(request);
   }
   (void)WriteAll(fd, reply.dump() + "\n");
 }

@@ -437,12 +437,15 @@ Result<std::vector<DeltaEntry>> SnapshotIndex::ChangedChunks(std::string_view li
   }
   std::vector<DeltaEntry> entries;
   if (from_seq == to_seq) return entries;
+  entries.reserve(1 << 14);  // most diffs fit; a million-chunk one grows a few times
   const std::string prefix = LineagePrefix('d', lineage);
   const std::string upper =
       to_seq == std::numeric_limits<uint64_t>::max() ? PrefixEnd(prefix) : DeltaSeqPrefix(lineage, to_seq + 1);
   rocksdb::Slice upper_slice(upper);
   rocksdb::ReadOptions ro;
   ro.iterate_upper_bound = &upper_slice;
+  ro.readahead_size = 1 << 20;  // a diff reads its range sequentially
+  ro.fill_cache = false;        // once: not worth caching
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro));
   // Keys come in (seq, chunk) order, so for a chunk changed several times the
   // last one seen is the newest, i.e. its content as of to_seq.
@@ -454,6 +457,12 @@ Result<std::vector<DeltaEntry>> SnapshotIndex::ChangedChunks(std::string_view li
     entries.push_back({coding::DecodeBig64(key.data() + prefix.size() + 8), *h});
   }
   if (!it->status().ok()) return Db(it->status(), "scan delta");
+  // One seq's delta comes out sorted and unique: nothing to merge.
+  if (std::adjacent_find(entries.begin(), entries.end(), [](const DeltaEntry& a, const DeltaEntry& b) {
+        return a.chunk >= b.chunk;
+      }) == entries.end()) {
+    return entries;
+  }
   std::stable_sort(entries.begin(), entries.end(),
                    [](const DeltaEntry& a, const DeltaEntry& b) { return a.chunk < b.chunk; });
   // Keep the last (newest) entry of each run of equal chunks.

@@ -34,9 +34,21 @@ pass "describe: state, parent, changed and stored sizes"
 
 # Diff between 3 and 5 = the chunks changed after taking 3 and after taking 4.
 want=$(echo "${CHANGED[3]} ${CHANGED[4]}" | tr ' ' '\n' | sort -n | uniq | tr '\n' ' ')
-got=$("$EBS" snapshot diff "${IDS[3]}" "${IDS[5]}" --json | js '" ".join(str(c["chunk"]) for c in d["chunks"])')
-[ "$(echo "$got" | tr ' ' '\n' | sort -n | tr '\n' ' ')" = "$want" ] || fail "diff 3..5: got '$got', want '$want'"
-pass "diff lists exactly the changed chunks"
+"$EBS" snapshot diff "${IDS[3]}" "${IDS[5]}" --json >"$T/diff.json"
+got=$(js '" ".join(str(c) for c in d["chunks"])' <"$T/diff.json")
+[ "$got " = "$want" ] || fail "diff 3..5: got '$got', want '$want' (ascending)"
+# Byte ranges: the changed chunks with adjacent ones merged; the chunk zeroed
+# after snapshot 4 is listed as zeroed.
+[ "$(js '(lambda r, cs: len(r) > 0 and all(o % cs == 0 and l > 0 for o, l in r) and
+  [c for o, l in r for c in range(o // cs, (o + l) // cs)] == d["chunks"] and
+  all(a[0] + a[1] < b[0] for a, b in zip(r, r[1:])))(list(zip(d["ranges"]["offsets"], d["ranges"]["lengths"])), d["chunk_size"])' <"$T/diff.json")" = True ] \
+  || fail "diff ranges do not cover exactly the changed chunks, merged: $(cat "$T/diff.json")"
+[ "$(js 'len(d["zeroed_chunks"]) >= 1 and set(d["zeroed_chunks"]) <= set(d["chunks"])' <"$T/diff.json")" = True ] \
+  || fail "diff does not list the zeroed chunk: $(cat "$T/diff.json")"
+n=$(js 'd["changed_chunks"]' <"$T/diff.json")
+"$EBS" snapshot diff "${IDS[3]}" "${IDS[5]}" | head -1 | grep -q "^$n chunks of 512 KiB changed" \
+  || fail "diff text output: $("$EBS" snapshot diff "${IDS[3]}" "${IDS[5]}")"
+pass "diff lists exactly the changed chunks, their byte ranges and which became zero"
 
 # Incremental: k changed chunks store at most k objects; zeros store nothing;
 # the same data in another volume stores nothing new.
@@ -110,11 +122,11 @@ pass "export and import round-trip, refuse to overwrite, deduplicate"
 # Reindex: the index rebuilt from the store alone answers as before (records,
 # diffs, restores), including after the deletions above.
 "$EBS" snapshot list --json | js '"\n".join(sorted(s["id"] + " " + str(s["parent"]) for s in d if s["state"] == "completed"))' >"$T/list.before"
-"$EBS" snapshot diff "${IDS[3]}" "${IDS[5]}" --json | js 'sorted(c["chunk"] for c in d["chunks"])' >"$T/diff.before"
+"$EBS" snapshot diff "${IDS[3]}" "${IDS[5]}" --json | js 'd["chunks"]' >"$T/diff.before"
 "$EBS" store reindex >/dev/null || fail "store reindex reported problems"
 "$EBS" snapshot list --json | js '"\n".join(sorted(s["id"] + " " + str(s["parent"]) for s in d if s["state"] == "completed"))' >"$T/list.after"
 diff "$T/list.before" "$T/list.after" || fail "the snapshot list changed across a reindex"
-"$EBS" snapshot diff "${IDS[3]}" "${IDS[5]}" --json | js 'sorted(c["chunk"] for c in d["chunks"])' >"$T/diff.after"
+"$EBS" snapshot diff "${IDS[3]}" "${IDS[5]}" --json | js 'd["chunks"]' >"$T/diff.after"
 diff "$T/diff.before" "$T/diff.after" || fail "a diff changed across a reindex"
 "$EBS" snapshot restore "${IDS[5]}" --volume reindexed >/dev/null
 image reindexed reindexed

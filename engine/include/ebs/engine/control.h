@@ -51,6 +51,18 @@ std::optional<EncryptionRequest> EncryptionFromArgs(const nlohmann::json& args);
 // volume.create|list|describe|delete|modify|stats over `manager`.
 void RegisterVolumeCommands(CommandRegistry* registry, VolumeManager* manager);
 
+// The longest request line a control connection accepts.
+inline constexpr size_t kMaxControlRequestBytes = 1 << 20;
+
+// Answers one control connection on `fd`, a connected stream socket: reads
+// one request line (a longer one than `max_request_bytes`, or a failed read,
+// ends it without a reply), answers invalid JSON with an error reply and
+// anything else with `registry`, preceded by progress lines when the request
+// asks for them. Leaves `fd` open. Run by ControlServer for each client, and
+// by the fuzzer.
+void ServeControlConnection(int fd, const CommandRegistry& registry,
+                            size_t max_request_bytes = kMaxControlRequestBytes);
+
 // Listens on a Unix socket and answers each request line with the registry.
 class ControlServer {
  public:
@@ -61,7 +73,6 @@ class ControlServer {
  private:
   ControlServer() = default;
   void AcceptLoop();
-  void Serve(int fd);
 
   std::string path_;
   int listen_fd_ = -1;
@@ -79,6 +90,6 @@ Result<nlohmann::json> ControlCall(const std::string& socket_path, const nlohman
                                    const std::function<void(const nlohmann::json&)>& on_progress = nullptr);
 
 // Turns a reply document back into a Result (the inverse of Handle()).
-Result<nlohmann::json> ReplyToResult(const nlohmann::json& reply);
+Result<nlohmann::json> ReplyToResult(nlohmann::json reply);
 
 }  // namespace ebs
