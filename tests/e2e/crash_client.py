@@ -17,6 +17,15 @@
       past SPAN reads as zero. Writes the content found to --state-out, the
       base of the next run. Exits 1 and names every bad block on a mismatch.
 
+  crash_client.py fill URI --seed N --span BYTES --state-out STATE [--piece BYTES]
+      Gives the first SPAN bytes of a new (all-zero) volume seeded content,
+      piece by piece (default 512 KiB, the store's chunk size): a quarter of
+      the pieces stay zero, half are filled whole, a quarter get one block
+      in two at random; then FLUSH. Writes what it wrote to --state-out (the
+      format verify writes): the base for checking a restore of a snapshot
+      taken now. A block's content is gen(SEED, 0, OFF); writers number
+      their writes from 1.
+
   crash_client.py compare URI_A URI_B
       The two exports have the same size and the same bytes (reads every
       range that either reports as data in base:allocation). Exit 1 if not.
@@ -80,7 +89,8 @@ def describe_block(data, off):
     if magic == MAGIC:
         intact = data == gen(seed, seq, hoff)
         where = "" if hoff == off else f" meant for offset {hoff}"
-        return f"seed {seed} write {seq}{where}{'' if intact else ' (torn/corrupt)'}"
+        what = "fill" if seq == 0 else f"write {seq}"
+        return f"seed {seed} {what}{where}{'' if intact else ' (torn/corrupt)'}"
     return "unknown content " + data[:16].hex()
 
 
@@ -220,6 +230,36 @@ def cmd_write(a):
     j.sync()
     print(f"write: seed {a.seed}: {seq} writes, {flush_id} flushes sent; {end}")
     return 0 if end != "max-seconds" else 3
+
+
+def cmd_fill(a):
+    h = connect(a.uri)
+    span = min(a.span, h.get_size()) // BLOCK * BLOCK
+    rng = random.Random(a.seed)
+    per_piece = a.piece // BLOCK
+    state = {}
+    for piece in range(0, span, a.piece):
+        mode = rng.randrange(4)  # 0: zero, 1-2: whole, 3: one block in two
+        first = piece // BLOCK
+        blocks = [b for b in range(first, min(first + per_piece, span // BLOCK))
+                  if mode in (1, 2) or (mode == 3 and rng.randrange(2))]
+        for b in blocks:
+            state[b] = [a.seed, 0]
+        # One request per run of consecutive blocks.
+        i = 0
+        while i < len(blocks):
+            j = i
+            while j + 1 < len(blocks) and blocks[j + 1] == blocks[j] + 1:
+                j += 1
+            off = blocks[i] * BLOCK
+            h.pwrite(b"".join(gen(a.seed, 0, off + k * BLOCK) for k in range(j - i + 1)), off)
+            i = j + 1
+    h.flush()
+    h.shutdown()
+    with open(a.state_out, "w") as f:
+        json.dump({"blocks": {str(k): v for k, v in sorted(state.items())}}, f)
+    print(f"fill: seed {a.seed}: {len(state)} of {span // BLOCK} blocks written")
+    return 0
 
 
 def load_journal(path):
@@ -422,11 +462,17 @@ def main():
     v.add_argument("--state-out")
     v.add_argument("--span", type=int)
     v.add_argument("--check-rest", action="store_true")
+    f = sub.add_parser("fill")
+    f.add_argument("uri")
+    f.add_argument("--seed", type=int, required=True)
+    f.add_argument("--span", type=int, required=True)
+    f.add_argument("--state-out", required=True)
+    f.add_argument("--piece", type=int, default=512 << 10)
     c = sub.add_parser("compare")
     c.add_argument("uri_a")
     c.add_argument("uri_b")
     a = ap.parse_args()
-    return {"write": cmd_write, "verify": cmd_verify, "compare": cmd_compare}[a.cmd](a)
+    return {"write": cmd_write, "verify": cmd_verify, "fill": cmd_fill, "compare": cmd_compare}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -4,17 +4,24 @@
 # requests in flight) and journals what the server acknowledged; the server
 # is killed with SIGKILL at a random moment, restarted, and every block must
 # hold what the journal says survived (crash_client.py states the rule).
-# What an iteration does besides depends on its seed (seed % 5):
+# What an iteration does besides depends on its seed (seed % 6):
 #   plain             only that;
 #   modify            `volume modify` (grow or throughput) runs as the server dies;
 #   served-snapshot   then the server is killed during a `snapshot create`;
 #   cli-snapshot      then, server stopped, the CLI (which then owns the data
 #                     directory) is killed during `snapshot create`;
-#   cli-delete-or-gc  the same during `snapshot delete` or `store gc`.
-# After a snapshot-machinery crash the store must check clean (a crash may
-# only leave unreferenced objects, which gc removes), completed snapshots must
-# verify and restore to exactly the volume as it was when taken, and a new
-# snapshot must restore to exactly the volume.
+#   cli-delete-or-gc  the same during `snapshot delete` or `store gc`;
+#   lazy-restore      the writer writes to a volume lazily restored from a
+#                     snapshot of seeded content, while it still loads (on
+#                     demand where the writer goes, in the background at
+#                     LAZY_RATE elsewhere); after the restart loading must
+#                     complete, and every block the writer left alone must
+#                     hold the snapshot's content.
+# After every iteration the store must check clean and every completed
+# snapshot verify. After a snapshot-machinery crash a crash may only leave
+# unreferenced objects (which gc removes); completed snapshots must restore to
+# exactly the volume as it was when taken, and a new snapshot must restore to
+# exactly the volume.
 #
 # CRASH_SEED_BASE (default 1000), CRASH_ITERATIONS (default 10): iteration i
 # uses seed CRASH_SEED_BASE+i, which picks the kind, the data and the kill
@@ -34,7 +41,12 @@ SPAN=$((${CRASH_SPAN_MIB:-16} << 20))
 VOL=crash
 PERF=(--iops 3000 --throughput 750)  # fast enough that reading back is not throttled much
 C=("$PY" "$E2E_DIR/crash_client.py")
-KINDS=(plain modify served-snapshot cli-snapshot cli-delete-or-gc)
+KINDS=(plain modify served-snapshot cli-snapshot cli-delete-or-gc lazy-restore)
+# MiB/s of background loading: the writer stays in the first quarter of
+# SPAN; three quarters of the other chunks hold data (~9 MiB with the default
+# SPAN), which take over 2 s to load, longer than the 0-1.5 s after which the
+# server is killed.
+LAZY_RATE=4
 STATE="$T/state.json"  # what the volume's first SPAN bytes hold now (written by verify)
 declare -A SNAPSTATE   # completed snapshot id -> copy of STATE when it was taken
 
@@ -151,10 +163,12 @@ $out"
   "$EBS" volume delete chk >/dev/null
 }
 
-# check_store BEFORE: after a crash in the snapshot machinery, the store is
-# consistent and the snapshots completed before (BEFORE) are intact.
+# check_store BEFORE [strict]: the store is consistent and the snapshots
+# completed before the crash (BEFORE) are intact. After a crash in the
+# snapshot machinery unreferenced objects may be left (gc removes them); with
+# "strict" (nothing was writing to the store) not even those.
 check_store() {
-  local before=$1 out problems id
+  local before=$1 strict=${2:-} out problems id
   out=$("$EBS" store check --json 2>&1) || true  # exits non-zero when not clean
   problems=$(echo "$out" | "$PY" -c '
 import json, sys
@@ -165,7 +179,9 @@ for p in d["problems"]:
   if echo "$problems" | grep -qv '^garbage \|^$'; then
     crash_fail "store check after the crash: $(echo "$problems" | grep -v '^garbage ' | tr '\n' ';')"
   fi
-  if [ -n "$problems" ]; then
+  if [ -n "$problems" ] && [ -n "$strict" ]; then
+    crash_fail "store check after the crash: $(echo "$problems" | tr '\n' ';')"
+  elif [ -n "$problems" ]; then
     "$EBS" store gc >/dev/null || crash_fail "store gc failed"
     out=$("$EBS" store check 2>&1) || crash_fail "store check not clean after gc: $out"
     STORE_NOTE="$(echo "$problems" | wc -l) unreferenced objects left, removed by gc"
@@ -182,6 +198,25 @@ for p in d["problems"]:
   done
 }
 
+# init_of VOLUME: "STATE LOADED TOTAL" of its lazy loading (loaded/total are
+# -1 once completed).
+init_of() {
+  "$EBS" volume describe "$1" --json \
+    | js 'd["initialization"]["state"], d["initialization"].get("loaded_chunks", -1), d["initialization"].get("total_chunks", -1)' \
+    | tr -d "(),'"
+}
+# wait_loaded VOLUME: waits (at most 60 s) until its lazy loading completes.
+wait_loaded() {
+  local st _n _t i
+  for ((i = 0; i < 400; i++)); do
+    read -r st _n _t < <(init_of "$1") || crash_fail "volume describe $1 failed"
+    [ "$st" != completed ] || return 0
+    [ "$st" = loading ] || crash_fail "loading of $1 is '$st': $("$EBS" volume describe "$1" 2>&1)"
+    sleep 0.05
+  done
+  crash_fail "loading of $1 did not complete within 60 s: $("$EBS" volume describe "$1" 2>&1)"
+}
+
 "$EBS" volume create "$VOL" --type gp3 --size 1G "${PERF[@]}" >/dev/null
 echo '{"blocks": {}}' >"$STATE"
 start_server
@@ -189,21 +224,36 @@ START=$SECONDS
 
 for ((i = 0; i < ITERATIONS; i++)); do
   seed=$((SEED_BASE + i))
-  kind=$((seed % 5))
+  kind=$((seed % 6))
   RANDOM=$seed
   J="$T/journal.$seed"
   DELETED=""
   t_iter=$SECONDS
 
+  if [ "$kind" -lt 2 ] || [ "$kind" = 5 ]; then
+    load_snaps
+    before=$COMPLETED
+  fi
+
   # 1. The writer, and SIGKILL at a random moment (with a modify in flight
-  #    for kind 1).
+  #    for kind 1). Kind 5 writes to a volume still loading lazily.
+  wvol=$VOL wspan=$SPAN
+  if [ "$kind" = 5 ]; then
+    "$EBS" volume create lazysrc --size 1G "${PERF[@]}" >/dev/null
+    "${C[@]}" fill "$(uri lazysrc)" --seed "$seed" --span "$SPAN" --state-out "$T/lazy-base.json" >"$T/fill.out" \
+      || crash_fail "fill failed: $(cat "$T/fill.out")"
+    LSNAP=$("$EBS" snapshot create lazysrc --json | js 'd[0]["id"]')
+    "$EBS" volume delete lazysrc >/dev/null
+    "$EBS" snapshot restore "$LSNAP" --volume lazy --lazy --initialization-rate "$LAZY_RATE" "${PERF[@]}" >/dev/null
+    wvol=lazy wspan=$((SPAN / 4))
+  fi
   rm -f "$T/ready"
-  "${C[@]}" write "$(uri "$VOL")" "$J" --seed "$seed" --span "$SPAN" --ready "$T/ready" --max-seconds 30 \
+  "${C[@]}" write "$(uri "$wvol")" "$J" --seed "$seed" --span "$wspan" --ready "$T/ready" --max-seconds 30 \
     >"$T/writer.out" 2>&1 &
   WRITER=$!
   for _ in $(seq 1 200); do [ -s "$T/ready" ] && break; sleep 0.025; done
   [ -s "$T/ready" ] || crash_fail "writer did not connect: $(cat "$T/writer.out")"
-  rand delay 200 1500
+  if [ "$kind" = 5 ]; then rand delay 0 1500; else rand delay 200 1500; fi
   if [ "$kind" = 1 ]; then
     read -r old_size old_tp < <("$EBS" volume describe "$VOL" --json | js 'd["size_bytes"], d["throughput_mibps"]' | tr -d '(),')
     new_size=$old_size new_tp=$old_tp
@@ -232,10 +282,20 @@ for ((i = 0; i < ITERATIONS; i++)); do
   # 2. The catalog opens without the server (whose sockets are left behind).
   "$EBS" volume describe "$VOL" >/dev/null 2>"$T/describe.err" \
     || crash_fail "volume describe after the crash (server down): $(cat "$T/describe.err")"
+  if [ "$kind" = 5 ]; then
+    read -r kill_st kill_loaded kill_total < <(init_of lazy) \
+      || crash_fail "volume describe lazy after the crash (server down) failed"
+  fi
 
   # 3. Restart: every block holds what the journal allows.
   restart_server
-  out=$("${C[@]}" verify "$(uri "$VOL")" --journal "$J" --base "$STATE" --state-out "$STATE.new" \
+  if [ "$kind" = 5 ]; then
+    # The writer left the volume alone: it holds what it held.
+    jargs=()
+  else
+    jargs=(--journal "$J")
+  fi
+  out=$("${C[@]}" verify "$(uri "$VOL")" "${jargs[@]}" --base "$STATE" --state-out "$STATE.new" \
     --span "$SPAN" --check-rest) || crash_fail "data lost or damaged after kill -9 at ${delay} ms:
 $out
   writer: $(cat "$T/writer.out")"
@@ -266,8 +326,49 @@ $out
     summary="$summary; modify ${margs[*]} $what (modification state $mstate)"
   fi
 
+  if [ "$kind" = 5 ]; then
+    # Loading resumes and completes; every block the writer acknowledged
+    # (and flushed) reads back, every other one holds the snapshot's content.
+    # Either wait for the background loading first, or read at once (loading
+    # on demand what is not loaded yet, while the background thread runs).
+    when="${kill_st}, ${kill_loaded} of ${kill_total} chunks loaded"
+    [ "$kill_st" != completed ] || when="loading had completed"
+    t0=$(now_ms)
+    if [ $((RANDOM % 2)) = 0 ]; then
+      wait_loaded lazy
+      order="loading completed $(($(now_ms) - t0)) ms after the restart, then read"
+      vargs=(--journal "$J" --base "$T/lazy-base.json")
+    else
+      out=$("${C[@]}" verify "$(uri lazy)" --journal "$J" --base "$T/lazy-base.json" --state-out "$T/lazy-found.json" \
+        --span "$SPAN" --check-rest) || crash_fail "lazily restored volume wrong after kill -9 at ${delay} ms ($when), read while loading:
+$out
+  writer: $(cat "$T/writer.out")"
+      jout=$out
+      wait_loaded lazy
+      order="read while loading, then loading completed $(($(now_ms) - t0)) ms after the restart and reads the same"
+      vargs=(--base "$T/lazy-found.json")
+    fi
+    out=$("${C[@]}" verify "$(uri lazy)" "${vargs[@]}" --span "$SPAN" --check-rest) \
+      || crash_fail "lazily restored volume wrong after kill -9 at ${delay} ms ($when), loading completed:
+$out
+  writer: $(cat "$T/writer.out")"
+    [ "${vargs[0]}" != --journal ] || jout=$out
+    summary="lazy restore of $LSNAP at $LAZY_RATE MiB/s, killed ${delay} ms into the writes ($when); $order; ${jout#verify: }"
+  fi
+  if [ "$kind" -lt 2 ] || [ "$kind" = 5 ]; then
+    load_snaps
+    check_store "$before" strict
+    summary="$summary; $STORE_NOTE, snapshots verify"
+  fi
+  if [ "$kind" = 5 ]; then
+    # Loaded: the volume no longer needs its source.
+    "$EBS" volume delete lazy >/dev/null || crash_fail "volume delete lazy failed"
+    out=$("$EBS" snapshot delete "$LSNAP" 2>&1) || crash_fail "snapshot delete $LSNAP (source of a completed lazy restore): $out"
+    out=$("$EBS" store check 2>&1) || crash_fail "store check not clean after deleting the lazy restore and its source: $out"
+  fi
+
   # 4. Crashes in the snapshot machinery.
-  if [ "$kind" -ge 2 ]; then
+  if [ "$kind" -ge 2 ] && [ "$kind" -le 4 ]; then
     load_snaps
     before=$COMPLETED
     case $kind in
