@@ -1,4 +1,3 @@
-#include "ebs/engine/file_util.h"
 #include "ebs/engine/change_tracker.h"
 
 #include <fcntl.h>
@@ -11,6 +10,8 @@
 #include <cstring>
 #include <filesystem>
 #include <future>
+
+#include "ebs/engine/file_util.h"
 
 namespace ebs {
 namespace {
@@ -79,22 +80,6 @@ void EncodeHeader(const SetFile& s, char* page) {
 
 Status Damaged(const std::string& path, const std::string& what) {
   return Status::Error(EBADMSG, "change tracking file " + path + " is damaged: " + what);
-}
-
-Status PwriteAll(int fd, const void* buf, size_t n, uint64_t off, const std::string& path) {
-  const char* p = static_cast<const char*>(buf);
-  while (n > 0) {
-    ssize_t w = pwrite(fd, p, n, static_cast<off_t>(off));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "write " + path);
-    }
-    if (w == 0) return Status::IoError("write " + path + ": no progress");
-    p += w;
-    n -= static_cast<size_t>(w);
-    off += static_cast<uint64_t>(w);
-  }
-  return Status::Ok();
 }
 
 Status PreadAll(int fd, void* buf, size_t n, uint64_t off, const std::string& path) {

@@ -35,6 +35,22 @@ Status WriteAll(int fd, std::string_view bytes, const std::string& path) {
   return Status::Ok();
 }
 
+Status PwriteAll(int fd, const void* buf, size_t n, uint64_t off, const std::string& path) {
+  const char* p = static_cast<const char*>(buf);
+  while (n > 0) {
+    ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(off));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "write " + path);
+    }
+    if (w == 0) return Status::IoError("write " + path + ": no progress");
+    p += w;
+    n -= static_cast<size_t>(w);
+    off += static_cast<uint64_t>(w);
+  }
+  return Status::Ok();
+}
+
 namespace {
 
 // The error for a mode that stays open to other users: says what, where, how

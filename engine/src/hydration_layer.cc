@@ -6,6 +6,8 @@
 #include <bit>
 #include <chrono>
 
+#include "ebs/engine/file_util.h"
+
 namespace ebs {
 
 Status HydrationLayer::CreateBitmap(const std::string& bitmap_path, uint64_t volume_size, uint64_t chunk_size) {
@@ -157,16 +159,7 @@ Status HydrationLayer::Load(uint64_t chunk, uint64_t* fetched) {
   if (fetched != nullptr) *fetched = data.size();
   if (st.ok() && !data.empty() && options_.cipher) st = options_.cipher->EncryptPadded(offset, &data);
   if (st.ok() && !data.empty()) {
-    size_t done = 0;
-    while (st.ok() && done < data.size()) {
-      ssize_t n = pwrite(fd_, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        st = Status::FromErrno(errno, "write loaded chunk " + std::to_string(chunk));
-      } else {
-        done += static_cast<size_t>(n);
-      }
-    }
+    st = PwriteAll(fd_, data.data(), data.size(), offset, "loaded chunk " + std::to_string(chunk));
     // The data is durable before the record says it is loaded: after a
     // crash a chunk is either loaded whole or loaded again.
     if (st.ok() && fdatasync(fd_) != 0) st = Status::FromErrno(errno, "sync loaded chunk");

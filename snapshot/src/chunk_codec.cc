@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstring>
+#include <string>
 
 #include "coding.h"
 #include "ebs/engine/crypto.h"
@@ -161,7 +162,24 @@ Status ChunkCodec::Decode(std::string_view object, const ContentHash& expected, 
                           const ChunkCrypto* crypto) {
   auto header = ParseChunkHeader(object);
   if (!header.ok()) return header.status();
-  const ChunkHeader& h = *header;
+  data->resize(header->uncompressed_length);
+  return DecodeInto(*header, object, expected, data->data(), crypto);
+}
+
+Result<size_t> ChunkCodec::Decode(std::string_view object, const ContentHash& expected, std::span<char> out,
+                                  const ChunkCrypto* crypto) {
+  auto header = ParseChunkHeader(object);
+  if (!header.ok()) return header.status();
+  if (header->uncompressed_length > out.size()) {
+    return Corrupt("chunk of " + std::to_string(header->uncompressed_length) + " bytes is larger than the " +
+                   std::to_string(out.size()) + "-byte chunks it should hold");
+  }
+  EBS_RETURN_IF_ERROR(DecodeInto(*header, object, expected, out.data(), crypto));
+  return size_t{header->uncompressed_length};
+}
+
+Status ChunkCodec::DecodeInto(const ChunkHeader& h, std::string_view object, const ContentHash& expected, char* out,
+                              const ChunkCrypto* crypto) {
   if (h.content_hash != expected) {
     return Corrupt("header names content " + h.content_hash.ToHex() + ", expected " + expected.ToHex() +
                    " (damaged header or object stored under the wrong key)");
@@ -182,24 +200,22 @@ Status ChunkCodec::Decode(std::string_view object, const ContentHash& expected, 
     stored = sealed_.data();
     stored_length = static_cast<uint32_t>(sealed_.size());
   }
-  data->resize(h.uncompressed_length);
+  const size_t length = h.uncompressed_length;
   if (h.codec == ChunkCodecId::kRaw) {
-    if (stored_length > 0) std::memcpy(data->data(), stored, stored_length);
+    if (stored_length > 0) std::memcpy(out, stored, stored_length);
   } else {
     if (dctx_ == nullptr && (dctx_ = ZSTD_createDCtx()) == nullptr) {
       return Status::Error(ENOMEM, "cannot allocate a zstd decompression context");
     }
-    size_t r = ZSTD_decompressDCtx(dctx_, data->data(), data->size(), stored, stored_length);
+    size_t r = ZSTD_decompressDCtx(dctx_, out, length, stored, stored_length);
     if (ZSTD_isError(r)) {
       return Corrupt(std::string("zstd decompression failed: ") + ZSTD_getErrorName(r));
     }
-    if (r != h.uncompressed_length) {
-      return Corrupt("decompressed to " + std::to_string(r) + " bytes, header says " +
-                     std::to_string(h.uncompressed_length));
+    if (r != length) {
+      return Corrupt("decompressed to " + std::to_string(r) + " bytes, header says " + std::to_string(length));
     }
   }
-  ContentHash actual = crypto != nullptr ? crypto->Address(data->data(), data->size())
-                                         : ContentHash::Of(data->data(), data->size());
+  ContentHash actual = crypto != nullptr ? crypto->Address(out, length) : ContentHash::Of(out, length);
   if (actual != expected) {
     return Corrupt("content hash mismatch: expected " + expected.ToHex() + ", content hashes to " +
                    actual.ToHex());

@@ -1,6 +1,8 @@
 // Small file-system helpers shared by the engine's durable structures.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -15,6 +17,10 @@ Status SyncDirectory(const std::string& dir);
 // name `path`. A short write is not an error: the next write says why it
 // stopped (ENOSPC on a full disk).
 Status WriteAll(int fd, std::string_view bytes, const std::string& path);
+
+// Writes `n` bytes at `buf` to `fd` at offset `off`, retrying short writes
+// and EINTR; errors name `path` ("write PATH: ...").
+Status PwriteAll(int fd, const void* buf, size_t n, uint64_t off, const std::string& path);
 
 // Takes group and other access away from `path` (followed if a symbolic
 // link): a mode with any of 077 set becomes mode & 0700; a private mode is

@@ -34,6 +34,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -113,10 +114,17 @@ class ChunkCodec {
   // all encrypted or all plain); one that does not authenticate, with EACCES.
   Status Decode(std::string_view object, const ContentHash& expected, std::string* data,
                 const ChunkCrypto* crypto = nullptr);
+  // The same into `out` (for example an aligned buffer for direct I/O);
+  // returns the chunk's length. EIO when the chunk is larger than `out`.
+  Result<size_t> Decode(std::string_view object, const ContentHash& expected, std::span<char> out,
+                        const ChunkCrypto* crypto = nullptr);
 
   int level() const { return level_; }
 
  private:
+  Status DecodeInto(const ChunkHeader& h, std::string_view object, const ContentHash& expected, char* out,
+                    const ChunkCrypto* crypto);
+
   const int level_;
   ZSTD_CCtx_s* cctx_ = nullptr;  // created lazily
   ZSTD_DCtx_s* dctx_ = nullptr;  // created lazily

@@ -10,10 +10,12 @@
 // cut are read (change_tracker.h).
 #pragma once
 
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -127,7 +129,12 @@ class SnapshotService {
   uint32_t chunk_size_ = kDefaultChunkSize;
   int workers_ = 2;
   std::mutex mu_;      // one operation at a time
-  std::mutex put_mu_;  // an object's existence check and its upload, together
+  // Objects being stored right now. A worker storing content another one is
+  // already storing waits for it (then finds it exists) instead of writing
+  // it twice; different contents are written in parallel.
+  std::mutex put_mu_;
+  std::condition_variable put_cv_;
+  std::unordered_set<ContentHash, ContentHashHasher> putting_;  // GUARDED_BY(put_mu_)
   bool serving_ = false;  // GUARDED_BY(mu_): lazily restored volumes load in the background
 };
 
