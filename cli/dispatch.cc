@@ -1,3 +1,4 @@
+#include <malloc.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -48,6 +49,12 @@ class TerminalBar final : public Progress {
 }  // namespace
 
 Result<nlohmann::json> Dispatch(const Context& ctx, const std::string& cmd, const nlohmann::json& args) {
+  // A command runs once and exits. Keep what it frees for reuse rather than
+  // returning it to the kernel, and serve large blocks from the heap: a
+  // diff of a million chunks spent a third of its time in page faults on
+  // freshly mapped memory. (Not for `ebs serve`, which does not come here.)
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
   nlohmann::json request = {{"cmd", cmd}, {"args", args}};
   // Long operations draw a bar on a terminal; --json output stays one document.
   std::optional<TerminalBar> bar;

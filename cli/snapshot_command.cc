@@ -22,6 +22,7 @@ struct SnapshotArgs {
   std::optional<double> initialization_rate;
   std::string file, name = "imported";
   bool force = false;
+  bool ranges = false;
   bool encrypted = false;
   std::string key;
 };
@@ -165,9 +166,14 @@ void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* acti
   auto* diff = snap->add_subcommand("diff", "chunks that changed between two snapshots of a volume");
   diff->add_option("from", a->from, "older snapshot id")->required();
   diff->add_option("to", a->to, "newer snapshot id")->required();
+  diff->add_flag("--ranges", a->ranges,
+                 "with --json, also list the changed bytes as ranges (adjacent chunks merged); text output always "
+                 "does");
   diff->callback([=] {
     *action = [=] {
-      return Run(*ctx, "snapshot.diff", {{"from", a->from}, {"to", a->to}}, PrintDiff);
+      // Text always shows byte ranges; JSON lists chunks, and ranges on request.
+      const bool ranges = a->ranges || !ctx->json;
+      return Run(*ctx, "snapshot.diff", {{"from", a->from}, {"to", a->to}, {"ranges", ranges}}, PrintDiff);
     };
   });
 

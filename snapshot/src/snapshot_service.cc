@@ -1052,7 +1052,7 @@ Result<nlohmann::json> SnapshotService::Reindex() {
                         {"problems", problems}};
 }
 
-Result<nlohmann::json> SnapshotService::Diff(const std::string& from, const std::string& to) {
+Result<nlohmann::json> SnapshotService::Diff(const std::string& from, const std::string& to, bool with_ranges) {
   std::lock_guard<std::mutex> lock(mu_);
   auto a = index_->GetSnapshot(from);
   if (!a.ok()) return a.status();  // the index names the missing snapshot
@@ -1065,9 +1065,9 @@ Result<nlohmann::json> SnapshotService::Diff(const std::string& from, const std:
   auto changed = index_->ChangedChunks(a->lineage, lo, hi);
   if (!changed.ok()) return changed.status();
   // A diff can list millions of chunks: flat arrays of numbers (columns),
-  // not one JSON object or array per chunk or range (allocations each), keep
-  // it to a fraction of a second per million. Byte ranges merge adjacent
-  // changed chunks.
+  // not one JSON object or array per chunk or range (allocations each). Byte
+  // ranges merge adjacent changed chunks; only when asked, since in the worst
+  // case (no two chunks adjacent) they are two more arrays as long.
   const uint64_t size = std::max(a->volume_size, b->volume_size);
   const uint64_t chunk_size = a->chunk_size;
   nlohmann::json chunks = nlohmann::json::array(), zeroed = nlohmann::json::array();
@@ -1086,6 +1086,7 @@ Result<nlohmann::json> SnapshotService::Diff(const std::string& from, const std:
     if (e.hash.IsZeroChunk()) zeroed.push_back(e.chunk);
     const uint64_t off = e.chunk * chunk_size;
     const uint64_t len = std::min<uint64_t>(chunk_size, size > off ? size - off : 0);
+    if (!with_ranges) continue;
     if (!offset_list.empty() && run_end == off) {
       length_list.back() = length_list.back().get<uint64_t>() + len;
     } else {
@@ -1103,9 +1104,11 @@ Result<nlohmann::json> SnapshotService::Diff(const std::string& from, const std:
   out["changed_chunks"] = changed->size();
   out["chunks"] = std::move(chunks);
   out["zeroed_chunks"] = std::move(zeroed);
-  out["ranges"] = nlohmann::json::object();
-  out["ranges"]["offsets"] = std::move(offsets);
-  out["ranges"]["lengths"] = std::move(lengths);
+  if (with_ranges) {
+    out["ranges"] = nlohmann::json::object();
+    out["ranges"]["offsets"] = std::move(offsets);
+    out["ranges"]["lengths"] = std::move(lengths);
+  }
   return out;
 }
 
@@ -1269,7 +1272,8 @@ void RegisterSnapshotCommands(CommandRegistry* registry, SnapshotService* servic
     return r->ToJson();
   });
   registry->Register("snapshot.diff", [service](const nlohmann::json& args) {
-    return service->Diff(args.at("from").get<std::string>(), args.at("to").get<std::string>());
+    return service->Diff(args.at("from").get<std::string>(), args.at("to").get<std::string>(),
+                         args.value("ranges", false));
   });
   registry->Register("snapshot.verify", [service](const nlohmann::json& args) {
     return service->Verify(args.at("id").get<std::string>());

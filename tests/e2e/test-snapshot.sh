@@ -34,7 +34,9 @@ pass "describe: state, parent, changed and stored sizes"
 
 # Diff between 3 and 5 = the chunks changed after taking 3 and after taking 4.
 want=$(echo "${CHANGED[3]} ${CHANGED[4]}" | tr ' ' '\n' | sort -n | uniq | tr '\n' ' ')
-"$EBS" snapshot diff "${IDS[3]}" "${IDS[5]}" --json >"$T/diff.json"
+"$EBS" snapshot diff "${IDS[3]}" "${IDS[5]}" --json --ranges >"$T/diff.json"
+"$EBS" snapshot diff "${IDS[3]}" "${IDS[5]}" --json | js '"ranges" not in d and d["chunks"]' >"$T/diff.plain"
+[ "$(cat "$T/diff.plain")" = "$(js 'd["chunks"]' <"$T/diff.json")" ] || fail "diff --json without --ranges: $(cat "$T/diff.plain")"
 got=$(js '" ".join(str(c) for c in d["chunks"])' <"$T/diff.json")
 [ "$got " = "$want" ] || fail "diff 3..5: got '$got', want '$want' (ascending)"
 # Byte ranges: the changed chunks with adjacent ones merged; the chunk zeroed

@@ -63,11 +63,12 @@ class SnapshotService {
   Result<SnapshotRecord> Import(const std::string& file, const std::string& name, const std::string& description);
   // Chunks that differ between two snapshots of one volume (ListChangedBlocks):
   // {from, to, chunk_size, volume_size, changed_chunks: N, chunks: [index...]
-  // ascending, zeroed_chunks: [the indexes that became zero], ranges:
-  // {offsets: [...], lengths: [...]} the changed bytes with adjacent chunks
-  // merged, as two columns}. Flat arrays of numbers: a diff of a million
-  // chunks is built and printed in well under a second.
-  Result<nlohmann::json> Diff(const std::string& from, const std::string& to);
+  // ascending, zeroed_chunks: [the indexes that became zero]}; chunk i holds
+  // bytes [i * chunk_size, min((i + 1) * chunk_size, volume_size)). With
+  // `with_ranges`, also ranges: {offsets: [...], lengths: [...]}, the changed
+  // bytes with adjacent chunks merged. Flat arrays of numbers: a diff of a
+  // million chunks is built and printed in under a second.
+  Result<nlohmann::json> Diff(const std::string& from, const std::string& to, bool with_ranges = false);
   // Reads every object of the snapshot and checks it; lists each bad chunk.
   Result<nlohmann::json> Verify(const std::string& id);
   // Frees only what no other snapshot needs.
