@@ -4,7 +4,7 @@
 # re-verifies everything from fresh connections (and after a restart).
 source "$(dirname "$0")/lib.sh"
 need fio
-fio --enghelp=nbd >/dev/null 2>&1 || { echo "SKIP: fio has no nbd engine"; exit 0; }
+fio --enghelp=nbd >/dev/null 2>&1 || skip "fio has no nbd engine"
 
 # io2 at 64000 IOPS: fio is not throttle-bound should a throttle apply.
 ebs volume create fiovol --type io2 --size 64G --iops 64000 >/dev/null

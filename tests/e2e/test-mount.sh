@@ -5,10 +5,10 @@
 source "$(dirname "$0")/lib.sh"
 need nbdfuse fusermount3 losetup mkfs.ext4 e2fsck mount umount sha256sum
 
-[ "$(id -u)" -eq 0 ] || { echo "SKIP: needs root (loop devices, mount)"; exit 0; }
-[ -c /dev/fuse ] || { echo "SKIP: no /dev/fuse"; exit 0; }
-[ -e /dev/loop-control ] || [ -b /dev/loop0 ] || { echo "SKIP: no loop devices"; exit 0; }
-losetup -f >/dev/null 2>&1 || { echo "SKIP: no free loop device"; exit 0; }
+[ "$(id -u)" -eq 0 ] || skip "needs root (loop devices, mount)"
+[ -c /dev/fuse ] || skip "no /dev/fuse"
+[ -e /dev/loop-control ] || [ -b /dev/loop0 ] || skip "no loop devices"
+losetup -f >/dev/null 2>&1 || skip "no free loop device"
 
 ebs volume create fsvol --type gp3 --size 1G --throughput 750 >/dev/null
 start_server

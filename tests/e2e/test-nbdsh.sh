@@ -3,7 +3,7 @@
 # libnbd cannot send): commands and flags, block status, error replies and
 # recovery, handshake options, simple replies, read-only exports.
 source "$(dirname "$0")/lib.sh"
-"$PY" -c 'import nbd' 2>/dev/null || { echo "SKIP: python3-libnbd not installed"; exit 0; }
+"$PY" -c 'import nbd' 2>/dev/null || skip "python3-libnbd not installed"
 
 ebs volume create disk  --type gp3 --size 1G >/dev/null
 ebs volume create vol0  --type gp3 --size 2G >/dev/null

@@ -12,7 +12,7 @@
 #  - --exports-tcp / --exports-unix: each listener sees only its volumes.
 source "$(dirname "$0")/lib.sh"
 need nbdinfo nbdcopy qemu-io certtool psktool
-"$PY" -c 'import nbd' 2>/dev/null || { echo "SKIP: python3-libnbd not installed"; exit 0; }
+"$PY" -c 'import nbd' 2>/dev/null || skip "python3-libnbd not installed"
 
 # --- Credentials -------------------------------------------------------------
 PKI=$T/pki          # the server's: ca-cert.pem, server-cert.pem, server-key.pem

@@ -4,7 +4,7 @@
 # connections, and SIGTERM keeps flushed data.
 source "$(dirname "$0")/lib.sh"
 need nbdinfo
-"$PY" -c 'import nbd' 2>/dev/null || { echo "SKIP: python3-libnbd not installed"; exit 0; }
+"$PY" -c 'import nbd' 2>/dev/null || skip "python3-libnbd not installed"
 
 G=$((1 << 30))
 ebs volume create keep --type gp3 --size 1G >/dev/null
