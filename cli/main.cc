@@ -38,6 +38,17 @@ int main(int argc, char** argv) {
   ebs::cli::AddServeCommand(&app, &ctx, &action);
   ebs::cli::AddSnapshotCommands(&app, &ctx, &action);
   ebs::cli::AddKeyCommands(&app, &ctx, &action);
+  // Subcommand help lists only the subcommand's own options: name the
+  // global ones (accepted after the subcommand too) at the end of each.
+  std::function<void(CLI::App*)> add_footer = [&](CLI::App* parent) {
+    for (CLI::App* sub : parent->get_subcommands([](CLI::App*) { return true; })) {
+      sub->footer(
+          "Global options (before or after the subcommand; see ebs --help): --data-dir DIR, --json, "
+          "--store DIR, --key-dir DIR, --store-chunk-size SIZE");
+      add_footer(sub);
+    }
+  };
+  add_footer(&app);
 
   try {
     app.parse(argc, argv);

@@ -7,10 +7,12 @@ source "$(dirname "$0")/lib.sh"
 json() { /usr/bin/python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
 
 # --help everywhere.
-for sub in "" "volume" "volume create" "volume list" "volume describe" "volume delete" "volume modify" "serve"; do
+for sub in "" "volume" "volume create" "volume list" "volume describe" "volume delete" "volume modify" "serve" \
+  "snapshot" "snapshot create" "snapshot diff" "snapshot restore" "store gc" "key create"; do
   # shellcheck disable=SC2086
   out=$("$EBS" $sub --help) || fail "ebs $sub --help exited non-zero"
   echo "$out" | grep -q "Usage" || fail "ebs $sub --help has no usage"
+  [ -z "$sub" ] || echo "$out" | grep -q -- "--data-dir DIR, --json" || fail "ebs $sub --help does not name the global options"
 done
 "$EBS" volume create --help | grep -q -- "--iops" || fail "create --help does not document --iops"
 pass "help"
