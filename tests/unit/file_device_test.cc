@@ -5,7 +5,12 @@
 
 #include <gtest/gtest.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstring>
 
 #include <random>
 #include <vector>
@@ -138,6 +143,56 @@ TEST_F(FileDeviceTest, GrowKeepsDataAndExtendsWithZeros) {
   EXPECT_EQ(std::vector<char>(4096, 0), out);
   ASSERT_EQ(0, RunIo(*loop_, **dev, IoKind::kRead, 0, 4096, out.data()));
   EXPECT_EQ(buf, out);
+}
+
+// Short transfers are resubmitted for the rest. A read that the kernel cuts
+// short at the end of the file (here: the file truncated behind the device,
+// at an unaligned length) returns what is there, then zeros for the rest.
+TEST_F(FileDeviceTest, ShortReadIsResubmittedAndReadsZerosPastTheFileEnd) {
+  TempDir dir;
+  const std::string path = dir.path() + "/v.img";
+  const uint64_t kSize = 1 << 20, kCut = kSize - 3000;
+  auto dev = FileDevice::Open(path, kSize, true);
+  ASSERT_TRUE(dev.ok());
+  std::vector<char> buf(kSize);
+  std::mt19937_64 rng(7);
+  for (auto& c : buf) c = static_cast<char>(rng() | 1);  // no zero bytes
+  ASSERT_EQ(0, RunIo(*loop_, **dev, IoKind::kWrite, 0, kSize, buf.data()));
+  ASSERT_EQ(0, ::truncate(path.c_str(), static_cast<off_t>(kCut)));
+  std::vector<char> out(kSize, 'x');
+  ASSERT_EQ(0, RunIo(*loop_, **dev, IoKind::kRead, kSize - 65536, 65536, out.data()));
+  EXPECT_EQ(0, memcmp(out.data(), buf.data() + kSize - 65536, 65536 - 3000));
+  EXPECT_EQ(std::vector<char>(3000, 0), std::vector<char>(out.begin() + 65536 - 3000, out.begin() + 65536));
+}
+
+// A write the kernel cuts short (the file size limit, RLIMIT_FSIZE, reached
+// part way) is resubmitted for the rest, and the error that stopped it
+// (EFBIG) is what the caller gets; the bytes before the limit are written.
+TEST_F(FileDeviceTest, ShortWriteIsResubmittedAndReportsWhatStoppedIt) {
+  TempDir dir;
+  const std::string path = dir.path() + "/v.img";
+  const uint64_t kSize = 1 << 20, kLimit = kSize - 5000;
+  auto dev = FileDevice::Open(path, kSize, true);
+  ASSERT_TRUE(dev.ok());
+  std::vector<char> buf(kSize, 'w');
+  struct rlimit old {};
+  ASSERT_EQ(0, getrlimit(RLIMIT_FSIZE, &old));
+  struct sigaction ignore {}, saved {};
+  ignore.sa_handler = SIG_IGN;
+  ASSERT_EQ(0, sigaction(SIGXFSZ, &ignore, &saved));
+  struct rlimit lim = old;
+  lim.rlim_cur = kLimit;
+  ASSERT_EQ(0, setrlimit(RLIMIT_FSIZE, &lim));
+  // Both write paths: the inline one (small, not FUA) and the ring's (FUA).
+  int small = RunIo(*loop_, **dev, IoKind::kWrite, kLimit - 1000, 4096, buf.data());
+  int fua = RunIo(*loop_, **dev, IoKind::kWrite, kLimit - 200000, 204000, buf.data(), kIoFua);
+  setrlimit(RLIMIT_FSIZE, &old);
+  sigaction(SIGXFSZ, &saved, nullptr);
+  EXPECT_EQ(-EFBIG, small);
+  EXPECT_EQ(-EFBIG, fua);
+  std::vector<char> out(200000);
+  ASSERT_EQ(0, RunIo(*loop_, **dev, IoKind::kRead, kLimit - 200000, 200000, out.data()));
+  EXPECT_EQ(std::vector<char>(200000, 'w'), out);
 }
 
 // A write on a full file system fails with ENOSPC, earlier data stays intact,
