@@ -255,6 +255,9 @@ Result<std::unique_ptr<SnapshotIndex>> SnapshotIndex::Open(const std::string& pa
   options.keep_log_file_num = 2;
   // Two cores shared with the data path and the upload pipeline.
   options.max_background_jobs = 1;
+  // Open table files on this thread: the default starts 16 threads at every
+  // open, which a short command pays for again each time it runs.
+  options.max_file_opening_threads = 1;
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(options, path, &raw);
   if (!s.ok()) {

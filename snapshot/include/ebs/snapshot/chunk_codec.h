@@ -50,8 +50,10 @@ namespace ebs::snapshot {
 inline constexpr size_t kChunkHeaderSize = 40;
 inline constexpr uint8_t kChunkFormatVersion = 1;
 // A fast level: snapshots must beat restic on throughput with both cores
-// busy; level 1 compresses text about as well as 3 at roughly twice the speed.
-inline constexpr int kDefaultCompressionLevel = 1;
+// busy. On text in 512 KiB chunks (micro_bench) level 1 stores 38.7% at
+// 300 MB/s, level 2 36.6% at 230 MB/s, level 3 36.2% at 170 MB/s: level 2
+// takes most of what level 3 saves for half its extra time.
+inline constexpr int kDefaultCompressionLevel = 2;
 // The codec refuses larger chunks so that a corrupt length can never make a
 // decoder allocate more than this.
 inline constexpr uint32_t kMaxChunkObjectLength = 4 * 1024 * 1024;
