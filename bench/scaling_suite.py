@@ -220,7 +220,7 @@ def volume_memory(args, work, counts):
 def run(args):
     quick = args.quick
     rounds = args.rounds or (1 if quick else 3)
-    runtime = args.runtime or (1 if quick else 5)
+    runtime = args.runtime or (1 if quick else 3)  # many points x 3 rounds: keeps bench/run < 20 min
     work = tempfile.mkdtemp(prefix="ebs-bench-scaling.")
     try:
         log(f"bench: scaling: preparing a volume of random data in {work}")
