@@ -821,12 +821,12 @@ class AlignedBuffer {
 
 Status SnapshotService::WriteImage(const SnapshotRecord& r, const std::vector<DeltaEntry>& map, int fd,
                                    const ChunkCrypto* crypto, const SectorCipher* cipher) {
-  // A plain image is written with direct I/O where the file system allows
-  // it: the whole volume is written once, and copying it through the page
-  // cache (then writing that back) costs more than decoding it. A second
+  // The image is written with direct I/O where the file system allows it:
+  // the whole volume is written once, and copying it through the page cache
+  // (then writing that back) costs more than decoding it. A second
   // descriptor, so a chunk direct I/O refuses still goes through `fd`.
   int direct_fd = -1;
-  if (cipher == nullptr && r.chunk_size % kDirectAlign == 0) {
+  if (r.chunk_size % kDirectAlign == 0) {
     direct_fd = ::open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
   }
   std::atomic<bool> direct_ok{direct_fd >= 0};
@@ -856,14 +856,18 @@ Status SnapshotService::WriteImage(const SnapshotRecord& r, const std::vector<De
       auto n = codec.Decode(*object, e.hash, buf, crypto);
       if (!n.ok()) return corrupt(n.status());
       if (*n % kDirectAlign == 0) {
+        // Whole sectors: encrypted in place for an encrypted volume.
+        if (cipher != nullptr) EBS_RETURN_IF_ERROR(cipher->Encrypt(off, buf.data(), buf.data(), *n));
         Status w = PwriteAll(direct_fd, buf.data(), *n, off, what);
         if (w.code() != EINVAL) return w;
         direct_ok = false;  // the file system wants other alignment: buffered from now on
+        return PwriteAll(fd, buf.data(), *n, off, what);
       }
-      return PwriteAll(fd, buf.data(), *n, off, what);
+      data.assign(buf.data(), *n);  // the volume's partial last chunk
+    } else {
+      Status d = codec.Decode(*object, e.hash, &data, crypto);
+      if (!d.ok()) return corrupt(d);
     }
-    Status d = codec.Decode(*object, e.hash, &data, crypto);
-    if (!d.ok()) return corrupt(d);
     if (cipher != nullptr) EBS_RETURN_IF_ERROR(cipher->EncryptPadded(off, &data));
     return PwriteAll(fd, data.data(), data.size(), off, what);
   });
