@@ -54,7 +54,7 @@ def prepare(args, work, size_gib):
 
 def run(args):
     rounds = args.rounds or (1 if args.quick else 3)
-    runtime = args.runtime or (2 if args.quick else 5)  # x 3 rounds x every server: keeps bench/run < 20 min
+    runtime = args.runtime or (2 if args.quick else 4)  # x 3 rounds x every server: keeps bench/run < 20 min
     size_gib = args.size_gib
     work = tempfile.mkdtemp(prefix="ebs-bench-enc.")
     try:
