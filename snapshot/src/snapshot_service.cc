@@ -1080,10 +1080,12 @@ Result<nlohmann::json> SnapshotService::Diff(const std::string& from, const std:
   auto& offset_list = offsets.get_ref<nlohmann::json::array_t&>();
   auto& length_list = lengths.get_ref<nlohmann::json::array_t&>();
   chunk_list.reserve(changed->size());
-  size_t nranges = 0;
-  for (size_t i = 0; i < changed->size(); ++i) nranges += i == 0 || (*changed)[i].chunk != (*changed)[i - 1].chunk + 1;
-  offset_list.reserve(nranges);
-  length_list.reserve(nranges);
+  if (with_ranges) {
+    size_t nranges = 0;
+    for (size_t i = 0; i < changed->size(); ++i) nranges += i == 0 || (*changed)[i].chunk != (*changed)[i - 1].chunk + 1;
+    offset_list.reserve(nranges);
+    length_list.reserve(nranges);
+  }
   uint64_t run_end = 0;  // end of the byte range being merged
   for (const auto& e : *changed) {
     chunk_list.emplace_back(e.chunk);
