@@ -36,7 +36,10 @@ pass() { echo "ok: $*"; }
 # start_server [serve args...]: serves $EBS_DATA_DIR on $SOCK and a free
 # loopback TCP port (exported as PORT), waits until it is ready.
 start_server() {
-  "$EBS" serve --listen 127.0.0.1:0 "$@" >"$T/server.log" 2>&1 &
+  # Emptied here, before the fork: the child's own redirection may come after
+  # the first look below, which would then find the previous server's "ready".
+  : >"$T/server.log"
+  "$EBS" serve --listen 127.0.0.1:0 "$@" >>"$T/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 200); do
     if grep -q "ebs: ready" "$T/server.log" 2>/dev/null; then

@@ -117,7 +117,8 @@ SOCK="$EBS_DATA_DIR/nbd.sock"
 if [ -n "$(ss -ltnH 'sport = :10809')" ]; then
   echo "SKIP: port 10809 is busy; default listener not checked"
 else
-  "$EBS" serve >"$T/server.log" 2>&1 &
+  : >"$T/server.log"  # emptied before the fork (see start_server in lib.sh)
+  "$EBS" serve >>"$T/server.log" 2>&1 &
   SERVER_PID=$!
   ready=""
   for _ in $(seq 1 200); do
