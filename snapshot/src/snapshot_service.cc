@@ -503,7 +503,9 @@ Status SnapshotService::StoreChunk(Job& job, size_t position, const std::string&
 
 Status SnapshotService::UploadJob(Job& job) {
   CopyOutSession& session = *job.session;
-  Status st = ParallelFor(session.size(), workers_, [&](size_t i) -> Status {
+  // Twice the workers: the store writes large objects directly, so a worker
+  // waits for the disk while the others hash and compress.
+  Status st = ParallelFor(session.size(), 2 * workers_, [&](size_t i) -> Status {
     thread_local std::string buf;
     return session.Process(i, &buf);
   });
@@ -795,30 +797,6 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
   return volumes_->Describe(volume);
 }
 
-namespace {
-
-constexpr size_t kDirectAlign = 4096;
-
-// A reusable buffer aligned for direct I/O.
-class AlignedBuffer {
- public:
-  ~AlignedBuffer() { std::free(data_); }
-  std::span<char> Get(size_t size) {
-    if (size > size_) {
-      std::free(data_);
-      data_ = static_cast<char*>(std::aligned_alloc(kDirectAlign, (size + kDirectAlign - 1) & ~(kDirectAlign - 1)));
-      size_ = data_ != nullptr ? size : 0;
-    }
-    return {data_, data_ != nullptr ? size : 0};
-  }
-
- private:
-  char* data_ = nullptr;
-  size_t size_ = 0;
-};
-
-}  // namespace
-
 Status SnapshotService::WriteImage(const SnapshotRecord& r, const std::vector<DeltaEntry>& map, int fd,
                                    const ChunkCrypto* crypto, const SectorCipher* cipher) {
   // The image is written with direct I/O where the file system allows it:
@@ -826,7 +804,7 @@ Status SnapshotService::WriteImage(const SnapshotRecord& r, const std::vector<De
   // (then writing that back) costs more than decoding it. A second
   // descriptor, so a chunk direct I/O refuses still goes through `fd`.
   int direct_fd = -1;
-  if (r.chunk_size % kDirectAlign == 0) {
+  if (r.chunk_size % kDirectIoAlign == 0) {
     direct_fd = ::open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
   }
   std::atomic<bool> direct_ok{direct_fd >= 0};
@@ -855,7 +833,7 @@ Status SnapshotService::WriteImage(const SnapshotRecord& r, const std::vector<De
       if (buf.empty()) return Status::Error(ENOMEM, "cannot allocate a buffer for direct writes");
       auto n = codec.Decode(*object, e.hash, buf, crypto);
       if (!n.ok()) return corrupt(n.status());
-      if (*n % kDirectAlign == 0) {
+      if (*n % kDirectIoAlign == 0) {
         // Whole sectors: encrypted in place for an encrypted volume.
         if (cipher != nullptr) EBS_RETURN_IF_ERROR(cipher->Encrypt(off, buf.data(), buf.data(), *n));
         Status w = PwriteAll(direct_fd, buf.data(), *n, off, what);

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <thread>
 
 #include "ebs/snapshot/directory_object_store.h"
@@ -96,6 +97,40 @@ TEST_F(DirectoryObjectStoreTest, BatchedPutsAreAtomicAndVisibleThenFlushed) {
   EXPECT_EQ(EINVAL, store_->PutBatched("../escape", "x").code());
   fs::remove_all(store_->root());
   EXPECT_FALSE(store_->Flush().ok());
+}
+
+// Large batched objects are written with direct I/O where the file system
+// allows (whole blocks direct, the tail buffered): every size around the
+// block and threshold edges reads back whole, replaces, and leaves no
+// temporary file.
+TEST_F(DirectoryObjectStoreTest, BatchedObjectsOfEverySizeReadBackWhole) {
+  std::mt19937_64 rng(7);
+  const size_t block = 4096, min = 64 << 10;
+  std::vector<size_t> sizes = {min - 1, min, min + 1, min + block - 1, 300000, 512 << 10, (512 << 10) + 1,
+                               (512 << 10) + block - 1, (1 << 20) + 17};
+  std::vector<std::pair<std::string, std::string>> put;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    std::string bytes(sizes[i], '\0');
+    for (auto& c : bytes) c = static_cast<char>(rng());
+    std::string key = "chunks/" + std::to_string(10 + i) + "/xx/obj";
+    ASSERT_TRUE(store_->PutBatched(key, bytes).ok()) << sizes[i];
+    put.emplace_back(key, std::move(bytes));
+  }
+  // Replacing a direct-written object with a shorter one leaves no stale tail.
+  std::string shorter(min + 3, 's');
+  ASSERT_TRUE(store_->PutBatched(put.back().first, shorter).ok());
+  put.back().second = shorter;
+  ASSERT_TRUE(store_->Flush().ok());
+  for (const auto& [key, bytes] : put) {
+    auto got = store_->Get(key);
+    ASSERT_TRUE(got.ok()) << key << ": " << got.status().ToString();
+    EXPECT_EQ(bytes.size(), got->size()) << key;
+    EXPECT_TRUE(bytes == *got) << key << ": content differs";
+    EXPECT_EQ(static_cast<off_t>(bytes.size()), fs::file_size(store_->root() + "/" + key)) << key;
+  }
+  for (const auto& f : FilesUnder(store_->root())) {
+    EXPECT_EQ(std::string::npos, f.find(".tmp.")) << "temporary file left behind: " << f;
+  }
 }
 
 TEST_F(DirectoryObjectStoreTest, PrefixesAreNotObjects) {
@@ -244,6 +279,22 @@ TEST(DirectoryObjectStoreFullDiskTest, EnospcLeavesNoPartialObject) {
   ASSERT_TRUE(store.Delete("chunks/aa/aa/first").ok());
   EXPECT_TRUE(store.Put(failed, big).ok()) << "space freed: Put works again";
   EXPECT_EQ(big, *store.Get(failed));
+
+  // The same for batched puts, which large objects take with direct I/O.
+  const std::string odd(400 * 1024 + 5, 'C');
+  int batched = 0;
+  for (; batched < 10; ++batched) {
+    s = store.PutBatched("chunks/cc/cc/odd" + std::to_string(batched), odd);
+    if (!s.ok()) break;
+  }
+  ASSERT_FALSE(s.ok()) << "1 MiB cannot hold 10 x 400 KiB";
+  EXPECT_EQ(ENOSPC, s.code()) << s.ToString();
+  EXPECT_EQ(ENOENT, store.Get("chunks/cc/cc/odd" + std::to_string(batched)).status().code()) << "no partial object";
+  for (const auto& f : FilesUnder(store.root())) {
+    EXPECT_EQ(std::string::npos, f.find(".tmp.")) << "temporary file left behind: " << f;
+  }
+  for (int i = 0; i < batched; ++i) EXPECT_EQ(odd, *store.Get("chunks/cc/cc/odd" + std::to_string(i)));
+  EXPECT_TRUE(store.Flush().ok());
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -21,6 +23,32 @@ Status WriteAll(int fd, std::string_view bytes, const std::string& path);
 // Writes `n` bytes at `buf` to `fd` at offset `off`, retrying short writes
 // and EINTR; errors name `path` ("write PATH: ...").
 Status PwriteAll(int fd, const void* buf, size_t n, uint64_t off, const std::string& path);
+
+// Direct I/O (O_DIRECT) wants buffers, offsets and lengths in whole blocks
+// of the device; 4 KiB satisfies every device and file system we meet.
+inline constexpr size_t kDirectIoAlign = 4096;
+
+// A reusable buffer aligned for direct I/O: Get(n) hands out at least n bytes
+// (empty when the allocation fails), reallocating only to grow.
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  ~AlignedBuffer() { std::free(data_); }
+  std::span<char> Get(size_t size) {
+    if (size > size_) {
+      std::free(data_);
+      data_ = static_cast<char*>(std::aligned_alloc(kDirectIoAlign, (size + kDirectIoAlign - 1) & ~(kDirectIoAlign - 1)));
+      size_ = data_ != nullptr ? size : 0;
+    }
+    return {data_, data_ != nullptr ? size : 0};
+  }
+
+ private:
+  char* data_ = nullptr;
+  size_t size_ = 0;
+};
 
 // Takes group and other access away from `path` (followed if a symbolic
 // link): a mode with any of 077 set becomes mode & 0700; a private mode is

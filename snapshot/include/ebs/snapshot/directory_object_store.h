@@ -64,9 +64,22 @@ class DirectoryObjectStore final : public ObjectStore {
   // Writes `bytes` under a temporary name and renames it over `key`'s file,
   // syncing the file (and the directory) only when `durable`.
   Status Write(std::string_view key, std::string_view bytes, bool durable);
+  // Writes `bytes` to the new, empty file `fd` opened with O_DIRECT: whole
+  // blocks direct, the rest buffered. Falls back to buffered writes (and
+  // clears direct_ok_) when the file system refuses the alignment.
+  Status WriteDirect(int fd, std::string_view bytes, const std::string& temp);
+  // Reads the `size` bytes of the object open on `fd` with direct I/O. An
+  // empty string when direct I/O is not possible here (the caller reads
+  // through the page cache instead).
+  Result<std::string> ReadDirect(int fd, size_t size, const std::string& path);
+
+  // Objects at least this large are read with direct I/O, and written with
+  // it when not durable one by one (Flush syncs them with the rest).
+  static constexpr size_t kDirectWriteMin = 64 << 10;
 
   const std::string root_;
   std::atomic<uint64_t> temp_counter_{0};
+  std::atomic<bool> direct_ok_{true};  // false once the file system refused O_DIRECT
 };
 
 }  // namespace ebs::snapshot
