@@ -159,13 +159,9 @@ ChangeTracker::Options Opts(uint64_t chunk_size, ChangeTracker::IfMissing m = Ch
 class ChangeTrackerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    for (auto* l : {&loop_a_, &loop_b_}) {
-      auto loop = EventLoop::Create(512);
-      ASSERT_TRUE(loop.ok()) << loop.status().message();
-      *l = std::move(*loop);
-    }
-    loop_a_->Start("ct-loop-a");
-    loop_b_->Start("ct-loop-b");
+    loop_a_ = testing::StartLoop("ct-loop-a", 512);
+    loop_b_ = testing::StartLoop("ct-loop-b", 512);
+    ASSERT_TRUE(loop_a_ && loop_b_);
   }
   void TearDown() override {
     loop_a_->Stop();

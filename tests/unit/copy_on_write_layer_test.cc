@@ -82,10 +82,8 @@ struct Pending {
 class CopyOnWriteLayerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto loop = EventLoop::Create(256);
-    ASSERT_TRUE(loop.ok());
-    loop_ = std::move(*loop);
-    loop_->Start("cow-test");
+    loop_ = testing::StartLoop("cow-test", 256);
+    ASSERT_NE(nullptr, loop_);
     path_ = dir_.path() + "/v.img";
     auto file = FileDevice::Open(path_, kSize, true);
     ASSERT_TRUE(file.ok());

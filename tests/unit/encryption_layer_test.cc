@@ -81,10 +81,8 @@ struct Op {
 class EncryptionLayerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto loop = EventLoop::Create(256);
-    ASSERT_TRUE(loop.ok());
-    loop_ = std::move(*loop);
-    loop_->Start("crypt-test");
+    loop_ = testing::StartLoop("crypt-test", 256);
+    ASSERT_NE(nullptr, loop_);
     path_ = dir_.path() + "/v.img";
     auto file = FileDevice::Open(path_, kSize, true);
     ASSERT_TRUE(file.ok()) << file.status().ToString();

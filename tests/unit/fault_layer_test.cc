@@ -41,10 +41,8 @@ constexpr IoKind kAllKinds[] = {IoKind::kRead,  IoKind::kCache,       IoKind::kW
 class FaultLayerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto loop = EventLoop::Create(64);
-    ASSERT_TRUE(loop.ok());
-    loop_ = std::move(*loop);
-    loop_->Start("fault-test");
+    loop_ = testing::StartLoop("fault-test", 64);
+    ASSERT_NE(nullptr, loop_);
     auto file = FileDevice::Open(dir_.path() + "/v.img", kSize, true);
     ASSERT_TRUE(file.ok());
     counter_ = std::make_shared<PassedCounter>(*file);

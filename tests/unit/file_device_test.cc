@@ -26,10 +26,8 @@ using testing::TempDir;
 class FileDeviceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto loop = EventLoop::Create(64);
-    ASSERT_TRUE(loop.ok()) << loop.status().message();
-    loop_ = std::move(*loop);
-    loop_->Start("test-loop");
+    loop_ = testing::StartLoop("test-loop", 64);
+    ASSERT_NE(nullptr, loop_);
   }
   void TearDown() override { loop_->Stop(); }
   std::unique_ptr<EventLoop> loop_;

@@ -49,10 +49,8 @@ class MemorySource final : public ChunkSource {
 class HydrationLayerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto loop = EventLoop::Create(256);
-    ASSERT_TRUE(loop.ok());
-    loop_ = std::move(*loop);
-    loop_->Start("hydrate-test");
+    loop_ = testing::StartLoop("hydrate-test", 256);
+    ASSERT_NE(nullptr, loop_);
     data_ = dir_.path() + "/v.img";
     bitmap_ = dir_.path() + "/v.loaded";
     auto file = FileDevice::Open(data_, kSize, true);

@@ -1,7 +1,8 @@
-// Helpers shared by the unit tests: temporary directories and synchronous
-// I/O through a running event loop.
+// Helpers shared by the unit tests: temporary directories, test data, event
+// loops and synchronous I/O through them.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -53,6 +54,18 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// An event loop with `entries` ring entries, started on a thread named
+// `name`; null (and the test failed) when it cannot be created.
+inline std::unique_ptr<EventLoop> StartLoop(const std::string& name, unsigned entries = 256) {
+  auto loop = EventLoop::Create(entries);
+  if (!loop.ok()) {
+    ADD_FAILURE() << "event loop " << name << ": " << loop.status().message();
+    return nullptr;
+  }
+  (*loop)->Start(name);
+  return std::move(*loop);
+}
 
 // Runs one request on `loop` (started) and waits for it; returns 0 or -errno.
 inline int RunIo(EventLoop& loop, BlockDevice& dev, IoKind kind, uint64_t offset, uint64_t length,

@@ -42,10 +42,8 @@ PerformanceLimits Gp3(uint32_t iops, uint32_t tp = 125) {
 class ThrottleLayerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto loop = EventLoop::Create(256);
-    ASSERT_TRUE(loop.ok());
-    loop_ = std::move(*loop);
-    loop_->Start("throttle-test");
+    loop_ = testing::StartLoop("throttle-test", 256);
+    ASSERT_NE(nullptr, loop_);
     auto file = FileDevice::Open(dir_.path() + "/v.img", 64 << 20, true);
     ASSERT_TRUE(file.ok());
     file_ = *file;

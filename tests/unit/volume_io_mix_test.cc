@@ -271,10 +271,8 @@ class MixDriver {
 class VolumeIoMixTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
-    auto loop = EventLoop::Create(256);
-    ASSERT_TRUE(loop.ok()) << loop.status().message();
-    loop_ = std::move(*loop);
-    loop_->Start("test-loop");
+    loop_ = testing::StartLoop("test-loop", 256);
+    ASSERT_NE(nullptr, loop_);
   }
   void TearDown() override { loop_->Stop(); }
 
