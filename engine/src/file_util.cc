@@ -35,6 +35,10 @@ Status WriteAll(int fd, std::string_view bytes, const std::string& path) {
   return Status::Ok();
 }
 
+int ReopenDirect(int fd, int flags) {
+  return ::open(("/proc/self/fd/" + std::to_string(fd)).c_str(), flags | O_DIRECT | O_CLOEXEC);
+}
+
 Status PwriteAll(int fd, const void* buf, size_t n, uint64_t off, const std::string& path) {
   const char* p = static_cast<const char*>(buf);
   while (n > 0) {

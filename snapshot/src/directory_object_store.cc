@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <span>
 
 #include "ebs/engine/file_util.h"
@@ -145,7 +146,7 @@ Status DirectoryObjectStore::Write(std::string_view key, std::string_view bytes,
   // they skip the page cache where the file system allows. Copying them into
   // it, then writing that back at Flush, took three times as long as
   // writing them directly.
-  const bool direct = !durable && bytes.size() >= kDirectWriteMin && direct_ok_.load(std::memory_order_relaxed);
+  const bool direct = !durable && bytes.size() >= kDirectIoMin && direct_ok_.load(std::memory_order_relaxed);
   const int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (direct ? O_DIRECT : 0);
   int fd = ::open(temp.c_str(), flags, 0600);
   if (fd < 0 && errno == ENOENT) {
@@ -193,40 +194,36 @@ Status DirectoryObjectStore::WriteDirect(int fd, std::string_view bytes, const s
   return body == bytes.size() ? Status::Ok() : buffered(body);
 }
 
-Result<std::string> DirectoryObjectStore::ReadDirect(int fd, size_t size, const std::string& path) {
+Result<std::optional<std::string>> DirectoryObjectStore::ReadDirect(int fd, size_t size,
+                                                                      const std::string& path) {
   // Large objects are read as they were written, around the page cache:
   // filling it with objects that a restore reads once cost more than the
-  // reads themselves. A second descriptor on the same file carries O_DIRECT.
-  int dfd = ::open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
-  if (dfd < 0) {
-    if (errno == EINVAL) direct_ok_ = false;
-    return std::string();
-  }
+  // reads themselves.
   thread_local AlignedBuffer aligned;
   const size_t want = (size + kDirectIoAlign - 1) & ~(kDirectIoAlign - 1);
   std::span<char> buf = aligned.Get(want);
+  int dfd = buf.empty() ? -1 : ReopenDirect(fd, O_RDONLY);
+  if (dfd < 0) {
+    if (errno == EINVAL) direct_ok_ = false;
+    return std::optional<std::string>();
+  }
   size_t done = 0;
-  Status s;
-  while (!buf.empty() && done < want) {
+  // Whole blocks until a short one: the end of the file.
+  while (done < want && done % kDirectIoAlign == 0) {
     ssize_t n = ::pread(dfd, buf.data() + done, want - done, static_cast<off_t>(done));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
-      if (errno == EINVAL) {  // the file system wants another alignment
-        direct_ok_ = false;
-        buf = {};
-        break;
-      }
-      s = Errno("read " + path);
-      break;
+      Status s = Errno("read " + path);
+      ::close(dfd);
+      if (s.code() != EINVAL) return s;
+      direct_ok_ = false;  // the file system wants another alignment
+      return std::optional<std::string>();
     }
-    if (n == 0) break;  // end of file (the last block is partial)
+    if (n == 0) break;
     done += static_cast<size_t>(n);
-    if (done % kDirectIoAlign != 0) break;  // a partial block: the end of the file
   }
   ::close(dfd);
-  if (!s.ok()) return s;
-  if (buf.empty()) return std::string();  // not possible here: the caller reads buffered
-  return std::string(buf.data(), std::min(done, size));
+  return std::optional<std::string>(std::in_place, buf.data(), std::min(done, size));
 }
 
 Result<std::string> DirectoryObjectStore::Get(std::string_view key) {
@@ -247,13 +244,14 @@ Result<std::string> DirectoryObjectStore::Get(std::string_view key) {
     ::close(fd);
     return Status::NotFound("object '" + std::string(key) + "' not found (a prefix, not an object)");
   }
-  if (static_cast<size_t>(st.st_size) >= kDirectWriteMin && direct_ok_.load(std::memory_order_relaxed)) {
+  if (static_cast<size_t>(st.st_size) >= kDirectIoMin && direct_ok_.load(std::memory_order_relaxed)) {
     auto direct = ReadDirect(fd, static_cast<size_t>(st.st_size), path);
-    if (!direct.ok() || !direct->empty()) {
+    if (!direct.ok() || direct->has_value()) {
       ::close(fd);
-      return direct;
+      if (!direct.ok()) return direct.status();
+      return std::move(**direct);
     }
-    // empty: direct I/O is not possible here; read through the page cache
+    // direct I/O is not possible here: read through the page cache
   }
   // Objects are immutable once renamed into place, so st_size is exact; the
   // loop still stops at EOF rather than trusting it.

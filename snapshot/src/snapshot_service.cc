@@ -805,7 +805,7 @@ Status SnapshotService::WriteImage(const SnapshotRecord& r, const std::vector<De
   // descriptor, so a chunk direct I/O refuses still goes through `fd`.
   int direct_fd = -1;
   if (r.chunk_size % kDirectIoAlign == 0) {
-    direct_fd = ::open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+    direct_fd = ReopenDirect(fd, O_WRONLY);
   }
   std::atomic<bool> direct_ok{direct_fd >= 0};
   ProgressReporter progress("writing " + r.id, map.size());

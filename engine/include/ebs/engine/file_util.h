@@ -28,6 +28,11 @@ Status PwriteAll(int fd, const void* buf, size_t n, uint64_t off, const std::str
 // of the device; 4 KiB satisfies every device and file system we meet.
 inline constexpr size_t kDirectIoAlign = 4096;
 
+// A second descriptor on the file open on `fd`, with O_DIRECT and `flags`
+// (O_RDONLY or O_WRONLY): -1 with errno set when the file system refuses
+// direct I/O (EINVAL) or the open fails.
+int ReopenDirect(int fd, int flags);
+
 // A reusable buffer aligned for direct I/O: Get(n) hands out at least n bytes
 // (empty when the allocation fails), reallocating only to grow.
 class AlignedBuffer {

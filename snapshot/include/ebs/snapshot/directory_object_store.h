@@ -33,6 +33,7 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "ebs/snapshot/object_store.h"
@@ -68,14 +69,14 @@ class DirectoryObjectStore final : public ObjectStore {
   // blocks direct, the rest buffered. Falls back to buffered writes (and
   // clears direct_ok_) when the file system refuses the alignment.
   Status WriteDirect(int fd, std::string_view bytes, const std::string& temp);
-  // Reads the `size` bytes of the object open on `fd` with direct I/O. An
-  // empty string when direct I/O is not possible here (the caller reads
-  // through the page cache instead).
-  Result<std::string> ReadDirect(int fd, size_t size, const std::string& path);
+  // Reads the `size` bytes of the object open on `fd` with direct I/O;
+  // nullopt when direct I/O is not possible here (the caller reads through
+  // the page cache instead).
+  Result<std::optional<std::string>> ReadDirect(int fd, size_t size, const std::string& path);
 
   // Objects at least this large are read with direct I/O, and written with
   // it when not durable one by one (Flush syncs them with the rest).
-  static constexpr size_t kDirectWriteMin = 64 << 10;
+  static constexpr size_t kDirectIoMin = 64 << 10;
 
   const std::string root_;
   std::atomic<uint64_t> temp_counter_{0};
