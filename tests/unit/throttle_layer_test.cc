@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <map>
+#include <mutex>
 #include <vector>
 
 #include "ebs/engine/file_device.h"
@@ -26,6 +28,27 @@ class SubmitOrderRecorder final : public DeviceLayer {
     next_->Submit(loop, req);
   }
   std::vector<IoRequest*> order;
+};
+
+// Records, for each request reaching the layer below, the loop it was handed
+// on and whether that call ran on that loop's thread. Any loop thread.
+class LoopRecorder final : public DeviceLayer {
+ public:
+  using DeviceLayer::DeviceLayer;
+  void Submit(EventLoop& loop, IoRequest* req) override {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      seen.push_back({req, &loop, loop.InLoopThread()});
+    }
+    next_->Submit(loop, req);
+  }
+  struct Seen {
+    IoRequest* req;
+    EventLoop* loop;
+    bool on_loop_thread;
+  };
+  std::mutex mu;
+  std::vector<Seen> seen;
 };
 
 PerformanceLimits Gp3(uint32_t iops, uint32_t tp = 125) {
@@ -153,6 +176,70 @@ TEST_F(ThrottleLayerTest, MetricsLayerCountsWhatPassed) {
   EXPECT_GT(s.total_read_time_s, 0);
   EXPECT_GT(s.latency_p50_us, 0);
   EXPECT_GE(s.latency_p99_us, s.latency_p50_us);
+}
+
+TEST_F(ThrottleLayerTest, WaitingRequestsContinueOnTheirOwnLoopInOrder) {
+  // Two loops share one volume's throttle, as two connections on two loop
+  // threads do. Released in batches, each request must still go on on the
+  // loop that submitted it, on that loop's thread, in that loop's order.
+  auto other = testing::StartLoop("throttle-other", 256);
+  ASSERT_NE(nullptr, other);
+  VolumeMetrics metrics(SteadyClock::Default()->NowNs());
+  auto recorder = std::make_shared<LoopRecorder>(file_);
+  ThrottleLayer throttle(recorder, Gp3(3000), &scheduler_, &metrics, SteadyClock::Default());
+  constexpr int kPerLoop = 300;  // 600 at 3,000 IOPS: most of them wait
+  struct Req {
+    IoRequest io;
+    char buf[4096];
+    EventLoop* loop;
+    std::atomic<int>* left;
+  };
+  std::vector<Req> reqs(2 * kPerLoop);
+  std::atomic<int> left{2 * kPerLoop};
+  for (int i = 0; i < 2 * kPerLoop; ++i) {
+    Req& r = reqs[i];
+    r.loop = i < kPerLoop ? loop_.get() : other.get();
+    r.io.kind = IoKind::kRead;
+    r.io.offset = static_cast<uint64_t>(i) * 4096;
+    r.io.length = 4096;
+    r.io.buf = r.buf;
+    r.left = &left;
+    r.io.owner = &r;
+    r.io.callback = [](IoRequest* io, int result) {
+      EXPECT_EQ(0, result);
+      static_cast<Req*>(io->owner)->left->fetch_sub(1);
+    };
+  }
+  // Interleave the two loops' submissions so the throttle's queue mixes them.
+  for (int i = 0; i < kPerLoop; i += 10) {
+    for (EventLoop* loop : {loop_.get(), other.get()}) {
+      int base = (loop == loop_.get() ? 0 : kPerLoop) + i;
+      loop->Post([&, loop, base] {
+        for (int k = base; k < base + 10; ++k) throttle.Submit(*loop, &reqs[k].io);
+      });
+    }
+  }
+  while (left.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  other->Stop();
+
+  std::lock_guard<std::mutex> lock(recorder->mu);
+  ASSERT_EQ(reqs.size(), recorder->seen.size());
+  std::map<EventLoop*, std::vector<IoRequest*>> order;
+  for (const auto& s : recorder->seen) {
+    const Req* r = static_cast<const Req*>(s.req->owner);
+    EXPECT_EQ(r->loop, s.loop) << "a request must continue on the loop that submitted it";
+    EXPECT_TRUE(s.on_loop_thread) << "and on that loop's thread";
+    order[s.loop].push_back(s.req);
+  }
+  for (EventLoop* loop : {loop_.get(), other.get()}) {
+    const auto& got = order[loop];
+    ASSERT_EQ(static_cast<size_t>(kPerLoop), got.size());
+    int base = loop == loop_.get() ? 0 : kPerLoop;
+    for (int k = 0; k < kPerLoop; ++k) {
+      ASSERT_EQ(&reqs[base + k].io, got[k]) << "each loop's requests must leave the throttle in its order";
+    }
+  }
+  EXPECT_GT(metrics.Read(SteadyClock::Default()->NowNs()).throttled_requests, 100u);
 }
 
 }  // namespace
