@@ -68,6 +68,13 @@ class Server:
         return f"nbd+unix:///{self.export}?socket={self.socket}"
 
 
+def ebs_server(ebs, data, sock, export, throttle=False):
+    """`ebs serve` on a Unix socket only; --no-throttle unless `throttle`."""
+    flags = [] if throttle else ["--no-throttle"]
+    return Server("ebs", [ebs, "--data-dir", data, "serve", *flags, "--listen", "none", "--socket", sock], sock,
+                  export)
+
+
 def run_fio(server, job, runtime, size, outdir, tag, extra_args=()):
     name, rw, bs, qd, extra = job
     out = os.path.join(outdir, f"{tag}.json")

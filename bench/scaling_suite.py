@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 
-from benchlib import Server, current_rss_kib, log, machine_facts, peak_rss_kib, run_fio, run_measured, write_results
+from benchlib import Server, current_rss_kib, ebs_server, log, machine_facts, peak_rss_kib, run_fio, run_measured, write_results
 from snapshot_suite import KeyStream
 
 CONNS = [1, 4, 16, 64]
@@ -33,12 +33,6 @@ VOLUME_COUNTS = [1, 10, 100]
 QUICK_VOLUME_COUNTS = [10]
 PIECES, PIECE = 16, 4 << 20  # 64 MiB changed
 RSS_TARGET_MIB = {"server_100_idle": 100, "snapshot_ops": 256}
-
-
-def ebs_server(ebs, data, sock, export, throttle=False):
-    flags = [] if throttle else ["--no-throttle"]
-    return Server("ebs", [ebs, "--data-dir", data, "serve", *flags, "--listen", "none", "--socket", sock], sock,
-                  export)
 
 
 def make_data_file(ebs, work, random_mib):

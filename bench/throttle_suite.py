@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import tempfile
 
-from benchlib import Server, log, machine_facts, run_fio, write_results
+from benchlib import ebs_server, log, machine_facts, run_fio, write_results
 
 # type, size GiB, --iops, --throughput
 VOLUMES = [
@@ -47,8 +47,7 @@ def warm(args, data, sock, name):
     the throttle's bucket (50 ms of tokens) is time the limit cannot make up,
     so cold rows measured the page cache, not the throttle (-10% to -30% on
     rows of 16,000 IOPS or 500 MiB/s and more, every row exact once warm)."""
-    server = Server("ebs", [args.ebs, "--data-dir", data, "serve", "--no-throttle", "--listen", "none", "--socket",
-                            sock], sock, name)
+    server = ebs_server(args.ebs, data, sock, name)
     server.start()
     try:
         subprocess.run(["fio", "--name=warm", "--ioengine=nbd", "--uri=" + server.uri, "--rw=read", "--bs=1m",
@@ -60,7 +59,7 @@ def warm(args, data, sock, name):
 
 def run(args):
     quick = args.quick
-    # 8 s: the bucket (at most 100 ms of tokens) adds at most 1.25% at the start.
+    # 8 s: the bucket (50 ms of tokens, full at start) adds about 0.6%.
     runtime = args.runtime or (2 if quick else 8)
     work = tempfile.mkdtemp(prefix="ebs-bench-throttle.")
     rows = []
@@ -85,8 +84,7 @@ def run(args):
                 if hdd and unit == "IOPS":
                     continue  # HDD types are throughput devices; 4 KiB random reads are bound by 1 MiB units
                 # A fresh server per measurement: credit buckets start full, as on a new volume.
-                server = Server("ebs", [args.ebs, "--data-dir", data, "serve", "--listen", "none", "--socket", sock],
-                                sock, name)
+                server = ebs_server(args.ebs, data, sock, name, throttle=True)
                 server.start()
                 try:
                     res = run_fio(server, job, runtime, REGION, work, f"{name}-{unit.replace('/', '')}")
@@ -122,9 +120,7 @@ def measure_overhead(args, work, runtime, quick):
     for r in range(rounds):
         order = ["throttled", "unthrottled"] if r % 2 == 0 else ["unthrottled", "throttled"]
         for mode in order:
-            flags = ["--no-throttle"] if mode == "unthrottled" else []
-            server = Server("ebs", [args.ebs, "--data-dir", data, "serve", *flags, "--listen", "none", "--socket",
-                                    sock], sock, "io2max")
+            server = ebs_server(args.ebs, data, sock, "io2max", throttle=mode == "throttled")
             server.start()
             try:
                 res = run_fio(server, IOPS_JOB, overhead_runtime, REGION, work, f"overhead-{mode}-{r}")
