@@ -26,6 +26,7 @@ struct ServeArgs {
   std::vector<std::string> listen;
   std::string socket;
   unsigned threads = 0;
+  unsigned busy_poll_us = 50;
   bool read_only = false;
   std::string default_export = "vol0";
   bool no_throttle = false;
@@ -117,6 +118,7 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   for (unsigned i = 0; i < nloops; ++i) {
     auto loop = EventLoop::Create();
     if (!loop.ok()) return Fail(loop.status());
+    (*loop)->set_busy_poll(std::chrono::microseconds(a.busy_poll_us));
     (*loop)->Start(fmt::format("ebs-loop-{}", i));
     raw.push_back(loop->get());
     loops.push_back(std::move(*loop));
@@ -217,6 +219,11 @@ void AddServeCommand(CLI::App* app, Context* ctx, std::function<int()>* action) 
                     "Anything beyond loopback must be given explicitly");
   serve->add_option("--socket", a->socket, "Unix socket path (default DATA_DIR/nbd.sock, mode 0600; 'none' for none)");
   serve->add_option("--threads", a->threads, "event-loop threads (default: one per core)");
+  serve->add_option("--busy-poll-us", a->busy_poll_us,
+                    "while requests keep arriving within this many microseconds, an event loop that runs out of "
+                    "work polls for more instead of sleeping; it sleeps once a poll finds nothing (0: never poll)")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 1000000u));
   serve->add_flag("--read-only", a->read_only, "export every volume read-only");
   serve->add_option("--default-export", a->default_export, "volume served for the empty export name")
       ->default_str("vol0");

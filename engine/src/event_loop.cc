@@ -1,6 +1,7 @@
 #include "ebs/engine/event_loop.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -17,15 +18,19 @@ Result<std::unique_ptr<EventLoop>> EventLoop::Create(unsigned entries) {
   // I/O. The ring starts disabled so that the loop's thread, not this one,
   // becomes its single issuer when it enables it.
   const unsigned base = IORING_SETUP_CQSIZE;
+  // TASKRUN_FLAG makes the kernel raise IORING_SQ_TASKRUN when task work is
+  // waiting, so a loop that busy-polls sees new work without a system call.
   const unsigned fast = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED;
   int rc = -EINVAL;
-  for (unsigned flags : {base | fast, base}) {  // older kernels lack the fast flags
+  // Older kernels lack the fast flags.
+  for (unsigned flags : {base | fast | IORING_SETUP_TASKRUN_FLAG, base | fast, base}) {
     io_uring_params params{};
     params.flags = flags;
     params.cq_entries = entries * 8;
     rc = io_uring_queue_init_params(entries, &loop->ring_, &params);
     if (rc == 0) {
       loop->disabled_ = flags & IORING_SETUP_R_DISABLED;
+      loop->taskrun_flag_ = flags & IORING_SETUP_TASKRUN_FLAG;
       break;
     }
   }
@@ -106,9 +111,42 @@ void EventLoop::DrainPosted() {
   running_.clear();
 }
 
+bool EventLoop::BusyPoll() {
+  if (io_uring_cq_ready(&ring_) > 0) return true;
+  io_uring_submit(&ring_);  // also runs task work the kernel has flagged
+  const auto deadline = std::chrono::steady_clock::now() + busy_poll_;
+  for (unsigned spins = 1;; ++spins) {
+    if (io_uring_cq_ready(&ring_) > 0) return true;
+    if (stop_.load(std::memory_order_relaxed)) return false;
+    if (IO_URING_READ_ONCE(*ring_.sq.kflags) & IORING_SQ_TASKRUN) {
+      io_uring_get_events(&ring_);
+      continue;
+    }
+    if (spins % 16 == 0 && std::chrono::steady_clock::now() >= deadline) return false;
+    sched_yield();
+  }
+}
+
 void EventLoop::RunOnce() {
   DrainPosted();
-  io_uring_submit_and_wait(&ring_, 1);
+  // Polling pays only while work arrives faster than the polling window: a
+  // poll that found nothing turns it off until a sleep shows work arriving
+  // within the window again, so a quiet or slowly throttled loop sleeps as
+  // before and spends no CPU on polling.
+  bool ready = false;
+  if (polling_) {
+    ready = BusyPoll();
+    polling_ = ready;
+  }
+  if (ready || io_uring_cq_ready(&ring_) > 0) {
+    io_uring_submit(&ring_);
+  } else if (busy_poll_.count() > 0 && taskrun_flag_) {
+    const auto t0 = std::chrono::steady_clock::now();
+    io_uring_submit_and_wait(&ring_, 1);
+    polling_ = std::chrono::steady_clock::now() - t0 < busy_poll_;
+  } else {
+    io_uring_submit_and_wait(&ring_, 1);
+  }
   io_uring_cqe* cqe;
   unsigned head;
   unsigned seen = 0;

@@ -6,6 +6,7 @@
 #include <liburing.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -34,6 +35,13 @@ class EventLoop {
   EventLoop(const EventLoop&) = delete;
   EventLoop& operator=(const EventLoop&) = delete;
 
+  // Before Start(): when the loop runs out of work it checks for new
+  // completions without sleeping for up to `d` before it waits in the kernel.
+  // A thread that sleeps must be woken by whoever sends it work (a client's
+  // send, on this machine an inter-processor interrupt into an idle virtual
+  // CPU); one that polls is not. Zero turns polling off.
+  void set_busy_poll(std::chrono::nanoseconds d) { busy_poll_ = d; }
+
   // Starts the loop's thread. Stop() asks it to return after the current
   // batch of completions and joins it.
   void Start(std::string name);
@@ -60,6 +68,9 @@ class EventLoop {
   void RunOnce();
   void DrainPosted();
   void ArmWakeup();
+  // Spins until a completion is ready (true) or busy_poll_ has passed
+  // (false), running task work the kernel flags on the way.
+  bool BusyPoll();
 
   struct Wakeup : IoCompletion {
     EventLoop* loop = nullptr;
@@ -70,6 +81,9 @@ class EventLoop {
   io_uring ring_{};
   int event_fd_ = -1;
   bool disabled_ = false;  // created disabled; the loop thread enables it
+  bool taskrun_flag_ = false;  // the kernel flags waiting task work
+  std::chrono::nanoseconds busy_poll_{0};
+  bool polling_ = false;  // the last poll or sleep saw work within busy_poll_
   Wakeup wakeup_;
   std::thread thread_;
   std::atomic<std::thread::id> thread_id_{};
