@@ -111,39 +111,60 @@ void EventLoop::DrainPosted() {
   running_.clear();
 }
 
-bool EventLoop::BusyPoll() {
-  if (io_uring_cq_ready(&ring_) > 0) return true;
+EventLoop::PollResult EventLoop::BusyPoll() {
+  if (io_uring_cq_ready(&ring_) > 0) return PollResult::kWork;
   io_uring_submit(&ring_);  // also runs task work the kernel has flagged
-  const auto deadline = std::chrono::steady_clock::now() + busy_poll_;
-  for (unsigned spins = 1;; ++spins) {
-    if (io_uring_cq_ready(&ring_) > 0) return true;
-    if (stop_.load(std::memory_order_relaxed)) return false;
+  auto now = std::chrono::steady_clock::now();
+  const auto deadline = now + busy_poll_;
+  for (;;) {
+    if (io_uring_cq_ready(&ring_) > 0) return PollResult::kWork;
+    if (stop_.load(std::memory_order_relaxed)) return PollResult::kNothing;
     if (IO_URING_READ_ONCE(*ring_.sq.kflags) & IORING_SQ_TASKRUN) {
       io_uring_get_events(&ring_);
       continue;
     }
-    if (spins % 16 == 0 && std::chrono::steady_clock::now() >= deadline) return false;
+    if (now >= deadline) return PollResult::kNothing;
+    // A runnable thread on this CPU (a client, another loop) goes first. If
+    // one did, the CPU is oversubscribed and polling takes from others.
+    const auto before = now;
     sched_yield();
+    now = std::chrono::steady_clock::now();
+    if (now - before > kYieldedAway) return PollResult::kContended;
   }
+}
+
+void EventLoop::RecordIdleSpell(bool short_spell) {
+  // An exponential moving average with weight 1/8 in fixed point.
+  const int target = short_spell ? kScoreOne : 0;
+  short_idle_score_ += (target - short_idle_score_) / 8;
 }
 
 void EventLoop::RunOnce() {
   DrainPosted();
-  // Polling pays only while work arrives faster than the polling window: a
-  // poll that found nothing turns it off until a sleep shows work arriving
-  // within the window again, so a quiet or slowly throttled loop sleeps as
-  // before and spends no CPU on polling.
-  bool ready = false;
-  if (polling_) {
-    ready = BusyPoll();
-    polling_ = ready;
+  // Polling pays only while work almost always arrives within the window:
+  // a poll that finds nothing wastes the window, one that finds work saves
+  // a wake-up. The loop keeps a moving average of how often its idle spells
+  // were shorter than the window, whether it polled through them or slept
+  // (then the sleep's length tells), and polls only while that is at least
+  // 90%. A quiet loop, or a throttled volume whose requests are released
+  // every few hundred microseconds, sleeps at once as before; so does a loop
+  // whose CPU other threads are waiting for.
+  bool polled = false;
+  bool ready = io_uring_cq_ready(&ring_) > 0;
+  if (!ready && busy_poll_.count() > 0 && taskrun_flag_ && short_idle_score_ >= kPollThreshold) {
+    polled = true;
+    const PollResult r = BusyPoll();
+    ready = r == PollResult::kWork;
+    RecordIdleSpell(ready);
+    // Polling on a CPU others are waiting for slows them more than it helps.
+    if (r == PollResult::kContended) short_idle_score_ = 0;
   }
-  if (ready || io_uring_cq_ready(&ring_) > 0) {
+  if (ready) {
     io_uring_submit(&ring_);
-  } else if (busy_poll_.count() > 0 && taskrun_flag_) {
+  } else if (busy_poll_.count() > 0 && taskrun_flag_ && !polled) {
     const auto t0 = std::chrono::steady_clock::now();
     io_uring_submit_and_wait(&ring_, 1);
-    polling_ = std::chrono::steady_clock::now() - t0 < busy_poll_;
+    RecordIdleSpell(std::chrono::steady_clock::now() - t0 < busy_poll_);
   } else {
     io_uring_submit_and_wait(&ring_, 1);
   }

@@ -68,9 +68,16 @@ class EventLoop {
   void RunOnce();
   void DrainPosted();
   void ArmWakeup();
-  // Spins until a completion is ready (true) or busy_poll_ has passed
-  // (false), running task work the kernel flags on the way.
-  bool BusyPoll();
+  // Spins until a completion is ready (kWork) or busy_poll_ has passed
+  // (kNothing), running task work the kernel flags on the way, and yielding
+  // the CPU between looks; kContended when another thread took it.
+  enum class PollResult { kWork, kNothing, kContended };
+  PollResult BusyPoll();
+  // A sched_yield that takes longer than this ran another thread.
+  static constexpr std::chrono::microseconds kYieldedAway{20};
+  // Folds one idle spell, shorter than busy_poll_ or not, into the average
+  // that decides whether to poll.
+  void RecordIdleSpell(bool short_spell);
 
   struct Wakeup : IoCompletion {
     EventLoop* loop = nullptr;
@@ -83,7 +90,10 @@ class EventLoop {
   bool disabled_ = false;  // created disabled; the loop thread enables it
   bool taskrun_flag_ = false;  // the kernel flags waiting task work
   std::chrono::nanoseconds busy_poll_{0};
-  bool polling_ = false;  // the last poll or sleep saw work within busy_poll_
+  // How often idle spells ended within busy_poll_ (kScoreOne = always).
+  static constexpr int kScoreOne = 1024;
+  static constexpr int kPollThreshold = kScoreOne * 9 / 10;
+  int short_idle_score_ = 0;
   Wakeup wakeup_;
   std::thread thread_;
   std::atomic<std::thread::id> thread_id_{};
