@@ -3,9 +3,7 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile

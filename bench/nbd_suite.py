@@ -1,18 +1,13 @@
 """fio over NBD: ebs serve (unthrottled) against nbdkit's file plugin and qemu-nbd
 on the same data file, alternated round by round, plus nbdkit memory as the
 protocol's ceiling on this machine."""
-import datetime
 import os
-import platform
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 
-from benchlib import ROOT, Server, log, machine_facts, run_fio, write_results
+from benchlib import Server, log, machine_facts, run_fio, write_results
 
 JOBS = [
     # name, fio rw, block size, queue depth, extra fio args
