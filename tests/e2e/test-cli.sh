@@ -76,6 +76,7 @@ start_server --socket "$T/nbd.sock"
 "$EBS" volume create live --size 1G >/dev/null
 [ "$("$EBS" volume list --json | json 'len(d)')" = 3 ] || fail "create through the server"
 expect_error "in use by another ebs process" "$EBS" serve --listen 127.0.0.1:0 --socket "$T/other.sock"
+expect_error "not in range" "$EBS" serve --busy-poll-us 2000000
 stop_server
 [ "$("$EBS" volume list --json | json 'len(d)')" = 3 ] || fail "catalog after the server stopped"
 pass "through the server"
