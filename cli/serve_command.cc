@@ -220,8 +220,8 @@ void AddServeCommand(CLI::App* app, Context* ctx, std::function<int()>* action) 
   serve->add_option("--socket", a->socket, "Unix socket path (default DATA_DIR/nbd.sock, mode 0600; 'none' for none)");
   serve->add_option("--threads", a->threads, "event-loop threads (default: one per core)");
   serve->add_option("--busy-poll-us", a->busy_poll_us,
-                    "while requests keep arriving within this many microseconds, an event loop that runs out of "
-                    "work polls for more instead of sleeping; it sleeps once a poll finds nothing (0: never poll)")
+                    "an event loop that runs out of work polls this many microseconds for more before it sleeps, "
+                    "while nearly all its idle spells have been that short (0: never poll)")
       ->capture_default_str()
       ->check(CLI::Range(0u, 1000000u));
   serve->add_flag("--read-only", a->read_only, "export every volume read-only");

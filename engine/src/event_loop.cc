@@ -112,7 +112,6 @@ void EventLoop::DrainPosted() {
 }
 
 EventLoop::PollResult EventLoop::BusyPoll() {
-  if (io_uring_cq_ready(&ring_) > 0) return PollResult::kWork;
   io_uring_submit(&ring_);  // also runs task work the kernel has flagged
   auto now = std::chrono::steady_clock::now();
   const auto deadline = now + busy_poll_;
@@ -135,12 +134,10 @@ EventLoop::PollResult EventLoop::BusyPoll() {
 
 void EventLoop::RecordIdleSpell(bool short_spell) {
   // An exponential moving average with weight 1/8 in fixed point.
-  const int target = short_spell ? kScoreOne : 0;
-  short_idle_score_ += (target - short_idle_score_) / 8;
+  short_idle_score_ += ((short_spell ? kScoreOne : 0) - short_idle_score_) / 8;
 }
 
-void EventLoop::RunOnce() {
-  DrainPosted();
+void EventLoop::WaitPolling() {
   // Polling pays only while work almost always arrives within the window:
   // a poll that finds nothing wastes the window, one that finds work saves
   // a wake-up. The loop keeps a moving average of how often its idle spells
@@ -149,22 +146,30 @@ void EventLoop::RunOnce() {
   // 90%. A quiet loop, or a throttled volume whose requests are released
   // every few hundred microseconds, sleeps at once as before; so does a loop
   // whose CPU other threads are waiting for.
-  bool polled = false;
-  bool ready = io_uring_cq_ready(&ring_) > 0;
-  if (!ready && busy_poll_.count() > 0 && taskrun_flag_ && short_idle_score_ >= kPollThreshold) {
-    polled = true;
-    const PollResult r = BusyPoll();
-    ready = r == PollResult::kWork;
-    RecordIdleSpell(ready);
-    // Polling on a CPU others are waiting for slows them more than it helps.
-    if (r == PollResult::kContended) short_idle_score_ = 0;
-  }
-  if (ready) {
-    io_uring_submit(&ring_);
-  } else if (busy_poll_.count() > 0 && taskrun_flag_ && !polled) {
+  if (short_idle_score_ < kPollThreshold) {
     const auto t0 = std::chrono::steady_clock::now();
     io_uring_submit_and_wait(&ring_, 1);
     RecordIdleSpell(std::chrono::steady_clock::now() - t0 < busy_poll_);
+    return;
+  }
+  switch (BusyPoll()) {
+    case PollResult::kWork:
+      RecordIdleSpell(true);
+      return;
+    case PollResult::kNothing:
+      RecordIdleSpell(false);
+      break;
+    case PollResult::kContended:
+      short_idle_score_ = 0;  // polling here slows the others more than it helps
+      break;
+  }
+  io_uring_submit_and_wait(&ring_, 1);
+}
+
+void EventLoop::RunOnce() {
+  DrainPosted();
+  if (polls_ && io_uring_cq_ready(&ring_) == 0) {
+    WaitPolling();
   } else {
     io_uring_submit_and_wait(&ring_, 1);
   }

@@ -14,18 +14,12 @@
 #include <string>
 #include <thread>
 
+#include "test_util.h"
+
 namespace ebs {
 namespace {
 
 using namespace std::chrono_literals;
-
-std::unique_ptr<EventLoop> StartLoop(std::chrono::nanoseconds busy_poll) {
-  auto loop = EventLoop::Create(64);
-  EXPECT_TRUE(loop.ok()) << loop.status().message();
-  (*loop)->set_busy_poll(busy_poll);
-  (*loop)->Start("test-loop");
-  return std::move(*loop);
-}
 
 // Receives one byte at a time from a socket through the ring and records
 // what arrived, re-arming itself after each byte.
@@ -66,11 +60,16 @@ double ProcessCpuSeconds() {
 
 class EventLoopTest : public ::testing::TestWithParam<int> {
  protected:
-  std::chrono::microseconds busy_poll() const { return std::chrono::microseconds(GetParam()); }
+  // A started loop polling for the test's parameter in microseconds.
+  std::unique_ptr<EventLoop> StartPollingLoop() {
+    auto loop = testing::StartLoop("test-loop", 64, std::chrono::microseconds(GetParam()));
+    EXPECT_NE(loop, nullptr);
+    return loop;
+  }
 };
 
 TEST_P(EventLoopTest, PostedWorkRunsOnTheLoopInOrder) {
-  auto loop = StartLoop(busy_poll());
+  auto loop = StartPollingLoop();
   std::string order;
   std::promise<void> done;
   for (char c = 'a'; c <= 'z'; ++c) {
@@ -91,7 +90,7 @@ TEST_P(EventLoopTest, PostedWorkRunsOnTheLoopInOrder) {
 TEST_P(EventLoopTest, SocketBytesSentOneAtATimeAllArriveInOrder) {
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-  auto loop = StartLoop(busy_poll());
+  auto loop = StartPollingLoop();
   Receiver receiver(loop.get(), sv[0]);
   loop->Post([&] { receiver.Arm(); });
 
@@ -116,7 +115,7 @@ TEST_P(EventLoopTest, SocketBytesSentOneAtATimeAllArriveInOrder) {
 // After a burst of work a polling loop may spin for its window, then must
 // sleep: an idle server spends no CPU.
 TEST_P(EventLoopTest, IdleLoopSleeps) {
-  auto loop = StartLoop(busy_poll());
+  auto loop = StartPollingLoop();
   for (int i = 0; i < 1000; ++i) {
     std::promise<void> ran;
     loop->Post([&] { ran.set_value(); });

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <algorithm>
@@ -55,14 +56,17 @@ class TempDir {
   std::string path_;
 };
 
-// An event loop with `entries` ring entries, started on a thread named
-// `name`; null (and the test failed) when it cannot be created.
-inline std::unique_ptr<EventLoop> StartLoop(const std::string& name, unsigned entries = 256) {
+// An event loop with `entries` ring entries, busy-polling for up to
+// `busy_poll` (zero: never), started on a thread named `name`; null (and the
+// test failed) when it cannot be created.
+inline std::unique_ptr<EventLoop> StartLoop(const std::string& name, unsigned entries = 256,
+                                            std::chrono::nanoseconds busy_poll = {}) {
   auto loop = EventLoop::Create(entries);
   if (!loop.ok()) {
     ADD_FAILURE() << "event loop " << name << ": " << loop.status().message();
     return nullptr;
   }
+  (*loop)->set_busy_poll(busy_poll);
   (*loop)->Start(name);
   return std::move(*loop);
 }

@@ -40,7 +40,11 @@ class EventLoop {
   // A thread that sleeps must be woken by whoever sends it work (a client's
   // send, on this machine an inter-processor interrupt into an idle virtual
   // CPU); one that polls is not. Zero turns polling off.
-  void set_busy_poll(std::chrono::nanoseconds d) { busy_poll_ = d; }
+  // Kernels without IORING_SETUP_TASKRUN_FLAG never poll.
+  void set_busy_poll(std::chrono::nanoseconds d) {
+    busy_poll_ = d;
+    polls_ = d.count() > 0 && taskrun_flag_;
+  }
 
   // Starts the loop's thread. Stop() asks it to return after the current
   // batch of completions and joins it.
@@ -68,9 +72,11 @@ class EventLoop {
   void RunOnce();
   void DrainPosted();
   void ArmWakeup();
-  // Spins until a completion is ready (kWork) or busy_poll_ has passed
-  // (kNothing), running task work the kernel flags on the way, and yielding
-  // the CPU between looks; kContended when another thread took it.
+  // Waits for a completion, busy-polling first while that has paid (.cc).
+  void WaitPolling();
+  // Submits, then spins until a completion is ready (kWork) or busy_poll_
+  // has passed (kNothing), running task work the kernel flags on the way and
+  // yielding the CPU between looks; kContended when another thread took it.
   enum class PollResult { kWork, kNothing, kContended };
   PollResult BusyPoll();
   // A sched_yield that takes longer than this ran another thread.
@@ -90,6 +96,7 @@ class EventLoop {
   bool disabled_ = false;  // created disabled; the loop thread enables it
   bool taskrun_flag_ = false;  // the kernel flags waiting task work
   std::chrono::nanoseconds busy_poll_{0};
+  bool polls_ = false;  // busy_poll_ > 0 and the kernel flags task work
   // How often idle spells ended within busy_poll_ (kScoreOne = always).
   static constexpr int kScoreOne = 1024;
   static constexpr int kPollThreshold = kScoreOne * 9 / 10;
