@@ -31,6 +31,41 @@ def peak_rss_kib(pid):
     return 0
 
 
+def settle_page_cache(path):
+    """Puts a data file shared by several servers in the same state before
+    each one's run: nothing dirty (fsync) and every page cached (read
+    through). Without it a server inherits its predecessor's state:
+    qemu-nbd's direct writes evict the pages it wrote, and nbdkit leaves its
+    writes dirty for whoever runs next to wait on.
+
+    The read-through runs without readahead (POSIX_FADV_RANDOM), so evicted
+    pages come back as 4 KiB pages, as a long-running server's page cache
+    holds them. Readahead would bring them back as large folios, and on ext4
+    with large folios (Linux 6.16 and later) every 4 KiB write into a clean
+    large folio walks all of its buffer heads: 4 KiB random writes then run
+    4-8x slower for every server (drop_page_cache undoes that state)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        while os.read(fd, 8 << 20):
+            pass
+    finally:
+        os.close(fd)
+
+
+def drop_page_cache(path):
+    """Writes a file back and evicts it from the page cache (after filling
+    it with large writes, whose pages are large folios; see
+    settle_page_cache)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def wait_for_socket(path, proc, timeout=10):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -7,7 +7,7 @@ import statistics
 import subprocess
 import tempfile
 
-from benchlib import Server, log, machine_facts, run_fio, write_results
+from benchlib import Server, drop_page_cache, log, machine_facts, run_fio, settle_page_cache, write_results
 
 JOBS = [
     # name, fio rw, block size, queue depth, extra fio args
@@ -32,7 +32,7 @@ def make_data_file(ebs, workdir, size_gib):
         for _ in range((size_gib << 30) // chunk):
             f.write(os.urandom(chunk))
         f.flush()
-        os.fsync(f.fileno())
+    drop_page_cache(path)
     return data, path
 
 
@@ -61,6 +61,7 @@ def run(args):
             order = servers[r % len(servers):] + servers[:r % len(servers)]
             for job in JOBS:
                 for s in order:
+                    settle_page_cache(data_file)
                     s.start()
                     try:
                         res = run_fio(s, job, runtime, size, work, f"{job[0]}-{s.name}-{r}")
