@@ -1,4 +1,5 @@
 #include "ebs/engine/file_device.h"
+#include "ebs/engine/file_util.h"
 #include "ebs/engine/size.h"
 
 #include <fcntl.h>
@@ -6,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace ebs {
@@ -25,6 +27,16 @@ enum Stage : uint8_t {
 // thread. io_uring cannot do them without blocking on ext4 and hands them to
 // a worker thread; on a small machine that hand-off costs more than the copy.
 constexpr uint64_t kInlineWriteMax = 128 * 1024;
+
+// Larger buffered writes, FUA ones excepted, go to the ring in pieces of at
+// most this size, one after another (the short-transfer path continues
+// them). The page cache takes a write as one folio as large as the write (up
+// to 2 MiB on ext4, Linux 6.16 and later), and every later small write into
+// such a folio walks all of its buffer heads: 4 KiB random writes ran 2-3x
+// slower over a range written with 1 MiB writes. 128 KiB folios cost them
+// nothing measurable, and cold 1 MiB writes got faster (no high-order
+// allocations). See also AdviseBlockAccess.
+constexpr uint64_t kWritePieceMax = 128 * 1024;
 
 }  // namespace
 
@@ -50,6 +62,7 @@ Result<std::shared_ptr<FileDevice>> FileDevice::Open(const std::string& path, ui
     }
     return Status::FromErrno(err, "truncate " + path);
   }
+  AdviseBlockAccess(fd);
   return std::shared_ptr<FileDevice>(new FileDevice(fd, size));
 }
 
@@ -113,9 +126,16 @@ void FileDevice::Issue(IoRequest* req) {
         io_uring_prep_nop(sqe);  // completes on the ring, never inside Submit
         break;
       }
-      io_uring_prep_write(sqe, fd_, req->buf + req->done, static_cast<unsigned>(req->length - req->done),
+      if (req->flags & kIoFua) {
+        // Whole: RWF_DSYNC makes only the range it writes durable.
+        io_uring_prep_write(sqe, fd_, req->buf + req->done, static_cast<unsigned>(req->length - req->done),
+                            req->offset + req->done);
+        sqe->rw_flags = RWF_DSYNC;
+        break;
+      }
+      io_uring_prep_write(sqe, fd_, req->buf + req->done,
+                          static_cast<unsigned>(std::min(req->length - req->done, kWritePieceMax)),
                           req->offset + req->done);
-      if (req->flags & kIoFua) sqe->rw_flags = RWF_DSYNC;
       break;
     case IoKind::kFlush:
       io_uring_prep_fsync(sqe, fd_, IORING_FSYNC_DATASYNC);

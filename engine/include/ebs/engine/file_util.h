@@ -33,6 +33,16 @@ inline constexpr size_t kDirectIoAlign = 4096;
 // direct I/O (EINVAL) or the open fails.
 int ReopenDirect(int fd, int flags);
 
+// Marks `fd` (a volume's data file, opened for buffered I/O) for block-device
+// access: no readahead, so pages it reads enter the page cache as 4 KiB
+// pages, not large folios. ext4 (Linux 6.16 and later) caches readahead in
+// folios of up to 2 MiB, and every later small write into such a folio walks
+// all of the folio's buffer heads: 4 KiB random writes ran 4x slower after a
+// sequential read of the same range. Block clients do their own readahead
+// and send large reads. Only this descriptor is affected; advisory (a file
+// system that ignores it is fine).
+void AdviseBlockAccess(int fd);
+
 // A reusable buffer aligned for direct I/O: Get(n) hands out at least n bytes
 // (empty when the allocation fails), reallocating only to grow.
 class AlignedBuffer {
