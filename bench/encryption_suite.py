@@ -53,7 +53,7 @@ def prepare(args, work, size_gib):
     vols = os.path.join(data, "volumes")
     files = [os.path.join(vols, n) for n in os.listdir(vols) if n.endswith(".img")]
     for path in files:
-        drop_page_cache(path)  # nbdcopy's large writes left large folios
+        drop_page_cache(path)  # each run then starts from settle_page_cache's state
     return data, sock, files
 
 
@@ -72,8 +72,8 @@ def run(args):
             for i, job in enumerate(JOBS):
                 order = servers if (r + i) % 2 == 0 else servers[::-1]
                 for s in order:
-                    for path in files:
-                        settle_page_cache(path)
+                    for path in files:  # ebs keeps them in small folios: no need to drop them
+                        settle_page_cache(path, drop=False)
                     s.start()
                     try:
                         res = run_fio(s, job, runtime, f"{size_gib}G", work, f"enc-{job[0]}-{s.name}-{r}")

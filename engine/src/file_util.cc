@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -36,6 +37,16 @@ Status WriteAll(int fd, std::string_view bytes, const std::string& path) {
 }
 
 void AdviseBlockAccess(int fd) { (void)posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM); }
+
+Status PwriteVolumeData(int fd, const void* buf, size_t n, uint64_t off, const std::string& path) {
+  const char* p = static_cast<const char*>(buf);
+  for (size_t done = 0; done < n;) {
+    const size_t piece = std::min(n - done, kDataWritePiece);
+    EBS_RETURN_IF_ERROR(PwriteAll(fd, p + done, piece, off + done, path));
+    done += piece;
+  }
+  return Status::Ok();
+}
 
 int ReopenDirect(int fd, int flags) {
   return ::open(("/proc/self/fd/" + std::to_string(fd)).c_str(), flags | O_DIRECT | O_CLOEXEC);

@@ -159,7 +159,7 @@ Status HydrationLayer::Load(uint64_t chunk, uint64_t* fetched) {
   if (fetched != nullptr) *fetched = data.size();
   if (st.ok() && !data.empty() && options_.cipher) st = options_.cipher->EncryptPadded(offset, &data);
   if (st.ok() && !data.empty()) {
-    st = PwriteAll(fd_, data.data(), data.size(), offset, "loaded chunk " + std::to_string(chunk));
+    st = PwriteVolumeData(fd_, data.data(), data.size(), offset, "loaded chunk " + std::to_string(chunk));
     // The data is durable before the record says it is loaded: after a
     // crash a chunk is either loaded whole or loaded again.
     if (st.ok() && fdatasync(fd_) != 0) st = Status::FromErrno(errno, "sync loaded chunk");

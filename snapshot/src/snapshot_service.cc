@@ -840,7 +840,7 @@ Status SnapshotService::WriteImage(const SnapshotRecord& r, const std::vector<De
         Status w = PwriteAll(direct_fd, buf.data(), *n, off, what);
         if (w.code() != EINVAL) return w;
         direct_ok = false;  // the file system wants other alignment: buffered from now on
-        return PwriteAll(fd, buf.data(), *n, off, what);
+        return PwriteVolumeData(fd, buf.data(), *n, off, what);
       }
       data.assign(buf.data(), *n);  // the volume's partial last chunk
     } else {
@@ -848,7 +848,7 @@ Status SnapshotService::WriteImage(const SnapshotRecord& r, const std::vector<De
       if (!d.ok()) return corrupt(d);
     }
     if (cipher != nullptr) EBS_RETURN_IF_ERROR(cipher->EncryptPadded(off, &data));
-    return PwriteAll(fd, data.data(), data.size(), off, what);
+    return PwriteVolumeData(fd, data.data(), data.size(), off, what);
   });
   if (st.ok() && fdatasync(fd) != 0) st = Status::FromErrno(errno, "sync the written image");
   if (direct_fd >= 0) ::close(direct_fd);
