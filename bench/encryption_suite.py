@@ -11,8 +11,7 @@ import statistics
 import subprocess
 import tempfile
 
-from benchlib import (Server, drop_page_cache, log, machine_facts, run_fio, run_measured, settle_page_cache,
-                      write_results)
+from benchlib import Server, log, machine_facts, run_fio, run_measured, write_results
 
 JOBS = [
     # name, fio rw, block size, queue depth, extra fio args
@@ -50,11 +49,7 @@ def prepare(args, work, size_gib):
     finally:
         server.stop()
     os.unlink(image)
-    vols = os.path.join(data, "volumes")
-    files = [os.path.join(vols, n) for n in os.listdir(vols) if n.endswith(".img")]
-    for path in files:
-        drop_page_cache(path)  # each run then starts from settle_page_cache's state
-    return data, sock, files
+    return data, sock
 
 
 def run(args):
@@ -64,7 +59,7 @@ def run(args):
     work = tempfile.mkdtemp(prefix="ebs-bench-enc.")
     try:
         log(f"bench: encryption: two {size_gib} GiB volumes of random data in {work}")
-        data, sock, files = prepare(args, work, size_gib)
+        data, sock = prepare(args, work, size_gib)
         argv = [args.ebs, "--data-dir", data, "serve", "--no-throttle", "--listen", "none", "--socket", sock]
         servers = [Server(v, argv, sock, v) for v in VOLUMES]
         results = {j[0]: {v: [] for v in VOLUMES} for j in JOBS}
@@ -72,8 +67,6 @@ def run(args):
             for i, job in enumerate(JOBS):
                 order = servers if (r + i) % 2 == 0 else servers[::-1]
                 for s in order:
-                    for path in files:  # ebs keeps them in small folios: no need to drop them
-                        settle_page_cache(path, drop=False)
                     s.start()
                     try:
                         res = run_fio(s, job, runtime, f"{size_gib}G", work, f"enc-{job[0]}-{s.name}-{r}")

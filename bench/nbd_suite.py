@@ -62,8 +62,8 @@ def run(args):
             for job in JOBS:
                 for s in order:
                     settle_page_cache(data_file, drop=file_written)
-                    if s.name != "nbdkit-memory":  # the one server that never touches the file
-                        file_written = job[1] != "randread" and job[1] != "read"
+                    if data_file in s.argv:  # not nbdkit memory
+                        file_written = job[1] not in ("randread", "read")
                     s.start()
                     try:
                         res = run_fio(s, job, runtime, size, work, f"{job[0]}-{s.name}-{r}")

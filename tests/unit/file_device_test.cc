@@ -304,12 +304,6 @@ TEST_F(FileDeviceTest, FullFileSystemGivesEnospcAndLosesNothing) {
   EXPECT_EQ(chunk, out);
 }
 
-}  // namespace
-}  // namespace ebs
-
-namespace ebs {
-namespace {
-
 // Reads through a volume's data file bring its pages into the page cache as
 // 4 KiB pages, and writes as folios of at most 128 KiB, never the large
 // folios (up to 2 MiB) readahead and large writes make: on ext4 (Linux 6.16
@@ -355,6 +349,14 @@ class FileDeviceFolioTest : public FileDeviceTest {
       ASSERT_EQ(0, RunIo(*loop_, *dev_, IoKind::kWrite, off, data_.size(), data_.data()));
     }
   }
+  // Reads the whole volume through the device and checks what WriteAll wrote.
+  void ReadAllAndCheck() {
+    std::vector<char> buf(data_.size());
+    for (uint64_t off = 0; off < kSize; off += buf.size()) {
+      ASSERT_EQ(0, RunIo(*loop_, *dev_, IoKind::kRead, off, buf.size(), buf.data()));
+      ASSERT_EQ(0, memcmp(buf.data(), data_.data(), buf.size())) << "at " << off;
+    }
+  }
 
   TempDir dir_;
   std::string path_;
@@ -367,11 +369,7 @@ TEST_F(FileDeviceFolioTest, ReadsCacheFourKibPages) {
   WriteAll();
   ExpectPlainIoMakesFoliosLargerThan(/*write=*/false, 1);
   if (IsSkipped() || HasFatalFailure()) return;
-  std::vector<char> buf(1 << 20);
-  for (uint64_t off = 0; off < kSize; off += buf.size()) {
-    ASSERT_EQ(0, RunIo(*loop_, *dev_, IoKind::kRead, off, buf.size(), buf.data()));
-    ASSERT_EQ(0, memcmp(buf.data(), data_.data(), buf.size())) << "at " << off;
-  }
+  ReadAllAndCheck();
   const CachedPages served = CountCachedPages(path_, kSize);
   EXPECT_GT(served.resident, 0) << "the reads cached nothing";
   EXPECT_EQ(1, served.largest_folio) << "pages in the largest folio (a plain read: " << plain_.largest_folio << ")";
@@ -385,11 +383,7 @@ TEST_F(FileDeviceFolioTest, LargeWritesCacheFoliosOfAtMost128Kib) {
   EXPECT_GT(served.resident, 0) << "the writes cached nothing";
   EXPECT_LE(served.largest_folio, kMaxWriteFolioPages)
       << "pages in the largest folio (a plain 1 MiB write: " << plain_.largest_folio << ")";
-  std::vector<char> buf(1 << 20);
-  for (uint64_t off = 0; off < kSize; off += buf.size()) {
-    ASSERT_EQ(0, RunIo(*loop_, *dev_, IoKind::kRead, off, buf.size(), buf.data()));
-    ASSERT_EQ(0, memcmp(buf.data(), data_.data(), buf.size())) << "at " << off;
-  }
+  ReadAllAndCheck();
 }
 
 }  // namespace
