@@ -24,12 +24,12 @@ constexpr Metric kMetrics[] = {
     {"read_time_seconds_total", "VolumeTotalReadTime", "counter", "Time spent in reads (VolumeTotalReadTime)"},
     {"write_time_seconds_total", "VolumeTotalWriteTime", "counter", "Time spent in writes (VolumeTotalWriteTime)"},
     {"idle_time_seconds_total", "VolumeIdleTime", "counter", "Time with no I/O in flight (VolumeIdleTime)"},
-    {"queue_length", "VolumeQueueLength", "gauge", "Average requests outstanding (VolumeQueueLength)"},
+    {"queue_length", "VolumeQueueLength", "gauge", "Average requests outstanding over the last minute (VolumeQueueLength)"},
     {"in_flight", "InFlight", "gauge", "Requests outstanding now"},
     {"consumed_ops_total", "VolumeConsumedReadWriteOps", "counter",
      "I/O operations counted by EBS accounting (VolumeConsumedReadWriteOps)"},
     {"throughput_percentage", "VolumeThroughputPercentage", "gauge",
-     "Throughput delivered as a percentage of the limit (VolumeThroughputPercentage)"},
+     "IOPS delivered (counted I/Os) over the last minute as a percentage of the IOPS limit (VolumeThroughputPercentage)"},
     {"iops_exceeded_check", "VolumeIOPSExceededCheck", "gauge",
      "1 if the workload tried to exceed the IOPS limit in the last minute"},
     {"throughput_exceeded_check", "VolumeThroughputExceededCheck", "gauge",
@@ -66,9 +66,12 @@ std::string MetricsExporter::Render(VolumeManager* volumes) {
   out += "# HELP ebs_volume_latency_microseconds Request latency percentiles\n"
          "# TYPE ebs_volume_latency_microseconds gauge\n";
   for (const auto& v : *all) {
-    for (const char* q : {"p50", "p90", "p99", "p99.9"}) {
+    // Prometheus quantile labels are fractions: p99.9 is quantile="0.999".
+    const std::pair<const char*, const char*> quantiles[] = {
+        {"p50", "0.5"}, {"p90", "0.9"}, {"p99", "0.99"}, {"p99.9", "0.999"}};
+    for (const auto& [key, q] : quantiles) {
       out += fmt::format("ebs_volume_latency_microseconds{{volume=\"{}\",quantile=\"{}\"}} {}\n",
-                         Escape(v["name"].get<std::string>()), q + 1, v["LatencyMicroseconds"][q].dump());
+                         Escape(v["name"].get<std::string>()), q, v["LatencyMicroseconds"][key].dump());
     }
   }
   return out;

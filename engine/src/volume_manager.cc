@@ -656,11 +656,11 @@ nlohmann::json VolumeManager::StatsLocked(const VolumeRecord& record) {
                               {"p99.9", s.latency_p999_us}};
   PerformanceLimits limits = ComputeLimits(record.config);
   double burst_balance = 100;
-  double tp_limit = limits.baseline_throughput_mibps;
+  double iops_limit = limits.baseline_iops;
   if (v && v->throttle()) {
     ThrottleLayer::State t = v->throttle()->Read();
     burst_balance = t.burst_balance_percent;
-    tp_limit = t.current_throughput_mibps;
+    iops_limit = t.current_iops;
     j["Throttle"] = {{"enabled", true},
                      {"current_iops_limit", t.current_iops},
                      {"current_throughput_limit_mibps", t.current_throughput_mibps},
@@ -671,10 +671,13 @@ nlohmann::json VolumeManager::StatsLocked(const VolumeRecord& record) {
     j["Throttle"] = {{"enabled", v ? false : options_.throttle}};
   }
   if (limits.io_credit_bucket > 0 || limits.throughput_credit_bucket_mib > 0) j["BurstBalance"] = burst_balance;
-  // Throughput delivered as a share of the limit (CloudWatch reports it for
-  // provisioned-IOPS types; we report it for every type).
-  double bytes_per_s = s.elapsed_s > 0 ? static_cast<double>(s.read_bytes + s.write_bytes) / s.elapsed_s : 0;
-  j["VolumeThroughputPercentage"] = tp_limit > 0 ? 100.0 * bytes_per_s / (tp_limit * kMiB) : 0;
+  // CloudWatch's period figures over the last minute: IOPS delivered (as
+  // counted I/Os) as a share of the IOPS limit. CloudWatch reports it for
+  // provisioned-IOPS types; we report it for every type, against its current
+  // limit (the burst rate while a bucket has credits).
+  j["PeriodSeconds"] = s.period_s;
+  const double consumed_per_s = s.period_s > 0 ? s.period_consumed_ops / s.period_s : 0;
+  j["VolumeThroughputPercentage"] = iops_limit > 0 ? 100.0 * consumed_per_s / iops_limit : 0;
   return j;
 }
 

@@ -1,11 +1,13 @@
 #include "ebs/engine/volume_metrics.h"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 
 namespace ebs {
 namespace {
-constexpr int64_t kMinuteNs = 60'000'000'000;
+constexpr int64_t kSecondNs = 1'000'000'000;
+constexpr int64_t kMinuteNs = 60 * kSecondNs;
 }
 
 int VolumeMetrics::BucketOf(uint64_t ns) {
@@ -46,6 +48,7 @@ void VolumeMetrics::OnComplete(bool write, uint64_t bytes, int64_t latency_ns, b
   }
   (write ? write_time_ns_ : read_time_ns_).fetch_add(lat, std::memory_order_relaxed);
   latency_[BucketOf(lat)].fetch_add(1, std::memory_order_relaxed);
+  MaybeNote(now_ns);
   if (in_flight_.fetch_sub(1, std::memory_order_relaxed) != 1) return;
   std::lock_guard<std::mutex> lock(idle_mu_);
   if (in_flight_.load(std::memory_order_relaxed) != 0 || idle_) return;  // busy again already
@@ -60,6 +63,19 @@ void VolumeMetrics::OnLimitReached(bool iops_limit, int64_t now_ns) {
 void VolumeMetrics::OnThrottleWait(int64_t wait_ns) {
   throttled_ns_.fetch_add(static_cast<uint64_t>(std::max<int64_t>(0, wait_ns)), std::memory_order_relaxed);
   throttled_requests_.fetch_add(1, std::memory_order_relaxed);
+}
+
+void VolumeMetrics::MaybeNote(int64_t now_ns) const {
+  if (now_ns < next_note_ns_.load(std::memory_order_relaxed)) return;
+  std::unique_lock<std::mutex> lock(notes_mu_, std::try_to_lock);
+  if (lock.owns_lock()) NoteLocked(now_ns);  // else another thread is noting
+}
+
+void VolumeMetrics::NoteLocked(int64_t now_ns) const {
+  if (now_ns < next_note_ns_.load(std::memory_order_relaxed)) return;
+  notes_[notes_count_ % kNotes] = {now_ns, read_time_ns_.load() + write_time_ns_.load(), consumed_milli_ios_.load()};
+  ++notes_count_;
+  next_note_ns_.store(now_ns + kSecondNs, std::memory_order_relaxed);
 }
 
 double VolumeMetrics::Percentile(double p) const {
@@ -92,8 +108,35 @@ VolumeMetrics::Sample VolumeMetrics::Read(int64_t now_ns) const {
     if (idle_ && now_ns > idle_since_ns_) idle += static_cast<uint64_t>(now_ns - idle_since_ns_);
     s.idle_time_s = static_cast<double>(idle) / 1e9;
   }
-  s.queue_length = s.elapsed_s > 0 ? (s.total_read_time_s + s.total_write_time_s) / s.elapsed_s : 0;
   s.consumed_ops = static_cast<double>(consumed_milli_ios_.load()) / 1000.0;
+  {
+    // The period is the last minute (up to a second more), or since the
+    // volume was opened. Its counters at the start come from the notes
+    // around that instant: the newest one at or before it, where the period
+    // then starts, unless that is over a second older. A
+    // completion a second or more after a note makes the next note, so then
+    // nothing completed from that second until the next note but the
+    // completion that made it, and the next note's counters hold for the
+    // start (off by that one request).
+    std::lock_guard<std::mutex> lock(notes_mu_);
+    NoteLocked(now_ns);
+    const int64_t from = std::max(created_ns_, now_ns - kMinuteNs);
+    Note start{created_ns_, 0, 0};
+    const Note* next = nullptr;
+    for (int i = 0; i < std::min(notes_count_, kNotes); ++i) {
+      const Note& n = notes_[i];
+      if (n.t_ns <= from && n.t_ns > start.t_ns) start = n;
+      if (n.t_ns > from && (next == nullptr || n.t_ns < next->t_ns)) next = &n;
+    }
+    if (next != nullptr && from >= start.t_ns + kSecondNs) {
+      start = *next;
+      start.t_ns = from;
+    }
+    const uint64_t busy_ns = read_time_ns_.load() + write_time_ns_.load();
+    s.period_s = static_cast<double>(now_ns - start.t_ns) / 1e9;
+    s.period_consumed_ops = static_cast<double>(consumed_milli_ios_.load() - start.consumed_milli_ios) / 1000.0;
+    s.queue_length = s.period_s > 0 ? static_cast<double>(busy_ns - start.busy_ns) / 1e9 / s.period_s : 0;
+  }
   s.throttled_time_s = static_cast<double>(throttled_ns_.load()) / 1e9;
   s.throttled_requests = throttled_requests_.load();
   s.iops_exceeded_last_minute = now_ns - iops_exceeded_ns_.load() < kMinuteNs;
