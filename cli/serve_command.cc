@@ -166,7 +166,14 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   }
   if (opts.tcp_exports) fmt::print("ebs: TCP exports only: {}\n", fmt::join(*opts.tcp_exports, ", "));
   if (opts.unix_exports) fmt::print("ebs: Unix socket exports only: {}\n", fmt::join(*opts.unix_exports, ", "));
-  std::string example = volumes.ok() && !volumes->empty() ? volumes->front().record.name : "NAME";
+  // The hints name vol0 (the quickstart's volume) when it exists.
+  std::string example = "NAME";
+  if (volumes.ok() && !volumes->empty()) {
+    example = volumes->front().record.name;
+    for (const auto& v : *volumes) {
+      if (v.record.name == "vol0") example = v.record.name;
+    }
+  }
   if (opts.tls == nbd::TlsMode::kRequire) {
     // Plain URIs would be refused: show the TLS ones.
     std::string query = !a.tls_certs.empty() ? "tls-certificates=" + a.tls_certs : "tls-psk-file=" + a.tls_psk;
@@ -180,8 +187,10 @@ int Serve(const Context& ctx, const ServeArgs& a) {
     }
   } else if (!opts.unix_socket.empty()) {
     fmt::print("ebs: connect:  nbdinfo 'nbd+unix:///{}?socket={}'\n", example, opts.unix_socket);
+    // nbdfuse creates the file once connected; mkfs only a blank volume.
     fmt::print("ebs: mount:    mkdir -p /tmp/ebs-fuse && nbdfuse /tmp/ebs-fuse/disk 'nbd+unix:///{}?socket={}' &\n"
-               "              dev=$(losetup -f --show /tmp/ebs-fuse/disk); mkfs.ext4 $dev; mount $dev /mnt\n",
+               "              until [ -e /tmp/ebs-fuse/disk ]; do sleep 0.1; done; dev=$(losetup -f --show /tmp/ebs-fuse/disk)\n"
+               "              blkid $dev || mkfs.ext4 $dev; mount $dev /mnt\n",
                example, opts.unix_socket);
   }
   if (opts.tls != nbd::TlsMode::kRequire) {

@@ -609,7 +609,8 @@ void Connection::CompleteRead(Slot* s) {
 
 void Connection::BlockStatus(Slot* s) {
   const RequestHeader& h = s->req;
-  std::vector<Extent> extents;
+  std::vector<Extent>& extents = s->extents;  // the slot's: no allocation once warm
+  extents.clear();
   Status st = device_->Map(h.offset, h.length, &extents);
   if (!st.ok()) {
     ReplyError(s, ToWireError(st.code()));

@@ -61,6 +61,7 @@ class Connection final : public ExportDirectory {
     const char* data = nullptr;  // payload sent after the reply header
     size_t data_len = 0;
     std::vector<char> extra;     // block status payload
+    std::vector<Extent> extents; // block status query, kept for the next one
     Slot* next_free = nullptr;
     uint64_t charge = 0;  // bytes counted in inflight_bytes_
   };
