@@ -37,6 +37,7 @@ using testing::TempDir;
 struct CachedPages {
   long resident = -1;
   long largest_folio = -1;
+  long dirty = -1;  // pages not yet written back
 };
 CachedPages CountCachedPages(const std::string& path, size_t len) {
   CachedPages out;
@@ -51,7 +52,7 @@ CachedPages CountCachedPages(const std::string& path, size_t len) {
   int pagemap = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
   int flags = ::open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
   if (mincore(map, len, resident.data()) == 0 && pagemap >= 0 && flags >= 0) {
-    out = {0, 0};
+    out = {0, 0, 0};
     long run = 0;  // pages of the folio the previous page belongs to
     for (size_t i = 0; i < resident.size(); ++i) {
       if (!(resident[i] & 1)) {
@@ -68,7 +69,7 @@ CachedPages CountCachedPages(const std::string& path, size_t len) {
       }
       const uint64_t pfn = entry & ((uint64_t{1} << 55) - 1);
       if (pfn == 0) {  // frames hidden: not root
-        out = {-1, -1};
+        out = {-1, -1, -1};
         break;
       }
       if (pread(flags, &kflags, 8, static_cast<off_t>(pfn * 8)) != 8) {
@@ -76,6 +77,7 @@ CachedPages CountCachedPages(const std::string& path, size_t len) {
         continue;
       }
       ++out.resident;
+      if (kflags & (uint64_t{1} << 4)) ++out.dirty;  // KPF_DIRTY
       const bool tail = kflags & (uint64_t{1} << 16);  // KPF_COMPOUND_TAIL
       run = tail && run > 0 ? run + 1 : 1;
       out.largest_folio = std::max(out.largest_folio, run);
@@ -302,6 +304,32 @@ TEST_F(FileDeviceTest, FullFileSystemGivesEnospcAndLosesNothing) {
   EXPECT_EQ(0, RunIo(*loop_, **dev, IoKind::kWrite, 8 << 20, chunk.size(), chunk.data()));
   ASSERT_EQ(0, RunIo(*loop_, **dev, IoKind::kRead, 8 << 20, out.size(), out.data()));
   EXPECT_EQ(chunk, out);
+}
+
+// The durability contract, seen in the page cache: a write without FUA may
+// stay dirty in memory; once a flush completes no page of it is dirty (it
+// is on the disk), and a FUA write is on the disk when it completes.
+TEST_F(FileDeviceTest, FlushAndFuaLeaveNoDirtyPages) {
+  TempDir dir;
+  constexpr uint64_t kSize = 4 << 20;
+  const std::string path = dir.path() + "/vol.img";
+  auto dev = FileDevice::Open(path, kSize, true);
+  ASSERT_TRUE(dev.ok()) << dev.status().message();
+  std::string data = testing::RandomBytes(1 << 20, 7);
+  ASSERT_EQ(0, RunIo(*loop_, **dev, IoKind::kWrite, 0, data.size(), data.data()));
+  const CachedPages written = CountCachedPages(path, kSize);
+  if (written.dirty < 0) GTEST_SKIP() << "page flags are hidden here (/proc/kpageflags needs root)";
+  if (written.dirty == 0) GTEST_SKIP() << "this file system left no page of a plain write dirty (tmpfs?)";
+  ASSERT_EQ(0, RunIo(*loop_, **dev, IoKind::kFlush, 0, 0));
+  const CachedPages flushed = CountCachedPages(path, kSize);
+  EXPECT_GT(flushed.resident, 0);
+  EXPECT_EQ(0, flushed.dirty) << "dirty pages after a flush (" << written.dirty << " before it)";
+
+  ASSERT_EQ(0, RunIo(*loop_, **dev, IoKind::kWrite, 1 << 20, data.size(), data.data(), kIoFua));
+  EXPECT_EQ(0, CountCachedPages(path, kSize).dirty) << "dirty pages after a FUA write completed";
+  // Large FUA writes go down whole, small ones too.
+  ASSERT_EQ(0, RunIo(*loop_, **dev, IoKind::kWrite, 2 << 20, 4096, data.data(), kIoFua));
+  EXPECT_EQ(0, CountCachedPages(path, kSize).dirty) << "dirty pages after a 4 KiB FUA write completed";
 }
 
 // Reads through a volume's data file bring its pages into the page cache as
