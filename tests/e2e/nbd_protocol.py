@@ -15,6 +15,7 @@ per check and exits 1 if any failed.
 """
 
 import errno
+import re
 import socket
 import struct
 import sys
@@ -130,6 +131,10 @@ IHAVEOPT = 0x49484156454F5054
 OPT_REPLY_MAGIC = 0x3E889045565A9
 REQ_MAGIC = 0x25609513
 SIMPLE_REPLY_MAGIC = 0x67446698
+STRUCTURED_REPLY_MAGIC = 0x668E33EF
+REPLY_FLAG_DONE = 1
+REPLY_TYPE_OFFSET_DATA, REPLY_TYPE_OFFSET_HOLE = 1, 2
+REPLY_TYPE_ERROR = (1 << 15) + 1
 OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_STARTTLS, OPT_INFO, OPT_GO = 1, 2, 3, 5, 6, 7
 REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
 REP_ERR_UNSUP = (1 << 31) + 1
@@ -142,6 +147,10 @@ INFO_NAME, INFO_DESCRIPTION = 1, 2
 INFO_EXPORT, INFO_BLOCK_SIZE = 0, 3
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH = 0, 1, 2, 3
 CMD_BLOCK_STATUS = 7
+CMD_FLAG_DF = 1 << 2
+# What the server says about an export (NBD_INFO_DESCRIPTION, OPT_LIST):
+# "TYPE SIZE (VOLUME-ID)", e.g. "gp3 1 GiB (vol-0123456789abcdef0)".
+VOLUME_ID = r"vol-[0-9a-f]{17}"
 
 
 class Raw:
@@ -211,13 +220,34 @@ class Raw:
         data = self.recv(read_len) if err == 0 and read_len else b""
         return err, data
 
+    def structured_reply(self):
+        """NBD_OPT_STRUCTURED_REPLY, which must be acknowledged."""
+        self.option(OPT_STRUCTURED_REPLY)
+        o, rtype, data = self.opt_reply()
+        assert o == OPT_STRUCTURED_REPLY and rtype == REP_ACK and data == b"", (o, hex(rtype), data)
+
+    def chunks(self):
+        """The structured reply chunks to the last request, up to the one with
+        NBD_REPLY_FLAG_DONE: a list of (flags, type, payload)."""
+        out = []
+        while True:
+            magic, flags, rtype, cookie, length = struct.unpack(">IHHQI", self.recv(20))
+            assert magic == STRUCTURED_REPLY_MAGIC, f"reply magic {magic:#x}, want structured"
+            assert cookie == self.cookie, (cookie, self.cookie)
+            out.append((flags, rtype, self.recv(length)))
+            if flags & REPLY_FLAG_DONE:
+                return out
+
     def close(self):
         self.s.close()
 
 
-def raw_go(name="disk"):
-    """Raw connection in transmission phase with simple replies, no block size request."""
+def raw_go(name="disk", structured=False):
+    """Raw connection in transmission phase with simple (or structured)
+    replies, no block size request."""
     r = Raw()
+    if structured:
+        r.structured_reply()
     rtype, info = r.go(name, infos=())
     assert rtype == REP_ACK, f"OPT_GO {name!r}: reply {rtype:#x}"
     size, tflags = struct.unpack(">QH", info[INFO_EXPORT])
@@ -597,7 +627,7 @@ def run_rw():
         o, rtype, _ = r.opt_reply()
         assert rtype in (REP_ERR_UNSUP, REP_ERR_POLICY), f"STARTTLS without TLS: {rtype:#x}"
         rtype, _ = r.go("nosuch")
-        assert rtype & (1 << 31), f"OPT_GO unknown export: {rtype:#x}"
+        assert rtype == REP_ERR_UNKNOWN, f"OPT_GO unknown export: {rtype:#x}, want NBD_REP_ERR_UNKNOWN"
         rtype, info = r.go("disk", infos=(INFO_BLOCK_SIZE,))
         assert rtype == REP_ACK, hex(rtype)
         size, _ = struct.unpack(">QH", info[INFO_EXPORT])
@@ -691,8 +721,10 @@ def run_rw():
         rtype, info = r.go("", infos=(INFO_NAME, INFO_DESCRIPTION), opt=OPT_INFO)
         assert rtype == REP_ACK, hex(rtype)
         assert struct.unpack(">Q", info[INFO_EXPORT][:8])[0] == VOL0_SIZE
-        if INFO_NAME in info:
-            assert info[INFO_NAME] == b"vol0", info[INFO_NAME]
+        # Requested, so present: the default export's canonical name.
+        assert info.get(INFO_NAME) == b"vol0", info.get(INFO_NAME)
+        assert re.fullmatch(rf"gp3 2 GiB \({VOLUME_ID}\)", info.get(INFO_DESCRIPTION, b"").decode()), \
+            info.get(INFO_DESCRIPTION)
         # OPT_ABORT is acknowledged (then the client drops the connection).
         r.option(OPT_ABORT)
         o, rtype, _ = r.opt_reply()
@@ -728,6 +760,172 @@ def run_rw():
         r.request(CMD_FLUSH, 0, 0)
         e, _ = r.simple_reply()
         assert e == 0
+        r.close()
+
+    # ---- structured READ replies: holes ----
+    HOLE_AT = 250 * MiB      # never written
+    MIXED_AT = 260 * MiB     # 64 KiB of data, then a hole
+
+    def read_chunks(r, offset, length, flags=0):
+        """Structured READ: checks what every such reply must satisfy and
+        returns [(type, offset, length, data or None)] in the order sent."""
+        r.request(CMD_READ, offset, length, flags=flags)
+        chunks = r.chunks()
+        out = []
+        for i, (cflags, ctype, payload) in enumerate(chunks):
+            last = i == len(chunks) - 1
+            assert bool(cflags & REPLY_FLAG_DONE) == last, f"DONE flag on chunk {i} of {len(chunks)}"
+            assert ctype != REPLY_TYPE_ERROR, f"error chunk: {payload!r}"
+            if ctype == REPLY_TYPE_OFFSET_DATA:
+                (o,) = struct.unpack(">Q", payload[:8])
+                out.append((ctype, o, len(payload) - 8, payload[8:]))
+            elif ctype == REPLY_TYPE_OFFSET_HOLE:
+                assert len(payload) == 12, f"OFFSET_HOLE payload of {len(payload)} bytes, want 12"
+                o, n = struct.unpack(">QI", payload)
+                out.append((ctype, o, n, None))
+            else:
+                raise AssertionError(f"chunk type {ctype} in a READ reply")
+        # Together the chunks cover exactly the request, without overlap.
+        pieces = sorted((o, n) for _, o, n, _ in out)
+        pos = offset
+        for o, n in pieces:
+            assert n > 0, f"empty chunk: {out}"
+            assert o == pos, f"chunks leave a gap or overlap at {pos}: {pieces}"
+            pos += n
+        assert pos == offset + length, f"chunks end at {pos}, request ends at {offset + length}"
+        return out
+
+    @check
+    def raw_read_hole_without_df_is_offset_hole():
+        r = raw_go(structured=True)
+        # A hole, read without DF: one OFFSET_HOLE chunk for the whole request.
+        out = read_chunks(r, HOLE_AT, 128 * KiB)
+        assert [(t, o, n) for t, o, n, _ in out] == [(REPLY_TYPE_OFFSET_HOLE, HOLE_AT, 128 * KiB)], \
+            f"hole read without DF: {[(t, o, n) for t, o, n, _ in out]}"
+        # Also a single sector, and the last block of the hole before the end.
+        out = read_chunks(r, HOLE_AT + 512, 512)
+        assert [(t, o, n) for t, o, n, _ in out] == [(REPLY_TYPE_OFFSET_HOLE, HOLE_AT + 512, 512)], out
+        out = read_chunks(r, DISK_SIZE - 8192, 4096)
+        assert [(t, o, n) for t, o, n, _ in out] == [(REPLY_TYPE_OFFSET_HOLE, DISK_SIZE - 8192, 4096)], out
+        # With DF the same read is one OFFSET_DATA chunk of zeros.
+        out = read_chunks(r, HOLE_AT, 128 * KiB, flags=CMD_FLAG_DF)
+        assert [(t, o, n) for t, o, n, _ in out] == [(REPLY_TYPE_OFFSET_DATA, HOLE_AT, 128 * KiB)], out
+        assert out[0][3] == bytes(128 * KiB)
+        # The connection goes on.
+        r.request(CMD_READ, 0, 4096, flags=CMD_FLAG_DF)
+        out = r.chunks()
+        assert len(out) == 1 and out[0][1] == REPLY_TYPE_OFFSET_DATA and out[0][2][8:] == ref
+        r.close()
+        # The same through libnbd: a READ_HOLE callback covering the request.
+        g = connect()
+        seen = []
+
+        def cb(buf, off, status, err):
+            seen.append((off, len(buf), status))
+            return 0
+
+        assert g.pread_structured(128 * KiB, HOLE_AT, cb) == bytes(128 * KiB)
+        assert seen == [(HOLE_AT, 128 * KiB, nbd.READ_HOLE)], seen
+        g.shutdown()
+
+    @check
+    def raw_read_data_then_hole():
+        g = connect()
+        d = pattern(6, 64 * KiB)
+        g.pwrite(d, MIXED_AT, flags=nbd.CMD_FLAG_FUA)
+        g.shutdown()
+        r = raw_go(structured=True)
+        out = read_chunks(r, MIXED_AT, 128 * KiB)
+        shape = [(t, o, n) for t, o, n, _ in out]
+        # Every data chunk carries what is there; every hole chunk is in the
+        # part that reads as zeros.
+        want = d + bytes(64 * KiB)
+        for t, o, n, data in out:
+            rel = o - MIXED_AT
+            if t == REPLY_TYPE_OFFSET_DATA:
+                assert data == want[rel:rel + n], f"wrong data in chunk at {o}"
+            else:
+                assert rel >= 64 * KiB, f"OFFSET_HOLE over written data: {shape}"
+        # The data comes first, as an OFFSET_DATA chunk starting at the request.
+        assert out[0][0] == REPLY_TYPE_OFFSET_DATA and out[0][1] == MIXED_AT, shape
+        # What ebs sends: one OFFSET_DATA for the whole request (zeros inline;
+        # it sends OFFSET_HOLE only when the whole request reads as zeros), or
+        # OFFSET_DATA then OFFSET_HOLE split where the data ends.
+        allowed = ([(REPLY_TYPE_OFFSET_DATA, MIXED_AT, 128 * KiB)],
+                   [(REPLY_TYPE_OFFSET_DATA, MIXED_AT, 64 * KiB),
+                    (REPLY_TYPE_OFFSET_HOLE, MIXED_AT + 64 * KiB, 64 * KiB)])
+        assert shape in allowed, f"data-then-hole read: {shape}"
+        print(f"   data-then-hole read without DF: "
+              f"{' + '.join(('DATA' if t == 1 else 'HOLE') + f' {n // KiB} KiB' for t, _, n in shape)}")
+        # The other way round: a hole then data.
+        out = read_chunks(r, MIXED_AT - 64 * KiB, 128 * KiB)
+        got = b"".join(data if t == REPLY_TYPE_OFFSET_DATA else bytes(n) for t, _, n, data in
+                       sorted(out, key=lambda c: c[1]))
+        assert got == bytes(64 * KiB) + d, "hole-then-data read: wrong contents"
+        r.close()
+
+    # ---- export information ----
+    @check
+    def info_name_and_description_when_requested():
+        r = Raw()
+        descs = {}
+        for opt in (OPT_INFO, OPT_GO):
+            rtype, info = r.go("disk", infos=(INFO_NAME, INFO_DESCRIPTION), opt=opt)
+            assert rtype == REP_ACK, f"option {opt}: {rtype:#x}"
+            assert info.get(INFO_NAME) == b"disk", f"option {opt}: INFO_NAME {info.get(INFO_NAME)!r}"
+            assert INFO_DESCRIPTION in info, f"option {opt}: no NBD_INFO_DESCRIPTION"
+            desc = info[INFO_DESCRIPTION].decode("utf-8")
+            assert re.fullmatch(rf"gp3 1 GiB \({VOLUME_ID}\)", desc), f"option {opt}: description {desc!r}"
+            descs[opt] = desc
+            assert struct.unpack(">QH", info[INFO_EXPORT])[0] == DISK_SIZE
+        assert descs[OPT_INFO] == descs[OPT_GO], descs
+        # After GO: transmission works.
+        r.request(CMD_READ, 0, 4096)
+        e, data = r.simple_reply(4096)
+        assert e == 0 and data == ref
+        r.close()
+        # libnbd sees the same, and OPT_LIST gives the same descriptions.
+        g = nbd.NBD()
+        g.set_full_info(True)
+        g.set_opt_mode(True)
+        g.connect_uri(uri("disk"))
+        listed = {}
+        g.opt_list(lambda name, desc: listed.__setitem__(name, desc))
+        assert listed["disk"] == descs[OPT_GO], (listed, descs)
+        assert re.fullmatch(rf"gp3 2 GiB \({VOLUME_ID}\)", listed["vol0"]), listed
+        assert re.fullmatch(rf"gp3 1 GiB \({VOLUME_ID}\)", listed["other"]), listed
+        assert len({listed[n][-22:] for n in listed}) == 3, f"volume ids not distinct: {listed}"
+        g.opt_go()
+        assert g.get_canonical_export_name() == "disk"
+        assert g.get_export_description() == descs[OPT_GO]
+        g.shutdown()
+
+    @check
+    def opt_go_unknown_export_err_unknown_then_go():
+        r = Raw()
+        for opt in (OPT_GO, OPT_INFO, OPT_GO):
+            for name in ("nosuch", "disk2", "x" * 200):
+                rtype, info = r.go(name, infos=(INFO_NAME, INFO_DESCRIPTION), opt=opt)
+                assert rtype == REP_ERR_UNKNOWN, \
+                    f"option {opt} for {name!r}: {rtype:#x}, want NBD_REP_ERR_UNKNOWN (0x80000006)"
+                assert not info, f"option {opt} for {name!r}: info replies before the error: {info}"
+        # The error may carry a message: UTF-8, no NUL (the spec's strings).
+        n = b"nosuch"
+        r.option(OPT_GO, struct.pack(">I", len(n)) + n + struct.pack(">H", 0))
+        o, rtype, msg = r.opt_reply()
+        assert o == OPT_GO and rtype == REP_ERR_UNKNOWN, (o, hex(rtype))
+        assert b"\0" not in msg and len(msg) <= 4096, msg
+        msg.decode("utf-8")
+        # Negotiation goes on: a GO for a real export works.
+        rtype, info = r.go("other", infos=(INFO_NAME,))
+        assert rtype == REP_ACK, f"OPT_GO after ERR_UNKNOWN: {rtype:#x}"
+        assert info.get(INFO_NAME) == b"other"
+        assert struct.unpack(">QH", info[INFO_EXPORT])[0] == GiB
+        r.request(CMD_READ, 0, 4096)
+        e, data = r.simple_reply(4096)
+        assert e == 0 and data == bytes(4096)
+        r.request(CMD_DISC, 0, 0)
+        assert r.closed_by_server()
         r.close()
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Volume lifecycle while serving: create is exported at once, growth is seen
 # by new connections, delete is refused while connected and --force ends the
-# connections, and SIGTERM keeps flushed data.
+# connections (ESHUTDOWN to requests, then close), and SIGTERM answers what it
+# read, keeps flushed data.
 source "$(dirname "$0")/lib.sh"
 need nbdinfo
 "$PY" -c 'import nbd' 2>/dev/null || skip "python3-libnbd not installed"
@@ -11,6 +12,10 @@ ebs volume create keep --type gp3 --size 1G >/dev/null
 start_server
 
 exports() { nbdinfo --list "nbd+unix:///?socket=$SOCK" | sed -n 's/^export="\(.*\)":$/\1/p' | sort | xargs; }
+
+# how FILE: what a hold client reported about the end of its connection
+# (first word: eshutdown, closed, or bad:...; see hold_connection.py).
+how() { sed -n 's/^ended [0-9.]* \([^ ]*\).*/\1/p' "$1"; }
 
 # hold NAME MODE: background client holding a connection to NAME; sets
 # HOLD_PID and HOLD_STATUS (a file), returns once it is connected.
@@ -65,7 +70,10 @@ pass "grown volume: new connections see the new size, data kept, new space usabl
 # --- delete with open connections ----------------------------------------------------
 hold live busy;  BUSY_PID=$HOLD_PID BUSY=$HOLD_STATUS
 hold live idle;  IDLE_PID=$HOLD_PID IDLE=$HOLD_STATUS
+hold live pipelined;  PIPE_PID=$HOLD_PID PIPE=$HOLD_STATUS
+hold live raw;   RAW_PID=$HOLD_PID RAW=$HOLD_STATUS
 hold keep busy;  OTHER_PID=$HOLD_PID OTHER=$HOLD_STATUS
+hold keep raw;   OTHER_RAW_PID=$HOLD_PID OTHER_RAW=$HOLD_STATUS
 
 rc=0; msg=$(ebs volume delete live 2>&1) || rc=$?
 [ $rc -ne 0 ] || fail "delete of a volume with open connections succeeded"
@@ -74,27 +82,45 @@ grep -q 'live' <<<"$msg" || fail "refusal message does not name the volume: $msg
 echo "refused: $msg"
 [ "$(exports)" = "keep live" ] || fail "exports after refused delete: $(exports)"
 sleep 0.3
-for s in "$BUSY" "$IDLE"; do grep -q '^ended' "$s" && fail "refused delete ended a connection ($s)"; done
+for s in "$BUSY" "$IDLE" "$PIPE" "$RAW"; do grep -q '^ended' "$s" && fail "refused delete ended a connection ($s)"; done
 pass "delete refused while connected: $msg"
 
 t0=$(date +%s.%N)
 ebs volume delete live --force >/dev/null || fail "delete --force"
-for p in $BUSY_PID $IDLE_PID; do
+for p in $BUSY_PID $IDLE_PID $PIPE_PID $RAW_PID; do
   rc=0; wait "$p" || rc=$?
   [ $rc -eq 0 ] || fail "client connection was not ended (hold exit $rc)"
 done
-for s in "$BUSY" "$IDLE"; do
+for s in "$BUSY" "$IDLE" "$PIPE" "$RAW"; do
   t1=$(sed -n 's/^ended \([0-9.]*\) .*/\1/p' "$s")
   "$PY" -c "import sys; d=$t1-$t0; print(f'{sys.argv[1]}: ended after {d:.2f} s'); sys.exit(0 if d < 2 else 1)" \
     "$(basename "$s") $(sed -n 's/^ended [0-9.]* //p' "$s")" ||
     fail "connection ended too late after delete --force"
 done
+# What the server does (nbd-server/src/connection.cc): a request executed
+# after the delete gets ESHUTDOWN (108) and the connection stops reading, then
+# closes once every request it had read is answered; a connection with
+# nothing in flight is closed by the periodic check. Nothing else: no other
+# errno, no success after ESHUTDOWN (hold_connection.py reports bad:... then).
+for s in "$BUSY" "$PIPE" "$RAW"; do
+  case "$(how "$s")" in
+    eshutdown|closed) ;;
+    *) fail "$(basename "$s"): connection of a deleted volume ended with: $(sed -n 's/^ended [0-9.]* //p' "$s")" ;;
+  esac
+done
+[ "$(how "$IDLE")" = closed ] || fail "idle connection of a deleted volume: $(sed -n 's/^ended [0-9.]* //p' "$IDLE"), want closed"
+# The raw client sees every reply: the answered requests are exactly the first
+# ones it sent, all successful but the last, which may be ESHUTDOWN.
+grep -Eq '^ended [0-9.]+ (eshutdown|closed) answered=[0-9]+ sent=[0-9]+ errors=\{([0-9]+: 108)?\} end=(eof|reset)$' "$RAW" ||
+  fail "raw client of a deleted volume: $(tail -n1 "$RAW")"
+pass "delete --force: requests get ESHUTDOWN or the connection closes ($(how "$BUSY"), $(how "$PIPE"), $(how "$RAW"); idle closed)"
 [ "$(exports)" = "keep" ] || fail "exports after delete --force: $(exports)"
 if nbdinfo --size "$(uri live)" >/dev/null 2>&1; then fail "deleted volume still connectable"; fi
 ebs volume describe live >/dev/null 2>&1 && fail "deleted volume still described"
 # Connections to other volumes are untouched.
-grep -q '^ended' "$OTHER" && fail "connection to another volume was ended"
+for s in "$OTHER" "$OTHER_RAW"; do grep -q '^ended' "$s" && fail "connection to another volume was ended ($s)"; done
 kill -0 "$OTHER_PID" || fail "client of another volume died"
+kill -0 "$OTHER_RAW_PID" || fail "raw client of another volume died"
 pass "delete --force ends the open connections within 2 s, others unaffected"
 
 # A new volume with the same name starts empty.
@@ -112,10 +138,16 @@ h.pwrite(b"fua-data" * 512, 2 << 20, flags=nbd.CMD_FLAG_FUA)
 h.flush()
 '
 nbdsh -u "$(uri live)" -c 'h.pwrite(b"live-vol" * 512, 0); h.flush()'
-stop_server   # the idle/busy client of "keep" is still connected
-rc=0; wait "$OTHER_PID" || rc=$?
-[ $rc -eq 0 ] || fail "client connected during SIGTERM was not disconnected (hold exit $rc)"
-pass "SIGTERM with an open connection exits 0 and disconnects the client"
+stop_server   # the busy and raw clients of "keep" are still connected
+for p in $OTHER_PID $OTHER_RAW_PID; do
+  rc=0; wait "$p" || rc=$?
+  [ $rc -eq 0 ] || fail "client connected during SIGTERM was not disconnected (hold exit $rc)"
+done
+# SIGTERM: no ESHUTDOWN, the server answers what it read and closes.
+[ "$(how "$OTHER")" = closed ] || fail "busy client at SIGTERM: $(tail -n1 "$OTHER"), want closed"
+grep -Eq '^ended [0-9.]+ closed answered=[0-9]+ sent=[0-9]+ errors=\{\} end=(eof|reset)$' "$OTHER_RAW" ||
+  fail "raw client at SIGTERM: every request read must be answered, without error: $(tail -n1 "$OTHER_RAW")"
+pass "SIGTERM with open connections exits 0, answers every request it read ($(sed -n 's/^ended [0-9.]* closed //p' "$OTHER_RAW")) and disconnects the clients"
 start_server
 [ "$(exports)" = "keep live" ] || fail "exports after restart: $(exports)"
 nbdsh -u "$(uri keep)" -c '
