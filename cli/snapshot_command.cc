@@ -19,6 +19,7 @@ struct SnapshotArgs {
   std::string id, from, to, volume, description, type, size;
   std::optional<int64_t> iops, throughput;
   bool lazy = false;
+  bool eager = false;
   std::optional<double> initialization_rate;
   std::string file, name = "imported";
   bool force = false;
@@ -134,12 +135,16 @@ void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* acti
   restore->add_option("--size", a->size, "size (default: the snapshot's; may be larger)");
   restore->add_option("--iops", a->iops, "provisioned IOPS (gp3, io1, io2)");
   restore->add_option("--throughput", a->throughput, "provisioned throughput in MiB/s (gp3)");
-  restore->add_flag("--lazy", a->lazy,
-                    "usable at once: chunks are loaded on first access and in the background while `ebs serve` "
-                    "runs; progress in `volume describe` (default: fully copied first)");
-  restore->add_option("--initialization-rate", a->initialization_rate,
-                      "with --lazy: background loading rate in MiB/s (default: as fast as it goes)")
+  auto* lazy = restore->add_flag("--lazy", a->lazy,
+      "usable at once: chunks are loaded on first access and in the background while `ebs serve` "
+      "runs; progress in `volume describe` (default: fully copied first)");
+  auto* rate = restore->add_option("--initialization-rate", a->initialization_rate,
+      "with --lazy: background loading rate in MiB/s (default: as fast as it goes)")
       ->check(CLI::PositiveNumber);
+  // The default, stated: DESIGN.md's `--initialization-rate MiBps|--eager`.
+  restore->add_flag("--eager", a->eager, "fully copied before the volume can be used (the default)")
+      ->excludes(lazy)
+      ->excludes(rate);
   AddEncryptionOptions(restore, &a->encrypted, &a->key);
   restore->callback([=] {
     *action = [=] {
@@ -246,9 +251,13 @@ void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* acti
     };
   });
   auto* reindex = store->add_subcommand("reindex", "rebuild the snapshot index from the manifests in the store alone");
+  reindex->add_flag("--force", a->force,
+                    "rebuild even when manifests are unreadable or missing, dropping their snapshots from the "
+                    "index (store gc then removes objects only they used); without it such a store is refused "
+                    "and the index left unchanged");
   reindex->callback([=] {
     *action = [=] {
-      auto r = Dispatch(*ctx, "store.reindex", nlohmann::json::object());
+      auto r = Dispatch(*ctx, "store.reindex", {{"force", a->force}});
       if (!r.ok()) return Fail(r.status());
       if (ctx->json) {
         PrintJson(*r);
@@ -262,7 +271,9 @@ void AddSnapshotCommands(CLI::App* app, Context* ctx, std::function<int()>* acti
       return (*r)["ok"].get<bool>() ? 0 : 2;
     };
   });
-  auto* check = store->add_subcommand("check", "every referenced object exists and every object is referenced");
+  auto* check = store->add_subcommand("check",
+                                      "every referenced object exists and every object is referenced, reference "
+                                      "counts agree, every snapshot has its manifest and every manifest its snapshot");
   check->callback([=] {
     *action = [=] {
       auto r = Dispatch(*ctx, "store.check", nlohmann::json::object());

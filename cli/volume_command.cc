@@ -20,6 +20,7 @@ struct VolumeArgs {
   std::optional<int64_t> throughput;
   std::string snapshot;
   bool lazy = false;
+  bool eager = false;
   std::optional<double> initialization_rate;
   bool force = false;
   bool encrypted = false;
@@ -121,12 +122,16 @@ void AddVolumeCommands(CLI::App* app, Context* ctx, std::function<int()>* action
       ->required();
   AddParams(create, a.get(), true);
   create->add_option("--snapshot", a->snapshot, "restore from this snapshot (same as `ebs snapshot restore`)");
-  create->add_flag("--lazy", a->lazy,
-                   "with --snapshot: usable at once, chunks loaded on first access and in the background while "
-                   "`ebs serve` runs (default: fully copied first)");
-  create->add_option("--initialization-rate", a->initialization_rate,
-                     "with --lazy: background loading rate in MiB/s (default: as fast as it goes)")
+  auto* lazy = create->add_flag("--lazy", a->lazy,
+      "with --snapshot: usable at once, chunks loaded on first access and in the background while "
+      "`ebs serve` runs (default: fully copied first)");
+  auto* rate = create->add_option("--initialization-rate", a->initialization_rate,
+      "with --lazy: background loading rate in MiB/s (default: as fast as it goes)")
       ->check(CLI::PositiveNumber);
+  // The default, stated: DESIGN.md's `--initialization-rate MiBps|--eager`.
+  create->add_flag("--eager", a->eager, "fully copied before the volume can be used (the default)")
+      ->excludes(lazy)
+      ->excludes(rate);
   AddEncryptionOptions(create, &a->encrypted, &a->key);
   create->callback([=] {
     *action = [=] {

@@ -19,6 +19,7 @@ constexpr char kFormatKey[] = "meta|format";
 constexpr char kFormatVersion[] = "1";
 constexpr char kLive = 'l';
 constexpr char kRetired = 'r';
+constexpr char kBase = 'b';  // followed by the id of the snapshot it copies
 constexpr size_t kMaxNameLength = 128;
 
 Status Db(const rocksdb::Status& s, const std::string& what) {
@@ -97,6 +98,15 @@ Result<ContentHash> HashValue(const rocksdb::Slice& value, const rocksdb::Slice&
   ContentHash h;
   std::memcpy(h.bytes.data(), value.data(), 16);
   return h;
+}
+
+// A lineage member's value: 'l', 'r', or 'b' + a snapshot id.
+Result<LineageMember> MemberValue(uint64_t seq, std::string_view value, std::string_view lineage) {
+  if (value.size() == 1 && (value[0] == kLive || value[0] == kRetired)) {
+    return LineageMember{seq, value[0] == kRetired, {}};
+  }
+  if (value.size() > 1 && value[0] == kBase) return LineageMember{seq, false, std::string(value.substr(1))};
+  return Status::IoError("snapshot index: corrupt lineage member " + std::string(lineage) + "/" + std::to_string(seq));
 }
 
 Result<uint64_t> CountValue(const std::string& value) {
@@ -329,11 +339,9 @@ Result<std::optional<LineageMember>> SnapshotIndex::GetMember(std::string_view l
   rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), MemberKey(lineage, seq), &value);
   if (s.IsNotFound()) return std::optional<LineageMember>();
   if (!s.ok()) return Db(s, "read lineage member");
-  if (value.size() != 1 || (value[0] != kLive && value[0] != kRetired)) {
-    return Status::IoError("snapshot index: corrupt lineage member " + std::string(lineage) + "/" +
-                           std::to_string(seq));
-  }
-  return std::optional<LineageMember>(LineageMember{seq, value[0] == kRetired});
+  auto member = MemberValue(seq, value, lineage);
+  if (!member.ok()) return member.status();
+  return std::optional<LineageMember>(std::move(*member));
 }
 
 Result<std::optional<uint64_t>> SnapshotIndex::NextMember(std::string_view lineage, uint64_t after_seq) {
@@ -349,8 +357,9 @@ Result<std::optional<uint64_t>> SnapshotIndex::NextMember(std::string_view linea
 }
 
 Status SnapshotIndex::AddCommit(Mutation& m, std::string_view lineage, uint64_t seq,
-                                std::span<const DeltaEntry> delta) {
+                                std::span<const DeltaEntry> delta, std::string_view base_of) {
   EBS_RETURN_IF_ERROR(ValidateName("lineage id", lineage));
+  if (!base_of.empty()) EBS_RETURN_IF_ERROR(ValidateName("snapshot id", base_of));
   if (seq == 0) return Status::InvalidArgument("snapshot sequence numbers start at 1");
   EBS_RETURN_IF_ERROR(ValidateDelta(delta, std::numeric_limits<uint64_t>::max()));
   // Deltas are relative to the newest member, so members must arrive in
@@ -379,7 +388,7 @@ Status SnapshotIndex::AddCommit(Mutation& m, std::string_view lineage, uint64_t 
     m.batch.Put(key, rocksdb::Slice(e.hash.AsBytes()));
     m.Ref(e.hash, +1);
   }
-  m.batch.Put(MemberKey(lineage, seq), std::string(1, kLive));
+  m.batch.Put(MemberKey(lineage, seq), base_of.empty() ? std::string(1, kLive) : kBase + std::string(base_of));
   key = LineagePrefix('m', lineage);
   const size_t m_base = key.size();
   for (const DeltaEntry& e : delta) {
@@ -391,21 +400,29 @@ Status SnapshotIndex::AddCommit(Mutation& m, std::string_view lineage, uint64_t 
   return Status::Ok();
 }
 
-Status SnapshotIndex::CommitDelta(std::string_view lineage, uint64_t seq, std::span<const DeltaEntry> delta) {
+Status SnapshotIndex::CommitDelta(std::string_view lineage, uint64_t seq, std::span<const DeltaEntry> delta,
+                                  std::string_view base_of) {
   std::lock_guard lock(mu_);
   Mutation m;
-  EBS_RETURN_IF_ERROR(AddCommit(m, lineage, seq, delta));
+  EBS_RETURN_IF_ERROR(AddCommit(m, lineage, seq, delta, base_of));
   return m.Write(db_, nullptr);
 }
 
-Status SnapshotIndex::CompleteSnapshot(const SnapshotRecord& record, std::span<const DeltaEntry> delta) {
+Status SnapshotIndex::CompleteSnapshot(const SnapshotRecord& record, std::span<const DeltaEntry> delta,
+                                       const ForkBase* base) {
   if (record.state != SnapshotState::kCompleted) {
     return Status::InvalidArgument("CompleteSnapshot of " + record.id + " in state " +
                                    std::string(SnapshotStateName(record.state)));
   }
   EBS_RETURN_IF_ERROR(ValidateName("snapshot id", record.id));
+  if (base != nullptr && (base->source_id.empty() || base->seq >= record.seq)) {
+    return Status::InvalidArgument("the base of " + record.id + " must name its source and come before it");
+  }
   std::lock_guard lock(mu_);
   Mutation m;
+  // AddCommit checks seqs against what is committed already, not against
+  // this batch: the base's seq is checked against record.seq above.
+  if (base != nullptr) EBS_RETURN_IF_ERROR(AddCommit(m, record.lineage, base->seq, base->map, base->source_id));
   EBS_RETURN_IF_ERROR(AddCommit(m, record.lineage, record.seq, delta));
   m.PutRecord(record);
   return m.Write(db_, nullptr);
@@ -484,10 +501,13 @@ Result<std::vector<LineageMember>> SnapshotIndex::ListLineage(std::string_view l
   const std::string prefix = LineagePrefix('l', lineage);
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
   for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-    if (it->key().size() != prefix.size() + 8 || it->value().size() != 1) {
+    if (it->key().size() != prefix.size() + 8) {
       return Status::IoError("snapshot index: corrupt lineage member of " + std::string(lineage));
     }
-    out.push_back({coding::DecodeBig64(it->key().data() + prefix.size()), it->value()[0] == kRetired});
+    const uint64_t seq = coding::DecodeBig64(it->key().data() + prefix.size());
+    auto member = MemberValue(seq, it->value().ToStringView(), lineage);
+    if (!member.ok()) return member.status();
+    out.push_back(std::move(*member));
   }
   if (!it->status().ok()) return Db(it->status(), "scan lineage");
   return out;
@@ -582,7 +602,7 @@ Result<DeleteOutcome> SnapshotIndex::DeleteSnapshotEntries(std::string_view line
   std::lock_guard lock(mu_);
   auto member = GetMember(lineage, seq);
   if (!member.ok()) return member.status();
-  if (!member->has_value() || (*member)->retired) {
+  if (!member->has_value() || !(*member)->live()) {
     return Status::NotFound("lineage " + std::string(lineage) + " has no live snapshot seq " + std::to_string(seq));
   }
   Mutation m;
@@ -603,7 +623,7 @@ Result<DeleteOutcome> SnapshotIndex::DeleteSnapshot(std::string_view id) {
   // its record.
   auto member = GetMember(record->lineage, record->seq);
   if (!member.ok()) return member.status();
-  if (member->has_value() && !(*member)->retired) {
+  if (member->has_value() && (*member)->live()) {
     EBS_RETURN_IF_ERROR(AddDelete(m, record->lineage, record->seq, &outcome));
   }
   m.DeleteRecord(id);
@@ -638,9 +658,10 @@ Result<std::vector<ContentHash>> SnapshotIndex::DropRetiredTip(std::string_view 
   auto members = ListLineage(lineage);
   if (!members.ok()) return members.status();
   // Members after the newest live one are visible only to seqs beyond every
-  // live snapshot, which (by the caller's promise) will never exist.
+  // live snapshot, which (by the caller's promise) will never exist. That
+  // includes a fork's base once none of its snapshots is left.
   size_t first = members->size();
-  while (first > 0 && (*members)[first - 1].retired) --first;
+  while (first > 0 && !(*members)[first - 1].live()) --first;
   std::vector<DeltaItem> items;
   for (size_t i = first; i < members->size(); ++i) {
     auto delta = ReadDelta(lineage, (*members)[i].seq);
@@ -700,6 +721,75 @@ Result<std::vector<std::pair<ContentHash, uint64_t>>> SnapshotIndex::ListRefCoun
   }
   if (!it->status().ok()) return Db(it->status(), "scan reference counts");
   return out;
+}
+
+Result<ReferenceAudit> SnapshotIndex::AuditReferences() {
+  // One consistent view of all three families: a mutation committed during
+  // the scans would otherwise look like a mismatch.
+  const rocksdb::Snapshot* snapshot = db_->GetSnapshot();
+  struct Release {
+    rocksdb::DB* db;
+    const rocksdb::Snapshot* s;
+    ~Release() { db->ReleaseSnapshot(s); }
+  } release{db_, snapshot};
+  struct Counted {
+    uint64_t deltas = 0;
+    uint64_t maps = 0;
+  };
+  // Keyed by hash, so bounded by the distinct chunks of the store (a
+  // 100 GiB volume of 512 KiB chunks: 200 K entries, ~15 MiB), not by how
+  // many snapshots name them.
+  std::unordered_map<ContentHash, Counted, ContentHashHasher> counted;
+  ReferenceAudit audit;
+  auto scan = [&](std::string_view family, uint64_t Counted::*field) -> Status {
+    const std::string prefix(family);
+    const std::string upper = PrefixEnd(prefix);
+    rocksdb::Slice upper_slice(upper);
+    rocksdb::ReadOptions ro;
+    ro.snapshot = snapshot;
+    ro.iterate_upper_bound = &upper_slice;
+    ro.readahead_size = 1 << 20;
+    ro.fill_cache = false;  // a whole-index scan would only evict what queries use
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro));
+    for (it->Seek(prefix); it->Valid(); it->Next()) {
+      auto h = HashValue(it->value(), it->key());
+      if (!h.ok()) return h.status();
+      if (h->IsZeroChunk()) continue;  // zero chunks have no object and no count
+      ++(counted[*h].*field);
+    }
+    if (!it->status().ok()) return Db(it->status(), "scan " + prefix);
+    return Status::Ok();
+  };
+  EBS_RETURN_IF_ERROR(scan("d|", &Counted::deltas));
+  EBS_RETURN_IF_ERROR(scan("m|", &Counted::maps));
+  audit.hashes = counted.size();
+  for (const auto& [hash, c] : counted) audit.entries += c.deltas;
+  // The stored counts in key (hash) order; each one met is taken out, so
+  // what is left at the end is named by entries but has no count.
+  const std::string prefix = "r|";
+  const std::string upper = PrefixEnd(prefix);
+  rocksdb::Slice upper_slice(upper);
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snapshot;
+  ro.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro));
+  for (it->Seek(prefix); it->Valid(); it->Next()) {
+    auto h = ContentHash::FromBytes(it->key().ToStringView().substr(prefix.size()));
+    if (!h.ok()) return Status::IoError("snapshot index: corrupt reference count key");
+    auto stored = CountValue(it->value().ToString());
+    if (!stored.ok()) return stored.status();
+    Counted c;
+    if (auto found = counted.find(*h); found != counted.end()) {
+      c = found->second;
+      counted.erase(found);
+    }
+    if (c.deltas != *stored || c.maps != *stored) audit.problems.push_back({*h, *stored, c.deltas, c.maps});
+  }
+  if (!it->status().ok()) return Db(it->status(), "scan reference counts");
+  for (const auto& [hash, c] : counted) audit.problems.push_back({hash, 0, c.deltas, c.maps});
+  std::sort(audit.problems.begin(), audit.problems.end(),
+            [](const ReferenceProblem& a, const ReferenceProblem& b) { return a.hash < b.hash; });
+  return audit;
 }
 
 }  // namespace ebs::snapshot

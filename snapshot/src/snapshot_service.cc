@@ -90,6 +90,12 @@ Result<std::vector<uint64_t>> AllocatedChunks(int fd, uint64_t size, uint32_t ch
 // Marks a deleted snapshot whose manifest is kept as the base of the next.
 std::string TombstoneKey(const std::string& id) { return std::string(kManifestKeyPrefix) + id + ".deleted"; }
 
+// The manifest id of a fork's base (snapshot_index.h, forks): one per
+// lineage, so named by it. Snapshot ids never end in ".base".
+constexpr std::string_view kBaseIdSuffix = ".base";
+std::string BaseId(const std::string& lineage) { return lineage + std::string(kBaseIdSuffix); }
+bool IsBaseOf(const Manifest& m) { return m.snapshot_id == BaseId(m.lineage_id); }
+
 // The chunks of one snapshot, for a volume restored lazily from it. Holds
 // the snapshot's map and the store, so it outlives the service.
 class SnapshotChunkSource final : public ChunkSource {
@@ -221,12 +227,27 @@ Status SnapshotService::ResumeLoading() {
   return volumes_->OpenLoadingVolumes();
 }
 
+Status SnapshotService::DropUncommittedManifests(const SnapshotRecord& r) {
+  EBS_RETURN_IF_ERROR(store_->Delete(ManifestKey(r.id)));
+  // A fork's base is written with its lineage's first snapshot and
+  // committed in the same batch: with no member, it was not.
+  auto members = index_->ListLineage(r.lineage);
+  if (!members.ok()) return members.status();
+  if (members->empty()) EBS_RETURN_IF_ERROR(store_->Delete(ManifestKey(BaseId(r.lineage))));
+  return Status::Ok();
+}
+
 Status SnapshotService::RecoverInterrupted() {
   auto all = index_->ListSnapshots();
   if (!all.ok()) return all.status();
   bool any = false;
   for (auto r : *all) {
     if (r.state != SnapshotState::kPending) continue;
+    // A manifest it wrote before dying names objects the gc below removes:
+    // left in the store, a reindex would bring the snapshot back completed
+    // and broken. Removed first, so a crash here leaves it pending and this
+    // runs again.
+    EBS_RETURN_IF_ERROR(DropUncommittedManifests(r));
     r.state = SnapshotState::kError;
     r.error = "interrupted: the process taking it stopped before it completed";
     EBS_RETURN_IF_ERROR(index_->PutSnapshot(r));
@@ -246,12 +267,20 @@ struct SnapshotService::Job {
   std::shared_ptr<Volume> volume;
   SnapshotRecord rec;
   // The lineage's map as of its newest committed snapshot: the delta of this
-  // snapshot is relative to it. Empty for a new lineage.
+  // snapshot is relative to it. Empty for a new lineage; for the first
+  // snapshot of a volume restored from a snapshot, that snapshot's map.
   std::unordered_map<uint64_t, ContentHash> lineage_base;
-  // What the volume held at the previous cut: the lineage base, or for the
-  // first snapshot of a volume restored from a snapshot, that snapshot's map.
+  // What the volume held at the previous cut: chunks read with the same
+  // content are unchanged. Always the lineage base (since restored volumes
+  // fork their source's lineage), kept apart as what StoreChunk compares.
   const std::unordered_map<uint64_t, ContentHash>* content_base = &lineage_base;
-  std::unordered_map<uint64_t, ContentHash> source_map;
+  // The first snapshot of a volume restored from a snapshot of this store
+  // forks its lineage (snapshot_index.h): `fork_source` is that snapshot,
+  // `fork_map` its whole map, committed as the lineage's base. Empty
+  // otherwise.
+  std::string fork_source;
+  uint64_t fork_volume_size = 0;
+  std::vector<DeltaEntry> fork_map;
   bool full = false;  // nothing known: read every allocated chunk
   std::optional<uint64_t> cut_generation;
   int fd = -1;
@@ -353,16 +382,12 @@ Result<std::unique_ptr<SnapshotService::Job>> SnapshotService::PrepareJob(const 
   if (!members.ok()) return members.status();
   rec.seq = members->empty() ? 1 : members->back().seq + 1;
   if (!members->empty()) {
-    // The parent: the newest completed snapshot of this volume's lineage.
-    auto all = index_->ListSnapshots();
-    if (!all.ok()) return all.status();
-    const SnapshotRecord* parent = nullptr;
-    for (const auto& r : *all) {
-      if (r.lineage == rec.lineage && r.state == SnapshotState::kCompleted && (!parent || r.seq > parent->seq)) {
-        parent = &r;
-      }
-    }
-    if (parent) rec.parent_id = parent->id;
+    // The parent: the newest completed snapshot of this volume's lineage,
+    // or the snapshot its base copies (a retired member in between is
+    // absorbed when this one completes).
+    auto parent = Predecessor(rec.lineage, rec.seq);
+    if (!parent.ok()) return parent.status();
+    rec.parent_id = parent->second;
     auto map = index_->ChangedChunks(rec.lineage, 0, members->back().seq);
     if (!map.ok()) return map.status();
     for (const auto& e : *map) {
@@ -382,8 +407,15 @@ Result<std::unique_ptr<SnapshotService::Job>> SnapshotService::PrepareJob(const 
         src->key_id == rec.key_id) {
       auto map = FullMap(*src);
       if (!map.ok()) return map.status();
-      for (const auto& e : *map) job->source_map[e.chunk] = e.hash;
-      job->content_base = &job->source_map;
+      // Incremental to the source: the lineage starts with a copy of its
+      // map (the base, seq 1) and this snapshot is a delta against it, with
+      // the source as its parent.
+      for (const auto& e : *map) job->lineage_base[e.chunk] = e.hash;
+      job->fork_source = src->id;
+      job->fork_volume_size = src->volume_size;
+      job->fork_map = std::move(*map);
+      rec.seq = 2;
+      rec.parent_id = src->id;
     } else {
       job->full = true;  // the source is gone: nothing to compare with
     }
@@ -571,11 +603,37 @@ Status SnapshotService::CommitJob(Job& job) {
   // The chunks, then the manifest, are durable before the index points at
   // the snapshot.
   EBS_RETURN_IF_ERROR(store_->Flush());
+  ForkBase base;
+  if (!job.fork_source.empty()) {
+    // The fork's base has a manifest of its own, so the store alone still
+    // describes this lineage after its source snapshot is deleted.
+    Manifest b;
+    b.snapshot_id = BaseId(rec.lineage);
+    b.volume_name = rec.volume_name;
+    b.volume_id = rec.volume_id;
+    b.lineage_id = rec.lineage;
+    b.sequence = 1;
+    b.parent_snapshot_id = job.fork_source;
+    b.volume_size = job.fork_volume_size;
+    b.chunk_size = chunk_size_;
+    b.created_at_ms = rec.created_at_ms;
+    b.description = "base of " + rec.volume_name + "'s snapshots: a copy of " + job.fork_source + "'s map";
+    b.delta = job.fork_map;
+    MapDigest base_digest;
+    for (const auto& e : b.delta) base_digest.Add(e.chunk, e.hash);
+    b.map_digest = base_digest.value();
+    b.key_name = rec.key_name;
+    b.key_id = rec.key_id;
+    auto encoded_base = EncodeManifest(b, job.crypto.get());
+    if (!encoded_base.ok()) return encoded_base.status();
+    EBS_RETURN_IF_ERROR(store_->Put(ManifestKey(b.snapshot_id), *encoded_base));
+    base = {b.sequence, job.fork_source, job.fork_map};
+  }
   auto encoded = EncodeManifest(m, job.crypto.get());
   if (!encoded.ok()) return encoded.status();
   EBS_RETURN_IF_ERROR(store_->Put(ManifestKey(rec.id), *encoded));
   rec.state = SnapshotState::kCompleted;
-  Status st = index_->CompleteSnapshot(rec, m.delta);
+  Status st = index_->CompleteSnapshot(rec, m.delta, job.fork_source.empty() ? nullptr : &base);
   if (!st.ok()) {
     rec.state = SnapshotState::kPending;
     return st;
@@ -593,7 +651,10 @@ Status SnapshotService::CommitJob(Job& job) {
   }
   // Housekeeping: the snapshot is complete whatever happens here.
   Status absorbed = AbsorbRetired(rec);
-  if (!absorbed.ok()) {
+  if (absorbed.ok()) {
+    // Its parent and delta may have changed: report what the index holds.
+    if (auto now = index_->GetSnapshot(rec.id); now.ok()) rec = std::move(*now);
+  } else {
     fprintf(stderr, "ebs: snapshot %s: folding in a deleted predecessor failed (store gc will free its objects): %s\n",
             rec.id.c_str(), absorbed.message().c_str());
   }
@@ -611,22 +672,11 @@ Status SnapshotService::AbsorbRetired(const SnapshotRecord& rec) {
   if (!any) return Status::Ok();
   auto outcomes = index_->AbsorbRetired(rec.lineage);
   if (!outcomes.ok()) return outcomes.status();
-  // The new snapshot's delta now reaches back to the newest live member.
-  auto after = index_->ListLineage(rec.lineage);
-  if (!after.ok()) return after.status();
-  uint64_t prev_seq = 0;
-  for (const auto& mbr : *after) {
-    if (mbr.seq < rec.seq && !mbr.retired) prev_seq = mbr.seq;
-  }
-  std::string prev_id;
-  if (prev_seq > 0) {
-    auto all = index_->ListSnapshots();
-    if (!all.ok()) return all.status();
-    for (const auto& s : *all) {
-      if (s.lineage == rec.lineage && s.seq == prev_seq && s.state == SnapshotState::kCompleted) prev_id = s.id;
-    }
-  }
-  EBS_RETURN_IF_ERROR(RewriteManifest(rec, prev_seq, prev_id));
+  // The new snapshot's delta now reaches back to the newest live member
+  // (or the lineage's base).
+  auto prev = Predecessor(rec.lineage, rec.seq);
+  if (!prev.ok()) return prev.status();
+  EBS_RETURN_IF_ERROR(RewriteManifest(rec, prev->first, prev->second));
   for (const auto& o : *outcomes) {
     for (const auto& h : o.released) EBS_RETURN_IF_ERROR(store_->Delete(ChunkKey(h)));
   }
@@ -647,12 +697,37 @@ Status SnapshotService::RewriteManifest(const SnapshotRecord& rec, uint64_t prev
   auto encoded = EncodeManifest(*m, crypto->get());
   if (!encoded.ok()) return encoded.status();
   EBS_RETURN_IF_ERROR(store_->Put(ManifestKey(rec.id), *encoded));
-  if (rec.parent_id != prev_id) {
-    SnapshotRecord updated = rec;
-    updated.parent_id = prev_id;
-    EBS_RETURN_IF_ERROR(index_->PutSnapshot(updated));
+  // The record says the same: its parent, and its changed bytes counted
+  // over the new delta (the data in it, as CommitJob and Reindex count).
+  SnapshotRecord updated = rec;
+  updated.parent_id = prev_id;
+  updated.changed_bytes = 0;
+  for (const auto& e : *delta) {
+    if (!e.hash.IsZeroChunk() && e.chunk * rec.chunk_size < rec.volume_size) {
+      updated.changed_bytes += std::min<uint64_t>(rec.chunk_size, rec.volume_size - e.chunk * rec.chunk_size);
+    }
   }
+  if (updated != rec) EBS_RETURN_IF_ERROR(index_->PutSnapshot(updated));
   return Status::Ok();
+}
+
+Result<std::pair<uint64_t, std::string>> SnapshotService::Predecessor(const std::string& lineage, uint64_t seq) {
+  auto members = index_->ListLineage(lineage);
+  if (!members.ok()) return members.status();
+  const LineageMember* prev = nullptr;
+  for (const auto& mbr : *members) {
+    if (mbr.seq < seq && !mbr.retired) prev = &mbr;
+  }
+  if (prev == nullptr) return std::pair<uint64_t, std::string>(0, "");
+  if (prev->base()) return std::pair<uint64_t, std::string>(prev->seq, prev->base_of);
+  auto all = index_->ListSnapshots();
+  if (!all.ok()) return all.status();
+  for (const auto& s : *all) {
+    if (s.lineage == lineage && s.seq == prev->seq && s.state == SnapshotState::kCompleted) {
+      return std::pair<uint64_t, std::string>(prev->seq, s.id);
+    }
+  }
+  return std::pair<uint64_t, std::string>(prev->seq, "");
 }
 
 void SnapshotService::FailJob(Job& job, const Status& why) {
@@ -677,6 +752,10 @@ void SnapshotService::FailJob(Job& job, const Status& why) {
     if (slot.stored == 0) continue;
     auto refs = index_->RefCount(slot.hash);
     if (refs.ok() && *refs == 0) (void)store_->Delete(ChunkKey(slot.hash));
+  }
+  // Nor may a manifest be left for a snapshot the index never completed.
+  if (Status st = DropUncommittedManifests(job.rec); !st.ok()) {
+    fprintf(stderr, "ebs: snapshot %s: removing its manifest failed: %s\n", job.rec.id.c_str(), st.message().c_str());
   }
   job.rec.state = SnapshotState::kError;
   job.rec.error = why.message();
@@ -934,10 +1013,13 @@ Result<SnapshotRecord> SnapshotService::Import(const std::string& file, const st
   return rec;
 }
 
-Result<nlohmann::json> SnapshotService::Reindex() {
+Result<nlohmann::json> SnapshotService::Reindex(bool force) {
   std::lock_guard<std::mutex> lock(mu_);
   auto keys = store_->List(kManifestKeyPrefix);
   if (!keys.ok()) return keys.status();
+  // Every problem below drops a snapshot (or a chain's correctness) from
+  // the new index, and with it the references that keep its objects from
+  // gc: without `force`, any of them leaves the index as it is.
   nlohmann::json problems = nlohmann::json::array();
   std::map<std::string, std::map<uint64_t, Manifest>> lineages;  // lineage -> seq -> manifest
   std::set<std::string> deleted;
@@ -949,16 +1031,47 @@ Result<nlohmann::json> SnapshotService::Reindex() {
     if (!key.ends_with(kManifestKeySuffix)) continue;
     auto bytes = store_->Get(key);
     auto m = bytes.ok() ? DecodeManifest(*bytes) : Result<Manifest>(bytes.status());
+    const std::string skipped = force ? " (skipped)" : "";
     if (!m.ok()) {
-      problems.push_back({{"object", key}, {"error", m.status().message() + " (skipped)"}});
+      problems.push_back({{"object", key}, {"error", m.status().message() + skipped}});
       continue;
     }
     if (m->chunk_size != chunk_size_) {
-      problems.push_back({{"object", key}, {"error", "chunk size differs from the store's (skipped)"}});
+      problems.push_back({{"object", key}, {"error", "chunk size differs from the store's" + skipped}});
+      continue;
+    }
+    if (key != ManifestKey(m->snapshot_id)) {
+      problems.push_back({{"object", key}, {"error", "holds the manifest of " + m->snapshot_id + skipped}});
       continue;
     }
     lineages[m->lineage_id][m->sequence] = std::move(*m);
   }
+  // A completed snapshot of the current index whose manifest is not in the
+  // store at all would vanish without a word. (The index may be what is
+  // broken: if it cannot be listed, the store alone decides.)
+  if (auto current = index_->ListSnapshots(); current.ok()) {
+    std::set<std::string> listed(keys->begin(), keys->end());
+    for (const auto& r : *current) {
+      if (r.state == SnapshotState::kCompleted && !listed.count(ManifestKey(r.id))) {
+        problems.push_back({{"object", ManifestKey(r.id)},
+                            {"snapshot", r.id},
+                            {"error", "missing: snapshot " + r.id + " is completed in the index" +
+                                          (force ? " (dropped)" : "")}});
+      }
+    }
+  }
+  auto refuse = [&]() -> Status {
+    std::string list;
+    for (const auto& p : problems) {
+      list += fmt::format("\n  {}: {}", p["object"].get<std::string>(), p["error"].get<std::string>());
+    }
+    return Status::IoError(fmt::format(
+        "store reindex refused, the index is unchanged: the store does not describe every snapshot "
+        "(rebuilding without these would drop their snapshots, and store gc then their objects; "
+        "--force does that):{}",
+        list));
+  };
+  if (!problems.empty() && !force) return refuse();
   // A fresh index beside the old one; swapped in only when complete.
   const std::string dir = root_ + "/index";
   const std::string fresh = root_ + "/index.reindex";
@@ -966,10 +1079,27 @@ Result<nlohmann::json> SnapshotService::Reindex() {
   std::filesystem::remove_all(fresh, ec);
   auto index = SnapshotIndex::Open(fresh);
   if (!index.ok()) return index.status();
-  uint64_t snapshots = 0, removed = 0;
+  uint64_t snapshots = 0, removed = 0, bases = 0;
   for (auto& [lineage, members] : lineages) {
     std::map<uint64_t, ContentHash> map;  // the lineage's whole map as deltas apply
     for (auto& [seq, m] : members) {
+      if (IsBaseOf(m)) {
+        // A fork's base: a copy of its source's map, with no record; always
+        // its lineage's first member, so `map` was empty until now.
+        MapDigest digest;
+        for (const auto& e : m.delta) {
+          if (!e.hash.IsZeroChunk()) map[e.chunk] = e.hash;
+        }
+        for (const auto& [chunk, hash] : map) digest.Add(chunk, hash);
+        if (digest.value() != m.map_digest || seq != members.begin()->first) {
+          problems.push_back({{"object", ManifestKey(m.snapshot_id)},
+                              {"error", "the base of lineage " + lineage + " does not reproduce its map"}});
+        }
+        Status st = (*index)->CommitDelta(lineage, seq, m.delta, m.parent_snapshot_id);
+        if (!st.ok()) return Status::Error(st.code(), "reindex of " + m.snapshot_id + " failed: " + st.message());
+        ++bases;
+        continue;
+      }
       MapDigest digest;
       SnapshotRecord rec;
       rec.changed_bytes = 0;
@@ -986,7 +1116,8 @@ Result<nlohmann::json> SnapshotService::Reindex() {
         rec.logical_bytes += std::min<uint64_t>(m.chunk_size, m.volume_size - std::min(m.volume_size, chunk * m.chunk_size));
       }
       if (digest.value() != m.map_digest) {
-        problems.push_back({{"snapshot", m.snapshot_id},
+        problems.push_back({{"object", ManifestKey(m.snapshot_id)},
+                            {"snapshot", m.snapshot_id},
                             {"error", "its chain of deltas does not reproduce the map it recorded (digest mismatch)"}});
       }
       rec.id = m.snapshot_id;
@@ -1017,6 +1148,10 @@ Result<nlohmann::json> SnapshotService::Reindex() {
     }
   }
   index->reset();
+  if (!problems.empty() && !force) {
+    std::filesystem::remove_all(fresh, ec);
+    return refuse();
+  }
   index_.reset();
   const std::string old = root_ + "/index.old";
   std::filesystem::remove_all(old, ec);
@@ -1031,8 +1166,8 @@ Result<nlohmann::json> SnapshotService::Reindex() {
   if (!reopened.ok()) return reopened.status();
   index_ = std::move(*reopened);
   std::filesystem::remove_all(old, ec);
-  return nlohmann::json{{"snapshots", snapshots}, {"deleted_bases", removed}, {"ok", problems.empty()},
-                        {"problems", problems}};
+  return nlohmann::json{{"snapshots", snapshots}, {"deleted_bases", removed}, {"fork_bases", bases},
+                        {"ok", problems.empty()}, {"problems", problems}};
 }
 
 Result<nlohmann::json> SnapshotService::Diff(const std::string& from, const std::string& to, bool with_ranges) {
@@ -1041,11 +1176,33 @@ Result<nlohmann::json> SnapshotService::Diff(const std::string& from, const std:
   if (!a.ok()) return a.status();  // the index names the missing snapshot
   auto b = index_->GetSnapshot(to);
   if (!b.ok()) return b.status();  // the index names the missing snapshot
-  if (a->lineage != b->lineage) {
-    return Status::InvalidArgument("snapshots " + from + " and " + to + " are of different volumes (lineages)");
-  }
+  std::string lineage = a->lineage;
   uint64_t lo = std::min(a->seq, b->seq), hi = std::max(a->seq, b->seq);
-  auto changed = index_->ChangedChunks(a->lineage, lo, hi);
+  if (a->lineage != b->lineage) {
+    // A snapshot and one of a volume restored from it: that volume's lineage
+    // starts with a base copying the snapshot (snapshot_index.h, forks), so
+    // the changes since are the deltas after the base.
+    auto base_in = [&](const SnapshotRecord& child, const std::string& source) -> Result<std::optional<uint64_t>> {
+      auto members = index_->ListLineage(child.lineage);
+      if (!members.ok()) return members.status();
+      if (!members->empty() && members->front().base_of == source) return std::optional(members->front().seq);
+      return std::optional<uint64_t>();
+    };
+    const SnapshotRecord* child = &*b;
+    auto base = base_in(*b, a->id);
+    if (base.ok() && !base->has_value()) {
+      child = &*a;
+      base = base_in(*a, b->id);
+    }
+    if (!base.ok()) return base.status();
+    if (!base->has_value()) {
+      return Status::InvalidArgument("snapshots " + from + " and " + to + " are of different volumes (lineages)");
+    }
+    lineage = child->lineage;
+    lo = **base;
+    hi = child->seq;
+  }
+  auto changed = index_->ChangedChunks(lineage, lo, hi);
   if (!changed.ok()) return changed.status();
   // A diff can list millions of chunks: flat arrays of numbers (columns),
   // not one JSON object or array per chunk or range (allocations each). Byte
@@ -1157,13 +1314,15 @@ Result<nlohmann::json> SnapshotService::Delete(const std::string& id) {
   // its new parent: rewrite its manifest so the store stays self-describing.
   if (outcome->absorbed_into) {
     const SnapshotRecord* next = nullptr;
-    const SnapshotRecord* prev = nullptr;
     for (const auto& s : *all) {
       if (s.lineage != r->lineage || s.id == id || s.state != SnapshotState::kCompleted) continue;
       if (s.seq == *outcome->absorbed_into) next = &s;
-      if (s.seq < r->seq && (!prev || s.seq > prev->seq)) prev = &s;
     }
-    if (next) EBS_RETURN_IF_ERROR(RewriteManifest(*next, prev ? prev->seq : 0, prev ? prev->id : ""));
+    // Its new parent: the newest snapshot before the deleted one, or the
+    // snapshot the lineage's base copies.
+    auto prev = Predecessor(r->lineage, r->seq);
+    if (!prev.ok()) return prev.status();
+    if (next) EBS_RETURN_IF_ERROR(RewriteManifest(*next, prev->first, prev->second));
   }
   // Objects nobody references any more.
   uint64_t freed = 0;
@@ -1202,26 +1361,112 @@ Result<nlohmann::json> SnapshotService::Gc() {
 Result<nlohmann::json> SnapshotService::Check() {
   std::lock_guard<std::mutex> lock(mu_);
   nlohmann::json problems = nlohmann::json::array();
+  // Every problem names an object (the one missing, unreferenced or
+  // miscounted, or the manifest of the snapshot concerned).
+  auto problem = [&](const std::string& object, const std::string& error) {
+    problems.push_back({{"object", object}, {"error", error}});
+  };
+  // Reference counts against the entries that name each object: a count
+  // too high keeps garbage, one too low lets gc delete data a snapshot needs.
+  auto audit = index_->AuditReferences();
+  if (!audit.ok()) return audit.status();
+  for (const auto& p : audit->problems) {
+    std::string error = fmt::format("reference count {} but {} index entries name it", p.stored, p.in_deltas);
+    if (p.in_maps != p.in_deltas) error += fmt::format(" ({} in chunk maps)", p.in_maps);
+    problem(ChunkKey(p.hash), error);
+    // A hash named by entries but without a count is not in the list below:
+    // its object must exist all the same.
+    if (p.stored == 0 && p.in_deltas + p.in_maps > 0) {
+      auto exists = store_->Exists(ChunkKey(p.hash));
+      if (!exists.ok()) return exists.status();
+      if (!*exists) problem(ChunkKey(p.hash), "referenced but missing");
+    }
+  }
   auto refs = index_->ListRefCounts();
   if (!refs.ok()) return refs.status();
   for (const auto& [hash, count] : *refs) {
     auto exists = store_->Exists(ChunkKey(hash));
     if (!exists.ok()) return exists.status();
-    if (!*exists) problems.push_back({{"object", ChunkKey(hash)}, {"error", "referenced but missing"}});
+    if (!*exists) problem(ChunkKey(hash), "referenced but missing");
   }
   auto keys = store_->List(kChunkKeyPrefix);
   if (!keys.ok()) return keys.status();
   for (const auto& key : *keys) {
     auto h = ContentHash::FromHex(key.substr(key.rfind('/') + 1));
     if (!h.ok()) {
-      problems.push_back({{"object", key}, {"error", "not a chunk object name"}});
+      problem(key, "not a chunk object name");
       continue;
     }
     auto n = index_->RefCount(*h);
     if (!n.ok()) return n.status();
-    if (*n == 0) problems.push_back({{"object", key}, {"error", "not referenced by any snapshot (store gc removes it)"}});
+    if (*n == 0) problem(key, "not referenced by any snapshot (store gc removes it)");
   }
-  return nlohmann::json{{"objects", keys->size()}, {"referenced", refs->size()}, {"ok", problems.empty()},
+  // Manifests against snapshot records and lineages: every completed
+  // snapshot has one (a reindex would drop it otherwise), and every one
+  // belongs to the index (a reindex would bring back a snapshot that is not
+  // there). Kept besides the records: the manifest of a deleted snapshot
+  // that is still the base of its lineage's next one, with its tombstone,
+  // and a fork's base.
+  auto manifest_keys = store_->List(kManifestKeyPrefix);
+  if (!manifest_keys.ok()) return manifest_keys.status();
+  std::set<std::string> manifests, tombstones;
+  for (const auto& key : *manifest_keys) {
+    const std::string name = key.substr(kManifestKeyPrefix.size());
+    if (name.ends_with(".deleted")) {
+      tombstones.insert(name.substr(0, name.size() - 8));
+    } else if (name.ends_with(kManifestKeySuffix)) {
+      manifests.insert(name.substr(0, name.size() - kManifestKeySuffix.size()));
+    }
+  }
+  auto records = index_->ListSnapshots();
+  if (!records.ok()) return records.status();
+  std::map<std::string, SnapshotState> states;
+  std::map<std::string, std::vector<LineageMember>> lineages;  // of completed snapshots
+  for (const auto& r : *records) {
+    states[r.id] = r.state;
+    if (r.state != SnapshotState::kCompleted) continue;
+    if (!manifests.count(r.id)) {
+      problem(ManifestKey(r.id), "missing: the manifest of completed snapshot " + r.id);
+    }
+    auto it = lineages.find(r.lineage);
+    if (it == lineages.end()) {
+      auto members = index_->ListLineage(r.lineage);
+      if (!members.ok()) return members.status();
+      it = lineages.emplace(r.lineage, std::move(*members)).first;
+    }
+    bool live = false;
+    for (const auto& mbr : it->second) live = live || (mbr.seq == r.seq && mbr.live());
+    if (!live) {
+      problem(ManifestKey(r.id), fmt::format("completed snapshot {} has no chunk map in the index (lineage {} seq {})",
+                                             r.id, r.lineage, r.seq));
+    }
+  }
+  for (const auto& id : manifests) {
+    auto state = states.find(id);
+    if (state != states.end()) {
+      if (state->second != SnapshotState::kCompleted) {
+        problem(ManifestKey(id), "the manifest of snapshot " + id + ", which is " +
+                                     std::string(SnapshotStateName(state->second)) +
+                                     " (a reindex would bring it back completed)");
+      }
+      continue;
+    }
+    if (tombstones.count(id)) continue;  // deleted, kept as the base of the next snapshot
+    if (id.ends_with(kBaseIdSuffix)) {
+      const std::string lineage = id.substr(0, id.size() - kBaseIdSuffix.size());
+      auto members = index_->ListLineage(lineage);
+      if (members.ok() && !members->empty() && members->front().base()) continue;
+      problem(ManifestKey(id), "the base of lineage " + lineage + ", which the index does not have");
+      continue;
+    }
+    problem(ManifestKey(id), "the manifest of snapshot " + id +
+                                 ", which is not in the index (a reindex would bring it back)");
+  }
+  return nlohmann::json{{"objects", keys->size()},
+                        {"referenced", refs->size()},
+                        {"reference_entries", audit->entries},
+                        {"manifests", manifests.size()},
+                        {"ok", problems.empty()},
                         {"problems", problems}};
 }
 
@@ -1276,7 +1521,8 @@ void RegisterSnapshotCommands(CommandRegistry* registry, SnapshotService* servic
     if (!r.ok()) return r.status();
     return SnapshotToJson(*r);
   });
-  registry->Register("store.reindex", [service](const nlohmann::json&) { return service->Reindex(); });
+  registry->Register("store.reindex",
+                     [service](const nlohmann::json& args) { return service->Reindex(args.value("force", false)); });
   registry->Register("store.gc", [service](const nlohmann::json&) { return service->Gc(); });
   registry->Register("store.check", [service](const nlohmann::json&) { return service->Check(); });
 }

@@ -20,6 +20,16 @@ $W "$(uri a)" init   # 40 scattered chunks of data
 S=$("$EBS" snapshot create a --json | js 'd[0]["id"]')
 nbdcopy "$(uri a)" "$T/want.img"
 
+# --eager (the default, stated) copies everything first: nothing left to
+# load; it cannot be combined with lazy loading.
+"$EBS" volume create eager --snapshot "$S" --eager >/dev/null
+"$EBS" volume describe eager --json | js '"initialization" not in d or d["initialization"] in (None, {}) or d["initialization"].get("state") != "loading"' \
+  | grep -qx True || fail "an eager restore left chunks to load"
+nbdcopy "$(uri eager)" "$T/eager.img" && cmp -s "$T/want.img" "$T/eager.img" || fail "the eager restore differs"
+if "$EBS" snapshot restore "$S" --volume both --eager --lazy >/dev/null 2>&1; then fail "--eager with --lazy accepted"; fi
+"$EBS" volume describe both >/dev/null 2>&1 && fail "a refused restore made a volume"
+pass "--eager restores fully; --eager with --lazy is refused"
+
 # 1 MiB/s: the 40 chunks (20 MiB) take far longer than this test's reads.
 "$EBS" snapshot restore "$S" --volume lazy --lazy --initialization-rate 1 >/dev/null
 [ "$(init_state lazy)" = loading ] || fail "a lazy restore is not loading"

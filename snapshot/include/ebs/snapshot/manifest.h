@@ -58,7 +58,10 @@ struct Manifest {
   // volume's successive snapshots). `sequence` orders them; the delta is
   // relative to the snapshot before it in the lineage, named by
   // `parent_snapshot_id` (empty for the first, whose delta is relative to an
-  // all-zero volume).
+  // all-zero volume). In a restored volume's lineage (snapshot_index.h,
+  // forks) the first member is a base, id "<lineage>.base", whose delta is
+  // the whole map of the snapshot it copies, named as its parent; the
+  // snapshot after the base names that snapshot as its parent too.
   std::string lineage_id;
   uint64_t sequence = 0;
   std::string parent_snapshot_id;

@@ -17,7 +17,8 @@
 //
 //   meta|format                        "1"
 //   s|<snapshot id>                    JSON SnapshotRecord
-//   l|<lineage>|be64(seq)              'l' live or 'r' retired (see deletion)
+//   l|<lineage>|be64(seq)              'l' live, 'r' retired (see deletion), or
+//                                      'b' + snapshot id: a base (see forks)
 //   m|<lineage>|be64(chunk)be64(~seq)  16-byte hash: the map family
 //   d|<lineage>|be64(seq)be64(chunk)   16-byte hash: the delta family
 //   r|<16-byte hash>                   u64 LE count, absent when zero
@@ -57,6 +58,17 @@
 // manifest should be rewritten with ChangedChunks(pred(k), n) and parent
 // pred(k) before k's manifest is deleted, so that a reindex from the store
 // reproduces the same maps at every point.
+//
+// Forks. A volume restored from snapshot S (of another lineage) starts a
+// lineage of its own whose snapshots are incremental to S. Its first
+// member is a base: a copy of S's whole map as a delta from zeros, with no
+// record of its own (value 'b' + S's id); the volume's first snapshot is
+// the next member, a delta against it. A copy, not a pointer into S's
+// lineage, so deleting S (or anything else there) never changes what the
+// fork's snapshots see; the copy costs index entries and references, never
+// objects. A base is never absorbed or retired; its entries serve the
+// lineage's later members like any other, and ChangedChunks(L, base, S2)
+// is the diff between S and S2.
 //
 // Durability and atomicity: every method that changes state writes one
 // WriteBatch with sync=true, so after a crash each change is either whole or
@@ -122,7 +134,35 @@ struct SnapshotRecord {
 struct LineageMember {
   uint64_t seq = 0;
   bool retired = false;
+  // Set for a base (see forks): the id of the snapshot whose map it copies.
+  std::string base_of;
+  bool base() const { return !base_of.empty(); }
+  // A member with a snapshot record of its own.
+  bool live() const { return !retired && !base(); }
   friend bool operator==(const LineageMember&, const LineageMember&) = default;
+};
+
+// The base a fork starts from (see forks): snapshot `source_id`'s whole
+// map, committed as member `seq` of the fork's lineage.
+struct ForkBase {
+  uint64_t seq = 0;
+  std::string source_id;
+  std::span<const DeltaEntry> map;
+};
+
+// A disagreement AuditReferences found for one hash.
+struct ReferenceProblem {
+  ContentHash hash;
+  uint64_t stored = 0;      // its reference count (0: none recorded)
+  uint64_t in_deltas = 0;   // delta entries (d|) that name it
+  uint64_t in_maps = 0;     // map entries (m|) that name it
+  friend bool operator==(const ReferenceProblem&, const ReferenceProblem&) = default;
+};
+
+struct ReferenceAudit {
+  uint64_t hashes = 0;   // distinct non-zero hashes named by entries
+  uint64_t entries = 0;  // delta entries naming a non-zero hash
+  std::vector<ReferenceProblem> problems;  // sorted by hash
 };
 
 struct DeleteOutcome {
@@ -162,11 +202,17 @@ class SnapshotIndex {
   // both key families, the lineage member, and reference counts, in one
   // synced batch. `seq` must be >= 1 and above every committed seq of the
   // lineage (EINVAL otherwise: deltas are relative to the newest one).
-  Status CommitDelta(std::string_view lineage, uint64_t seq, std::span<const DeltaEntry> delta);
+  // With `base_of`, the member is a base copying that snapshot's map (see
+  // forks; `delta` is then the whole map).
+  Status CommitDelta(std::string_view lineage, uint64_t seq, std::span<const DeltaEntry> delta,
+                     std::string_view base_of = {});
   // CommitDelta for record.lineage/record.seq plus PutSnapshot(record) in the
   // same batch, so a snapshot is never completed without its entries or the
-  // reverse. REQUIRES record.state == kCompleted (EINVAL otherwise).
-  Status CompleteSnapshot(const SnapshotRecord& record, std::span<const DeltaEntry> delta);
+  // reverse; with `base`, the fork's base is committed in that batch too
+  // (base->seq below record.seq). REQUIRES record.state == kCompleted
+  // (EINVAL otherwise).
+  Status CompleteSnapshot(const SnapshotRecord& record, std::span<const DeltaEntry> delta,
+                          const ForkBase* base = nullptr);
 
   // The content of chunk `chunk` as of snapshot `seq` of `lineage`: the hash
   // of the newest change at or before `seq`. nullopt when no snapshot up to
@@ -210,6 +256,12 @@ class SnapshotIndex {
   Result<std::vector<ContentHash>> ListUnreferenced(std::span<const ContentHash> hashes);
   // Every referenced hash with its count, sorted by hash (for `store check`).
   Result<std::vector<std::pair<ContentHash, uint64_t>>> ListRefCounts();
+  // Recounts the references from the entries themselves and compares them
+  // with the stored counts (for `store check`): every hash whose count
+  // differs from the number of delta entries naming it, or whose delta and
+  // map entries differ in number. Scans each key family once in key order;
+  // memory is one counter pair per distinct hash, never per entry.
+  Result<ReferenceAudit> AuditReferences();
 
  private:
   class Mutation;
@@ -222,7 +274,8 @@ class SnapshotIndex {
   };
   explicit SnapshotIndex(rocksdb::DB* db) : db_(db) {}
   Result<std::vector<DeltaItem>> ReadDelta(std::string_view lineage, uint64_t seq);
-  Status AddCommit(Mutation& mutation, std::string_view lineage, uint64_t seq, std::span<const DeltaEntry> delta);
+  Status AddCommit(Mutation& mutation, std::string_view lineage, uint64_t seq, std::span<const DeltaEntry> delta,
+                   std::string_view base_of = {});
   Status AddDelete(Mutation& mutation, std::string_view lineage, uint64_t seq, DeleteOutcome* outcome);
   Status AddAbsorb(Mutation& mutation, std::string_view lineage, uint64_t seq, uint64_t into, DeleteOutcome* outcome);
   Result<std::optional<LineageMember>> GetMember(std::string_view lineage, uint64_t seq);

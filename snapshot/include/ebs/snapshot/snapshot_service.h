@@ -61,7 +61,8 @@ class SnapshotService {
   // A snapshot of a raw image: a new chain whose volume is named `name` (the
   // name a restore suggests; no volume is created).
   Result<SnapshotRecord> Import(const std::string& file, const std::string& name, const std::string& description);
-  // Chunks that differ between two snapshots of one volume (ListChangedBlocks):
+  // Chunks that differ between two snapshots of one volume, or between a
+  // snapshot and one of a volume restored from it (ListChangedBlocks):
   // {from, to, chunk_size, volume_size, changed_chunks: N, chunks: [index...]
   // ascending, zeroed_chunks: [the indexes that became zero]}; chunk i holds
   // bytes [i * chunk_size, min((i + 1) * chunk_size, volume_size)). With
@@ -77,10 +78,17 @@ class SnapshotService {
   // chunk maps, reference counts), checking each chain against the map
   // digests its manifests recorded. Snapshots in `error` or `pending` are
   // not in the store and are dropped; stored sizes are not recorded there.
-  Result<nlohmann::json> Reindex();
+  // A manifest that cannot be read, a chain that does not reproduce its
+  // digests, or a completed snapshot of the current index with no manifest
+  // would leave snapshots (and the references that keep their objects)
+  // out of the new index: then nothing is changed and the problems are
+  // the error, unless `force` asks to rebuild without them.
+  Result<nlohmann::json> Reindex(bool force = false);
   // Removes objects no snapshot references.
   Result<nlohmann::json> Gc();
-  // Every referenced object exists, every object is referenced.
+  // Every referenced object exists, every object is referenced, reference
+  // counts agree with the entries that name each object, every completed
+  // snapshot has its manifest and every manifest belongs to the index.
   Result<nlohmann::json> Check();
 
   uint32_t chunk_size() const { return chunk_size_; }
@@ -119,8 +127,15 @@ class SnapshotService {
   // Snapshots left pending by a process that died are marked failed, and
   // the objects they uploaded are collected.
   Status RecoverInterrupted();
+  // Removes the manifests a snapshot that never completed may have written
+  // (its own, and its lineage's base when the lineage has no member).
+  Status DropUncommittedManifests(const SnapshotRecord& r);
   // The snapshot's whole chunk map: non-zero chunks with their hashes.
   Result<std::vector<DeltaEntry>> FullMap(const SnapshotRecord& r);
+  // What a new or surviving member `seq` of `lineage` is a delta against:
+  // the newest live member or fork base below it, as (seq, snapshot id);
+  // (0, "") when there is none (a delta from zeros).
+  Result<std::pair<uint64_t, std::string>> Predecessor(const std::string& lineage, uint64_t seq);
 
   VolumeManager* volumes_ = nullptr;
   std::string root_;
