@@ -32,7 +32,7 @@ def peak_rss_kib(pid):
     return 0
 
 
-def settle_page_cache(path, drop=True):
+def settle_page_cache(path, drop=True, length=None):
     """Puts a data file shared by several servers in the same state before
     each one's run: nothing dirty, every page cached, in 4 KiB pages. Without
     it a server inherits its predecessor's state: qemu-nbd's direct writes
@@ -48,10 +48,11 @@ def settle_page_cache(path, drop=True):
 
     `drop=False` (the last run only read the file, so its folios are as the
     previous settle left them) just writes back and reads through, which
-    costs a fraction of a second instead of a read from disk."""
+    costs a fraction of a second instead of a read from disk. `length`: only
+    the file's first `length` bytes are read (the part the jobs use; --quick)."""
     if drop:
         drop_page_cache(path)
-    size = os.path.getsize(path)
+    size = os.path.getsize(path) if length is None else min(length, os.path.getsize(path))
     step = 8 << 20
     parts = 4
     span = -(-size // parts // step) * step
@@ -161,7 +162,21 @@ def version(argv):
         return f"unavailable ({e})"
 
 
-def machine_facts(ebs):
+# How each tool a suite may use reports its version.
+TOOL_VERSION = {
+    "fio": ["fio", "--version"],
+    "nbdkit": ["nbdkit", "--version"],
+    "qemu-nbd": ["qemu-nbd", "--version"],
+    "nbdcopy": ["nbdcopy", "--version"],
+    "restic": ["restic", "version"],
+    "openssl": ["openssl", "version"],
+}
+
+
+def machine_facts(ebs, tools=("nbdkit", "qemu-nbd", "fio")):
+    """CPU model, cores, kernel, date, ebs commit and the version of each of
+    `tools` (the peers and tools the suite runs). The same facts go into
+    every suite's Markdown (machine_line) and JSON ("machine")."""
     cpu = "unknown"
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -175,10 +190,16 @@ def machine_facts(ebs):
         "kernel": platform.release(),
         "ebs": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True).stdout.strip() or "unknown",
-        "nbdkit": version(["nbdkit", "--version"]),
-        "qemu-nbd": version(["qemu-nbd", "--version"]),
-        "fio": version(["fio", "--version"]),
+        **{t: version(TOOL_VERSION[t]) for t in tools},
     }
+
+
+def machine_line(facts):
+    """The machine facts as one Markdown line: CPU, cores, kernel, ebs commit,
+    and every tool version machine_facts collected."""
+    tools = [facts[t] for t in TOOL_VERSION if t in facts]
+    return (f"Machine: {facts['cpu']}, {facts['cores']} cores, kernel {facts['kernel']}. "
+            f"Versions: ebs {facts['ebs']}" + "".join(f", {v}" for v in tools) + ".")
 
 
 # Runs one command and reports its wall time and rusage. A small launcher

@@ -4,13 +4,18 @@
   engine, numjobs=N, each job its own connection, QD 8 each), ebs serve
   (--no-throttle) beside nbdkit's file plugin on the same data file,
   alternated round by round; the server's peak RSS and CPU per operation;
-- the same against queue depth on one connection (ebs);
+- the same against queue depth on one connection (ebs), every power of two
+  from 1 to 128, 1.5 s per point (3 s for the connection sweep);
 - an incremental snapshot (and verify, restore, delete, gc) of 1, 10 and
   100 GiB sparse volumes at a fixed change (64 MiB written as 16 x 4 MiB
   spread over the volume): time and peak RSS of each process; it should not
   grow with the volume's size;
 - the server's RSS against the number of idle volumes (1, 10, 100), before
-  and with one idle NBD connection open to each."""
+  and with one idle NBD connection open to each.
+
+--quick (a smoke run): two points on every axis (1 and 16 connections, QD 1
+and 32, 1 and 10 GiB volumes with 16 MiB written and changed, 1 and 10 idle
+volumes), 1 s fio jobs over 64 MiB, one round, shorter settling sleeps."""
 import json
 import os
 import shutil
@@ -19,19 +24,25 @@ import subprocess
 import tempfile
 import time
 
-from benchlib import Server, current_rss_kib, ebs_server, log, machine_facts, peak_rss_kib, run_fio, run_measured, write_results
+from benchlib import (Server, current_rss_kib, ebs_server, log, machine_facts, machine_line, peak_rss_kib, run_fio,
+                      run_measured, write_results)
 from snapshot_suite import KeyStream
 
 CONNS = [1, 4, 16, 64]
 QUICK_CONNS = [1, 16]
 QD_PER_CONN = 8
-QDS = [1, 2, 8, 32, 128]
+SPAN_MIB, QUICK_SPAN_MIB = 1024, 64  # random data the reads range over
+QDS = [1, 2, 4, 8, 16, 32, 64, 128]
+# Seconds per queue-depth point in a full run: 8 points x 3 rounds at 1.5 s
+# cost what the 5 points at 3 s did (each run also starts a server and fio).
+QD_RUNTIME_S = 1.5
 QUICK_QDS = [1, 32]
 SIZES_GIB = [1, 10, 100]
-QUICK_SIZES_GIB = [1]
+QUICK_SIZES_GIB = [1, 10]
 VOLUME_COUNTS = [1, 10, 100]
-QUICK_VOLUME_COUNTS = [10]
+QUICK_VOLUME_COUNTS = [1, 10]
 PIECES, PIECE = 16, 4 << 20  # 64 MiB changed
+QUICK_PIECE = 1 << 20  # --quick: 16 MiB changed
 RSS_TARGET_MIB = {"server_100_idle": 100, "snapshot_ops": 256}
 
 
@@ -49,8 +60,8 @@ def make_data_file(ebs, work, random_mib):
     return data, path
 
 
-def iops_sweeps(args, work, quick, rounds, runtime):
-    span = 128 if quick else 1024  # MiB of random data the reads range over
+def iops_sweeps(args, work, quick, rounds, runtime, qd_runtime):
+    span = QUICK_SPAN_MIB if quick else SPAN_MIB  # MiB of random data the reads range over
     data_dir, data_file = make_data_file(args.ebs, work, span)
     ebs = ebs_server(args.ebs, data_dir, os.path.join(work, "ebs.sock"), "vol0")
     nbdkit = Server("nbdkit", ["nbdkit", "-f", "-U", os.path.join(work, "nbdkit.sock"), "file", data_file],
@@ -77,8 +88,8 @@ def iops_sweeps(args, work, quick, rounds, runtime):
         for q in qds:
             ebs.start()
             try:
-                res = run_fio(ebs, (f"4k-randread-qd{q}", "randread", "4k", q, []), runtime, f"{span}M", work,
-                              f"qd-{q}-{r}")
+                res = run_fio(ebs, (f"4k-randread-qd{q}", "randread", "4k", q, []), f"{round(qd_runtime * 1000)}ms",
+                              f"{span}M", work, f"qd-{q}-{r}")
             finally:
                 ebs.stop()
             by_qd[q].append(res)
@@ -88,10 +99,10 @@ def iops_sweeps(args, work, quick, rounds, runtime):
     return by_conn, by_qd
 
 
-def spread(size, shift):
+def spread(size, shift, piece):
     """PIECES offsets spread evenly over the volume, shifted by `shift` of a stride."""
     stride = size // PIECES
-    return [i * stride + int(stride * shift) // PIECE * PIECE for i in range(PIECES)]
+    return [i * stride + int(stride * shift) // piece * piece for i in range(PIECES)]
 
 
 def nbd_write(uri, writes):
@@ -115,7 +126,7 @@ def ebs_json(args, data, *argv):
     return res
 
 
-def snapshot_scaling(args, work, sizes):
+def snapshot_scaling(args, work, sizes, piece):
     rows = []
     ks = KeyStream("scaling")
     try:
@@ -126,8 +137,8 @@ def snapshot_scaling(args, work, sizes):
             subprocess.run([args.ebs, "--data-dir", data, "volume", "create", "v", "--size", f"{gib}G"], check=True,
                            stdout=subprocess.DEVNULL)
             server = ebs_server(args.ebs, data, os.path.join(work, "snap.sock"), "v")
-            base = [(off, ks.read(PIECE)) for off in spread(size, 0)]
-            change = [(off, ks.read(PIECE)) for off in spread(size, 0.5)]
+            base = [(off, ks.read(piece)) for off in spread(size, 0, piece)]
+            change = [(off, ks.read(piece)) for off in spread(size, 0.5, piece)]
             server.start()
             try:
                 nbd_write(server.uri, base)
@@ -150,14 +161,14 @@ def snapshot_scaling(args, work, sizes):
                         raise RuntimeError(f"BUG: restored {gib} GiB volume differs from what was written at {off}")
             delete = ebs_json(args, data, "snapshot", "delete", snap1)
             gc = ebs_json(args, data, "store", "gc")
-            row = {"size_gib": gib, "changed_mib": PIECES * PIECE >> 20,
+            row = {"size_gib": gib, "changed_mib": PIECES * piece >> 20,
                    "changed_bytes_reported": incr["json"][0].get("changed_bytes")}
             for name, res in (("first", first), ("incremental", incr), ("verify", verify), ("restore", restore),
                               ("delete", delete), ("gc", gc)):
                 row[f"{name}_s"] = res["wall_s"]
                 row[f"{name}_rss_mib"] = res["peak_rss_mib"]
             rows.append(row)
-            log(f"bench: scaling {gib:>4} GiB volume, 64 MiB changed: incremental snapshot "
+            log(f"bench: scaling {gib:>4} GiB volume, {PIECES * piece >> 20} MiB changed: incremental snapshot "
                 f"{row['incremental_s']:.2f} s ({row['incremental_rss_mib']:.0f} MiB), restore "
                 f"{row['restore_s']:.2f} s ({row['restore_rss_mib']:.0f} MiB)")
             shutil.rmtree(os.path.dirname(data), ignore_errors=True)
@@ -166,7 +177,7 @@ def snapshot_scaling(args, work, sizes):
     return rows
 
 
-def volume_memory(args, work, counts):
+def volume_memory(args, work, counts, settle_s=1.0, connected_s=0.5):
     try:
         import nbd  # python3-libnbd
     except ImportError as e:
@@ -185,7 +196,7 @@ def volume_memory(args, work, counts):
         server = ebs_server(args.ebs, data, sock, "v0", throttle=True)  # as deployed: throttling on
         server.start()
         try:
-            time.sleep(1.0)
+            time.sleep(settle_s)
             pid = server.proc.pid
             idle = current_rss_kib(pid)
             handles = []
@@ -195,7 +206,7 @@ def volume_memory(args, work, counts):
                     h.connect_uri(f"nbd+unix:///v{i}?socket={sock}")
                     h.pread(4096, 0)  # one request each: every volume opened and touched
                     handles.append(h)
-                time.sleep(0.5)
+                time.sleep(connected_s)
                 connected = current_rss_kib(pid)
             finally:
                 for h in handles:
@@ -204,7 +215,7 @@ def volume_memory(args, work, counts):
         finally:
             server.stop()
         rows.append({"volumes": n, "idle_rss_mib": idle / 1024, "connected_rss_mib": connected / 1024,
-                     "peak_rss_mib": peak / 1024})
+                     "peak_rss_mib": peak / 1024, "after_start_s": settle_s})
         log(f"bench: scaling {n:>4} idle volumes: server RSS {idle / 1024:.1f} MiB, with one connection each "
             f"{connected / 1024:.1f} MiB (created in {create_s:.1f} s)")
     shutil.rmtree(data, ignore_errors=True)
@@ -215,15 +226,20 @@ def run(args):
     quick = args.quick
     rounds = args.rounds or (1 if quick else 3)
     runtime = args.runtime or (1 if quick else 3)  # many points x 3 rounds: keeps bench/run < 20 min
+    qd_runtime = args.runtime or (1 if quick else QD_RUNTIME_S)
+    piece = QUICK_PIECE if quick else PIECE
     work = tempfile.mkdtemp(prefix="ebs-bench-scaling.")
     try:
         log(f"bench: scaling: preparing a volume of random data in {work}")
-        by_conn, by_qd = iops_sweeps(args, work, quick, rounds, runtime)
-        snaps = snapshot_scaling(args, work, QUICK_SIZES_GIB if quick else SIZES_GIB)
-        mem = volume_memory(args, work, QUICK_VOLUME_COUNTS if quick else VOLUME_COUNTS)
+        by_conn, by_qd = iops_sweeps(args, work, quick, rounds, runtime, qd_runtime)
+        snaps = snapshot_scaling(args, work, QUICK_SIZES_GIB if quick else SIZES_GIB, piece)
+        if quick:
+            mem = volume_memory(args, work, QUICK_VOLUME_COUNTS, settle_s=0.3, connected_s=0.2)
+        else:
+            mem = volume_memory(args, work, VOLUME_COUNTS)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return report(args, by_conn, by_qd, snaps, mem, rounds, runtime)
+    return report(args, by_conn, by_qd, snaps, mem, rounds, runtime, qd_runtime, piece)
 
 
 def med(runs, key):
@@ -231,8 +247,8 @@ def med(runs, key):
     return statistics.median(vals) if vals else None
 
 
-def report(args, by_conn, by_qd, snaps, mem, rounds, runtime):
-    facts = machine_facts(args.ebs)
+def report(args, by_conn, by_qd, snaps, mem, rounds, runtime, qd_runtime, piece):
+    facts = machine_facts(args.ebs, tools=("fio", "nbdkit"))
     conn_rows = []
     for n, per in by_conn.items():
         row = {"connections": n, "qd_per_connection": QD_PER_CONN}
@@ -247,9 +263,10 @@ def report(args, by_conn, by_qd, snaps, mem, rounds, runtime):
     lines = [
         f"# Scaling ({facts['date']})",
         "",
-        f"Machine: {facts['cpu']}, {facts['cores']} cores, kernel {facts['kernel']}; ebs {facts['ebs']}, "
-        f"{facts['nbdkit']}, {facts['fio']}. {rounds} round(s) of {runtime} s per fio job, servers alternated, "
-        f"medians; Unix sockets; reads over {128 if args.quick else 1024} MiB of random data; ebs --no-throttle.",
+        machine_line(facts),
+        f"{rounds} round(s) of {runtime} s per fio job ({qd_runtime:g} s per queue-depth point), servers "
+        f"alternated, medians; Unix sockets; reads over {QUICK_SPAN_MIB if args.quick else SPAN_MIB} MiB of random "
+        f"data; ebs --no-throttle.",
         "",
         f"4 KiB random reads against NBD connections (fio nbd engine, one connection per job, QD {QD_PER_CONN} "
         f"each):",
@@ -269,9 +286,9 @@ def report(args, by_conn, by_qd, snaps, mem, rounds, runtime):
     for r in qd_rows:
         lines.append(f"| {r['qd']} | {r['iops']:,.0f} | {r['lat_p50_us']:.0f} us | {r['cpu_s_per_mops'] or 0:.1f} | "
                      f"{r['peak_rss_mib']:.0f} MiB |")
-    lines += ["", f"Snapshot operations against volume size, sparse volumes, {PIECES * PIECE >> 20} MiB written "
-              f"before the first snapshot and {PIECES * PIECE >> 20} MiB changed before the incremental one "
-              f"({PIECES} x {PIECE >> 20} MiB spread over the volume); time and peak RSS of each process "
+    lines += ["", f"Snapshot operations against volume size, sparse volumes, {PIECES * piece >> 20} MiB written "
+              f"before the first snapshot and {PIECES * piece >> 20} MiB changed before the incremental one "
+              f"({PIECES} x {piece >> 20} MiB spread over the volume); time and peak RSS of each process "
               f"(target: under {RSS_TARGET_MIB['snapshot_ops']} MiB whatever the size):", "",
               "| volume | first snapshot | incremental snapshot | verify | restore (eager) | delete first | gc |",
               "|---:|---:|---:|---:|---:|---:|---:|"]
@@ -288,8 +305,8 @@ def report(args, by_conn, by_qd, snaps, mem, rounds, runtime):
     lines += ["", flat + f"Largest peak RSS of snapshot, verify, restore, gc: {worst:.0f} MiB "
               f"(target < {RSS_TARGET_MIB['snapshot_ops']} MiB: "
               f"{'met' if worst < RSS_TARGET_MIB['snapshot_ops'] else 'missed'}).", "",
-              "Server memory against idle volumes (8 GiB each, throttling on), 1 s after start, then with one NBD "
-              "connection open to each volume (one 4 KiB read each):", "",
+              f"Server memory against idle volumes (8 GiB each, throttling on), {mem[0]['after_start_s']:g} s after "
+              "start, then with one NBD connection open to each volume (one 4 KiB read each):", "",
               "| volumes | server RSS | with one connection per volume | peak |", "|---:|---:|---:|---:|"]
     for r in mem:
         lines.append(f"| {r['volumes']} | {r['idle_rss_mib']:.1f} MiB | {r['connected_rss_mib']:.1f} MiB | "
@@ -301,7 +318,8 @@ def report(args, by_conn, by_qd, snaps, mem, rounds, runtime):
                   f"{'met' if hundred['peak_rss_mib'] < t else 'missed'})."]
     lines.append("")
     text = "\n".join(lines)
-    write_results(args, "scaling", text, {"machine": facts, "rounds": rounds, "runtime_s": runtime, "connections": conn_rows,
+    write_results(args, "scaling", text, {"machine": facts, "rounds": rounds, "runtime_s": runtime,
+                   "qd_runtime_s": qd_runtime, "connections": conn_rows,
                    "queue_depth": qd_rows, "snapshot_vs_size": snaps, "memory_vs_volumes": mem,
                    "runs": {"connections": by_conn, "queue_depth": by_qd}})
     missing = [r["connections"] for r in conn_rows if not r["ebs_iops"] or not r["nbdkit_iops"]]

@@ -6,8 +6,8 @@ changed chunks (1k, 10k, 100k; 1 M with --diff-1m), on a store of 64 KiB
 chunks so that many chunks fit a small sparse volume, with one 512 KiB-chunk
 point as a cross-check.
 
-The image (2 GiB; --quick: 128 MiB at the start of a 1 GiB volume, and the
-regions are 512 KiB) is half random, a quarter text, a quarter zeros, in
+The image (2 GiB; --quick: 32 MiB in 8 MiB pieces at the start of a 1 GiB
+volume, the regions are 512 KiB, and the diff sweep has one point, 1k chunks) is half random, a quarter text, a quarter zeros, in
 16 MiB pieces, generated deterministically (AES-128-CTR keystream from openssl for the random part,
 seeded pseudo-text). ebs gets it through NBD (`ebs serve` + nbdcopy, so the
 change tracker sees every write), then works without a server: `ebs
@@ -24,10 +24,11 @@ import statistics
 import subprocess
 import tempfile
 
-from benchlib import Server, du_bytes, log, machine_facts, run_measured, version, write_results
+from benchlib import Server, du_bytes, log, machine_facts, machine_line, run_measured, write_results
 
 PIECE = 16 << 20
-LAYOUT = "RTRZ"  # per 64 MiB: random, text, random, zeros
+QUICK_PIECE = 8 << 20
+LAYOUT = "RTRZ"  # per 4 pieces: random, text, random, zeros
 REGIONS = 21
 CHUNK_64K_STORE = 64 << 10
 TARGETS = {"full": 2.0, "incremental": 15.0, "restore": 1.5}
@@ -89,17 +90,17 @@ class TextStream:
         return data[:n]
 
 
-def make_image(path, size):
-    """size bytes laid out as LAYOUT in PIECE pieces; zero pieces are holes."""
+def make_image(path, size, piece=PIECE):
+    """size bytes laid out as LAYOUT in `piece`-byte pieces; zero pieces are holes."""
     rnd, txt = KeyStream("image"), TextStream(1)
     try:
         with open(path, "wb") as f:
-            for i in range(size // PIECE):
+            for i in range(size // piece):
                 kind = LAYOUT[i % len(LAYOUT)]
                 if kind == "Z":
-                    f.seek(PIECE, os.SEEK_CUR)
+                    f.seek(piece, os.SEEK_CUR)
                 else:
-                    f.write(rnd.read(PIECE) if kind == "R" else txt.read(PIECE))
+                    f.write(rnd.read(piece) if kind == "R" else txt.read(piece))
             f.truncate(size)
     finally:
         rnd.close()
@@ -283,19 +284,21 @@ def diff_sweep(args, work, counts, chunk_size):
             runs.append(d)
         text_run = run_measured([args.ebs, "--data-dir", data, "--store-chunk-size", f"{c >> 10}K", "snapshot", "diff",
                                  snap0, snap_id])
-        row = {"chunk_size": chunk_size, "changed_chunks": n, "write_s": w["wall_s"], "snapshot_s": snap["wall_s"],
+        row = {"chunk_size": chunk_size, "changed_chunks": n, "write_s": w["wall_s"],
+               "write_rss_mib": w["peak_rss_mib"], "snapshot_s": snap["wall_s"],
                "snapshot_rss_mib": snap["peak_rss_mib"],
                "diff_json_s": statistics.median(x["wall_s"] for x in runs),
                "diff_cpu_s": statistics.median(x["user_s"] + x["sys_s"] for x in runs),
-               "diff_text_s": text_run["wall_s"], "diff_rss_mib": max(x["peak_rss_mib"] for x in runs)}
+               "diff_text_s": text_run["wall_s"], "diff_text_rss_mib": text_run["peak_rss_mib"],
+               "diff_rss_mib": max(x["peak_rss_mib"] for x in runs)}
         rows.append(row)
         log(f"bench: diff {n:>8} chunks of {chunk_size >> 10} KiB: diff {row['diff_json_s']:.2f} s "
             f"({row['diff_rss_mib']:.0f} MiB), snapshot of them {row['snapshot_s']:.1f} s")
     # Fixed cost: the same command with nothing to list (process start, opening the index).
-    z = [run_measured(ebs_cmd(args.ebs, data, "snapshot", "diff", snap0, snap0, chunk=c))["wall_s"]
-         for _ in range(reps)]
+    z = [run_measured(ebs_cmd(args.ebs, data, "snapshot", "diff", snap0, snap0, chunk=c)) for _ in range(reps)]
     shutil.rmtree(data, ignore_errors=True)
-    return rows, statistics.median(z)
+    return rows, {"wall_s": statistics.median(x["wall_s"] for x in z),
+                  "peak_rss_mib": max(x["peak_rss_mib"] for x in z)}
 
 
 def run(args):
@@ -306,14 +309,15 @@ def run(args):
             raise RuntimeError(f"{tool} not found: run scripts/install-deps")
     quick = args.quick
     rounds = args.rounds or (1 if quick else 3)
-    size = 128 << 20 if quick else 2 << 30
+    size = 32 << 20 if quick else 2 << 30
+    piece = QUICK_PIECE if quick else PIECE
     region = 512 << 10 if quick else 4 << 20
     work = tempfile.mkdtemp(prefix="ebs-bench-snap.")
     try:
         image = os.path.join(work, "image-v1.raw")
         image2 = os.path.join(work, "image-v2.raw")
         log(f"bench: snapshot: generating a {size >> 20} MiB image in {work}")
-        make_image(image, size)
+        make_image(image, size, piece)
         changes = make_changes(size, region)
         subprocess.run(["cp", "--sparse=always", image, image2], check=True)
         apply_to_file(image2, changes)
@@ -342,7 +346,7 @@ def run(args):
             diff_rows += rows512
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return report(args, runs, diff_rows, diff_fixed, rounds, size, region)
+    return report(args, runs, diff_rows, diff_fixed, rounds, size, region, piece)
 
 
 def med(runs, *path):
@@ -366,10 +370,8 @@ def fmt_bytes(n):
     return f"{n / (1 << 20):,.0f} MiB"
 
 
-def report(args, runs, diff_rows, diff_fixed, rounds, size, region):
-    facts = machine_facts(args.ebs)
-    facts["restic"] = version(["restic", "version"])
-    facts["openssl"] = version(["openssl", "version"])
+def report(args, runs, diff_rows, diff_fixed, rounds, size, region, piece):
+    facts = machine_facts(args.ebs, tools=("fio", "nbdcopy", "restic", "openssl"))
     e, r = runs["ebs"], runs["restic"]
     summary = {}
     rows = []
@@ -401,6 +403,8 @@ def report(args, runs, diff_rows, diff_fixed, rounds, size, region):
                 f"| | | |")
     imp = med(e, "import", "wall_s")
     diff21 = med(e, "diff", "wall_s")
+    summary["import"] = {"ebs_s": imp, "nbdcopy_peak_rss_mib": max(x["import"]["peak_rss_mib"] for x in e)}
+    summary["diff"] = {"ebs_s": diff21, "ebs_peak_rss_mib": max(x["diff"]["peak_rss_mib"] for x in e)}
     d_json = [x for x in diff_rows if x["chunk_size"] == CHUNK_64K_STORE]
     extrap = None
     if len(d_json) >= 2:
@@ -420,9 +424,8 @@ def report(args, runs, diff_rows, diff_fixed, rounds, size, region):
     lines = [
         f"# Snapshots against restic ({facts['date']})",
         "",
-        f"Machine: {facts['cpu']}, {facts['cores']} cores, kernel {facts['kernel']}; ebs {facts['ebs']}, "
-        f"{facts['restic']}.",
-        f"Image: {size >> 20} MiB, half random, a quarter text, a quarter zeros (16 MiB pieces); {REGIONS} "
+        machine_line(facts),
+        f"Image: {size >> 20} MiB, half random, a quarter text, a quarter zeros ({piece >> 20} MiB pieces); {REGIONS} "
         f"scattered regions of {region >> 10} KiB changed. {rounds} round(s), "
         f"tools alternated, medians; warm page cache; ebs without a server, restic with a local repository "
         f"(format 2, compression auto).",
@@ -432,8 +435,10 @@ def report(args, runs, diff_rows, diff_fixed, rounds, size, region):
         "|---|---:|---:|---:|---:|---|---:|---:|",
         *rows,
         "",
-        f"Writing the image into the volume through NBD (nbdcopy, not compared): {imp:.2f} s. "
-        f"`ebs snapshot diff` of the incremental ({e[0]['diff']['changed_chunks']} chunks): {diff21:.2f} s.",
+        f"Writing the image into the volume through NBD (nbdcopy, not compared): {imp:.2f} s "
+        f"(nbdcopy peak RSS {summary['import']['nbdcopy_peak_rss_mib']:.0f} MiB). "
+        f"`ebs snapshot diff` of the incremental ({e[0]['diff']['changed_chunks']} chunks): {diff21:.2f} s "
+        f"(peak RSS {summary['diff']['ebs_peak_rss_mib']:.0f} MiB).",
         "Restores are byte-identical to the changed image (cmp), for both tools.",
         "",
         "`ebs snapshot diff` against the number of changed chunks (one sparse volume; snapshot 0 empty, then "
@@ -452,7 +457,10 @@ def report(args, runs, diff_rows, diff_fixed, rounds, size, region):
                      f"{x['diff_text_s']:.3f} s | {x['diff_cpu_s']:.3f} | {x['diff_rss_mib']:.0f} MiB | "
                      f"{x['snapshot_s']:.1f} s | {x['snapshot_rss_mib']:.0f} MiB |")
     lines.append("")
-    lines.append(f"The same command with no changes takes {diff_fixed:.3f} s (process start, opening the index).")
+    lines.append(f"The same command with no changes takes {diff_fixed['wall_s']:.3f} s (process start, opening the "
+                 f"index; peak RSS {diff_fixed['peak_rss_mib']:.0f} MiB). The text diffs peaked at "
+                 f"{max(x['diff_text_rss_mib'] for x in diff_rows):.0f} MiB, fio writing the changed chunks at "
+                 f"{max(x['write_rss_mib'] for x in diff_rows):.0f} MiB.")
     if measured_1m is not None:
         lines.append(f"1 M changed chunks, measured: {measured_1m:.2f} s (target < 1 s: {over(measured_1m)}).")
     elif extrap is not None:
@@ -463,8 +471,9 @@ def report(args, runs, diff_rows, diff_fixed, rounds, size, region):
     lines.append("")
     text = "\n".join(lines)
     write_results(args, "snapshot", text, {"machine": facts, "rounds": rounds, "image_bytes": size,
-                   "regions": REGIONS, "region_bytes": region, "summary": summary, "runs": runs,
-                   "diff": {"rows": diff_rows, "fixed_s": diff_fixed}})
+                   "piece_bytes": piece, "regions": REGIONS, "region_bytes": region, "summary": summary, "runs": runs,
+                   "diff": {"rows": diff_rows, "fixed_s": diff_fixed["wall_s"],
+                            "fixed_peak_rss_mib": diff_fixed["peak_rss_mib"]}})
     bad = [k for k in ("full", "incremental", "restore") if not summary[k]["ebs_s"] or not summary[k]["restic_s"]]
     if bad or not diff_rows or not es or not rs:
         raise RuntimeError(f"snapshot suite produced no numbers for {bad or 'store/diff'}")
