@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "ebs/engine/clock.h"
 #include "ebs/engine/size.h"
 #include "ebs/nbd/server.h"
 #include "loop_state.h"
@@ -87,8 +88,33 @@ void Connection::StopReading() {
 }
 
 void Connection::RequestClose() {
+  if (transmission_ && !tls_) {
+    Drain();
+  } else {
+    StopReading();
+  }
+  MaybeFinish();  // may delete this
+}
+
+void Connection::Drain() {
+  if (draining_ || closing_ || dead_) return;
+  draining_ = true;
+  drain_started_ns_ = SteadyClock::Default()->NowNs();
+}
+
+void Connection::EndDrainAfter(int64_t now_ns, int64_t max_ns) {
+  if (!draining_ || closing_ || now_ns - drain_started_ns_ < max_ns) return;
   StopReading();
   MaybeFinish();  // may delete this
+}
+
+void Connection::ShutWriteWhenAnswered() {
+  if (!draining_ || write_shut_ || closing_ || dead_) return;
+  if (slots_in_use_ > 0 || payload_slot_ != nullptr || send_pending_ || sq_count_ > 0) return;
+  // Every request read has its reply on the wire: the client reads them all,
+  // then the end of the stream, and closes its side (OnRecv sees it).
+  write_shut_ = true;
+  ::shutdown(fd_, SHUT_WR);
 }
 
 // --- ExportDirectory ------------------------------------------------------
@@ -458,6 +484,10 @@ bool Connection::ProcessRequests() {
       continue;
     }
     if (closing_) return false;
+    if (write_shut_) {  // nothing more can be answered: what the client still sends is dropped
+      rpos_ = rend_;
+      return false;
+    }
     if (rend_ - rpos_ < kRequestHeaderSize) return false;
     if (free_slots_ == nullptr) return false;
     RequestHeader h = DecodeRequest(rbuf_.get() + rpos_);
@@ -513,13 +543,17 @@ bool Connection::EnsureBuffer(Slot* s, size_t n) {
 
 void Connection::Execute(Slot* s) {
   const RequestHeader& h = s->req;
-  if (VolumeGone()) {
+  if (draining_ || VolumeGone()) {
     if (h.type == kCmdRead || h.type == kCmdBlockStatus) {
       ReplyError(s, kEshutdown);
     } else {
       ReplySimple(s, kEshutdown);
     }
-    StopReading();
+    if (tls_) {
+      StopReading();
+    } else {
+      Drain();
+    }
     return;
   }
   IoRequest& io = s->io;
@@ -814,6 +848,7 @@ void Connection::ReleaseSlot(Slot* s) {
 }
 
 void Connection::MaybeFinish() {
+  ShutWriteWhenAnswered();
   if (finished_ || !closing_) return;
   if (recv_pending_) return;  // shutdown(SHUT_RD) ends it
   if (payload_slot_ != nullptr) {

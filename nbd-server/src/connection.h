@@ -34,10 +34,19 @@ class Connection final : public ExportDirectory {
   Connection(Server* server, LoopState* loop, int fd, const ExportFilter* exports);
   ~Connection() override;
   void Start();
-  // Stops reading; requests already read finish and are answered, then the
-  // connection closes.
+  // Ends the connection softly (the server stopping, the volume deleted):
+  // requests already read finish and are answered, and so is every request
+  // read from now on, with ESHUTDOWN, while reading goes on, so the client
+  // can still send and reads every reply. Once all are answered the write
+  // side is shut: the client sees the end of the stream, closes, and the
+  // connection ends. A TLS connection, or one not yet transmitting, stops
+  // reading at once instead.
   // May delete this (from the loop's own context only).
   void RequestClose();
+  // A connection RequestClose left draining for longer than `max_ns` (a
+  // client that neither reads nor closes) stops reading and ends.
+  // May delete this (from the loop's own context only).
+  void EndDrainAfter(int64_t now_ns, int64_t max_ns);
   // The volume was deleted underneath: close.
   bool VolumeGone() const;
 
@@ -179,6 +188,13 @@ class Connection final : public ExportDirectory {
   bool tls_failed_ = false;
   bool tls_bye_ = false;  // close_notify queued
 
+  // RequestClose's soft close: answering everything with ESHUTDOWN, then
+  // (write_shut_) waiting for the client to close.
+  void Drain();
+  void ShutWriteWhenAnswered();
+  bool draining_ = false;
+  bool write_shut_ = false;
+  int64_t drain_started_ns_ = 0;
   bool closing_ = false;  // read no more requests
   bool dead_ = false;     // the socket failed: drop replies
   bool finished_ = false;

@@ -13,7 +13,10 @@ class Connection;
 class Server;
 
 struct LoopState {
-  // Every half second: close connections whose volume was deleted.
+  // Every half second: close connections whose volume was deleted, and end
+  // those that have drained (Connection::RequestClose) for longer than this
+  // without the client closing.
+  static constexpr int64_t kMaxDrainNs = 2'000'000'000;
   struct Tick : IoCompletion {
     LoopState* state = nullptr;
     __kernel_timespec ts{0, 500'000'000};

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "connection.h"
+#include "ebs/engine/clock.h"
 #include "loop_state.h"
 
 namespace ebs::nbd {
@@ -52,13 +53,16 @@ void LoopState::Tick::Arm() {
 }
 
 void LoopState::Tick::OnComplete(int, uint32_t) {
-  if (state->stopping) return;
-  std::vector<Connection*> gone;
-  for (Connection* c : state->connections) {
-    if (c->VolumeGone()) gone.push_back(c);
+  // A copy: closing may delete a connection (and erase it from the set).
+  std::vector<Connection*> all(state->connections.begin(), state->connections.end());
+  const int64_t now = SteadyClock::Default()->NowNs();
+  for (Connection* c : all) {
+    if (!state->stopping && c->VolumeGone()) c->RequestClose();
   }
-  for (Connection* c : gone) c->RequestClose();
-  Arm();
+  all.assign(state->connections.begin(), state->connections.end());
+  for (Connection* c : all) c->EndDrainAfter(now, kMaxDrainNs);
+  // Stopping, the loop keeps ticking until its last connection has ended.
+  if (!state->stopping || !state->connections.empty()) Arm();
 }
 
 namespace {
