@@ -4,13 +4,19 @@
 # requests in flight) and journals what the server acknowledged; the server
 # is killed with SIGKILL at a random moment, restarted, and every block must
 # hold what the journal says survived (crash_client.py states the rule).
-# What an iteration does besides depends on its seed (seed % 6):
+# What an iteration does besides is its kind, KINDS[(seed + 5) % 7]: any 7
+# consecutive seeds run every kind (the test command's 10 do), a seed run
+# again does the same, and the first three (the sanitizer build's run) are
+# cli-delete, cli-gc and lazy-restore:
 #   plain             only that;
 #   modify            `volume modify` (grow or throughput) runs as the server dies;
 #   served-snapshot   then the server is killed during a `snapshot create`;
 #   cli-snapshot      then, server stopped, the CLI (which then owns the data
 #                     directory) is killed during `snapshot create`;
-#   cli-delete-or-gc  the same during `snapshot delete` or `store gc`;
+#   cli-delete        the same during `snapshot delete` (of a chain of three);
+#   cli-gc            the same during `store gc`, after a `snapshot create`
+#                     (of a volume of its own, 4 x SPAN of seeded data)
+#                     killed part way left objects for it to collect;
 #   lazy-restore      the writer writes to a volume lazily restored from a
 #                     snapshot of seeded content, while it still loads (on
 #                     demand where the writer goes, in the background at
@@ -18,15 +24,17 @@
 #                     complete, and every block the writer left alone must
 #                     hold the snapshot's content.
 # After every iteration the store must check clean and every completed
-# snapshot verify. After a snapshot-machinery crash a crash may only leave
-# unreferenced objects (which gc removes); completed snapshots must restore to
-# exactly the volume as it was when taken, and a new snapshot must restore to
-# exactly the volume.
+# snapshot verify, and no snapshot may be left `pending` (the next open marks
+# one the kill interrupted `error`; or it had completed). After a
+# snapshot-machinery crash a crash may only leave unreferenced objects (which
+# gc removes); completed snapshots must restore to exactly the volume as it
+# was when taken, and a new snapshot must restore to exactly the volume.
 #
 # CRASH_SEED_BASE (default 1000), CRASH_ITERATIONS (default 10): iteration i
 # uses seed CRASH_SEED_BASE+i, which picks the kind, the data and the kill
 # moments. CRASH_SPAN_MIB (default 16): how much of the volume is written.
-# scripts/soak-crash runs many more.
+# scripts/soak-crash runs many more. The log ends with how many iterations of
+# each kind ran, and how many of their kills landed inside the operation.
 source "$(dirname "$0")/lib.sh"
 need nbdinfo
 
@@ -41,7 +49,8 @@ SPAN=$((${CRASH_SPAN_MIB:-16} << 20))
 VOL=crash
 PERF=(--iops 3000 --throughput 750)  # fast enough that reading back is not throttled much
 C=("$PY" "$E2E_DIR/crash_client.py")
-KINDS=(plain modify served-snapshot cli-snapshot cli-delete-or-gc lazy-restore)
+KINDS=(plain modify served-snapshot cli-snapshot cli-delete cli-gc lazy-restore)
+declare -A KIND_RUNS KIND_KILLS  # kind name -> iterations run, kills inside the operation
 # MiB/s of background loading: the writer stays in the first quarter of
 # SPAN; three quarters of the other chunks hold data (~9 MiB with the default
 # SPAN), which take over 2 s to load, longer than the 0-1.5 s after which the
@@ -79,21 +88,42 @@ restart_server() {
   start_server
 }
 
-# load_snaps: reads the snapshot list into SNAP_STATE[id], SNAP_SEQ[id] and
-# COMPLETED (completed ids, oldest first).
-declare -A SNAP_STATE SNAP_SEQ
+# load_snaps: reads `snapshot list --json` into SNAP_STATE[id], SNAP_SEQ[id],
+# SNAP_ERR[id] (its error message), COMPLETED (completed ids, oldest first)
+# and ALL_IDS (every id).
+declare -A SNAP_STATE SNAP_SEQ SNAP_ERR
 load_snaps() {
-  local seq id st
-  SNAP_STATE=() SNAP_SEQ=() COMPLETED=""
-  while read -r seq id st; do
+  local seq id st err
+  SNAP_STATE=() SNAP_SEQ=() SNAP_ERR=() COMPLETED="" ALL_IDS=""
+  while read -r seq id st err; do
     [ -n "$id" ] || continue
-    SNAP_STATE[$id]=$st SNAP_SEQ[$id]=$seq
+    SNAP_STATE[$id]=$st SNAP_SEQ[$id]=$seq SNAP_ERR[$id]=$err
+    ALL_IDS="$ALL_IDS$id "
     [ "$st" != completed ] || COMPLETED="$COMPLETED$id "
   done < <("$EBS" snapshot list --json | "$PY" -c '
 import json, sys
 for s in sorted(json.load(sys.stdin), key=lambda s: s["sequence"]):
-    print(s["sequence"], s["id"], s["state"])' || echo "0 - list-failed")
+    print(s["sequence"], s["id"], s["state"], " ".join((s.get("error") or "").split()))' || echo "0 - list-failed")
   [ -z "${SNAP_STATE[-]:-}" ] || crash_fail "snapshot list failed"
+}
+
+# check_interrupted BEFORE: after a restart (snapshots as last loaded), no
+# snapshot is pending: one taken when the kill came (not in BEFORE, every id
+# listed before the operation) is completed, or `error` with a message (the
+# next open marks it so). Sets INTERRUPTED_NOTE.
+check_interrupted() {
+  local id new=""
+  for id in "${!SNAP_STATE[@]}"; do
+    case ${SNAP_STATE[$id]} in
+      completed) ;;
+      error) [ -n "${SNAP_ERR[$id]}" ] || crash_fail "snapshot $id is 'error' after the restart, with no error message" ;;
+      *) crash_fail "snapshot $id is '${SNAP_STATE[$id]}' after the restart (the next open must mark an interrupted snapshot 'error'): $("$EBS" snapshot describe "$id" 2>&1 | tr '\n' ' ')" ;;
+    esac
+    case " $1 " in *" $id "*) continue ;; esac
+    new="$new${new:+, }$id ${SNAP_STATE[$id]}"
+    [ "${SNAP_STATE[$id]}" != error ] || new="$new (${SNAP_ERR[$id]})"
+  done
+  INTERRUPTED_NOTE="snapshots taken as the kill came: ${new:-none}"
 }
 
 # record_new_snapshots BEFORE: completed snapshots (as last loaded) not in
@@ -152,6 +182,46 @@ kill_within() {
   if [ "$OP_RC" = 0 ] && [ "$st" != Z ]; then OP_WHEN="$OP_WHEN, and the command still succeeded"; fi
 }
 
+# chunk_objects: NOBJ = how many chunk objects the store holds now (not
+# counting temporary files; no subprocess, so it can be polled).
+chunk_objects() {
+  local f
+  shopt -s nullglob
+  f=("$EBS_DATA_DIR"/store/chunks/*/*/*)
+  shopt -u nullglob
+  NOBJ=${#f[@]}
+}
+
+# kill_on PID up|down N0: SIGKILL PID as soon as the store holds more (up)
+# or fewer (down) chunk objects than N0 (counted before PID started): a
+# snapshot being taken has stored its first object (its pending record is
+# written before), or gc has deleted its first one. Unless PID finishes
+# first. Reaps PID; sets OP_RC and OP_WHEN like kill_within. Polls every
+# 0.5 ms without starting a process (uploading 100 chunks of the writer's
+# compressible blocks takes only tens of milliseconds).
+exec {NAP_FD}<> <(:)  # a pipe nobody writes: `read -t` on it is a sleep
+kill_on() {
+  local pid=$1 dir=$2 n0=$3 t0=${EPOCHREALTIME/./} st
+  while :; do
+    st=Z
+    read -r _ _ st _ 2>/dev/null <"/proc/$pid/stat" || true
+    if [ "$st" = Z ]; then
+      OP_WHEN="finished in ~$(((${EPOCHREALTIME/./} - t0) / 1000)) ms, before the store had $([ "$dir" = up ] && echo more || echo fewer) than $n0 objects"
+      break
+    fi
+    chunk_objects
+    if { [ "$dir" = up ] && [ "$NOBJ" -gt "$n0" ]; } || { [ "$dir" = down ] && [ "$NOBJ" -lt "$n0" ]; }; then
+      kill -KILL "$pid" 2>/dev/null || true
+      OP_WHEN="killed at $(((${EPOCHREALTIME/./} - t0) / 1000)) ms, when the store held $NOBJ objects ($n0 before)"
+      break
+    fi
+    read -r -t 0.0005 -u "$NAP_FD" _ || true
+  done
+  OP_RC=0
+  wait "$pid" 2>/dev/null || OP_RC=$?
+  if [ "$OP_RC" = 0 ] && [ "$st" != Z ]; then OP_WHEN="$OP_WHEN, and the command still succeeded"; fi
+}
+
 # check_content ID: snapshot ID restores to what the volume held when taken.
 check_content() {
   local id=$1 out
@@ -196,6 +266,7 @@ for p in d["problems"]:
   for id in $COMPLETED; do
     out=$("$EBS" snapshot verify "$id" 2>&1) || crash_fail "snapshot verify $id: $out"
   done
+  check_interrupted "$ALL_IDS"  # nothing pending
 }
 
 # init_of VOLUME: "STATE LOADED TOTAL" of its lazy loading (loaded/total are
@@ -224,21 +295,24 @@ START=$SECONDS
 
 for ((i = 0; i < ITERATIONS; i++)); do
   seed=$((SEED_BASE + i))
-  kind=$((seed % 6))
+  kind=$(((seed + 5) % ${#KINDS[@]}))
+  kname=${KINDS[$kind]}
   RANDOM=$seed
   J="$T/journal.$seed"
   DELETED=""
   t_iter=$SECONDS
 
-  if [ "$kind" -lt 2 ] || [ "$kind" = 5 ]; then
+  case $kname in plain | modify | lazy-restore) snapkind="" ;; *) snapkind=1 ;; esac
+  inside=""  # set when the kill landed inside the kind's operation
+  if [ -z "$snapkind" ]; then
     load_snaps
     before=$COMPLETED
   fi
 
   # 1. The writer, and SIGKILL at a random moment (with a modify in flight
-  #    for kind 1). Kind 5 writes to a volume still loading lazily.
+  #    for modify). Lazy-restore writes to a volume still loading lazily.
   wvol=$VOL wspan=$SPAN
-  if [ "$kind" = 5 ]; then
+  if [ "$kname" = lazy-restore ]; then
     "$EBS" volume create lazysrc --size 1G "${PERF[@]}" >/dev/null
     "${C[@]}" fill "$(uri lazysrc)" --seed "$seed" --span "$SPAN" --state-out "$T/lazy-base.json" >"$T/fill.out" \
       || crash_fail "fill failed: $(cat "$T/fill.out")"
@@ -253,8 +327,8 @@ for ((i = 0; i < ITERATIONS; i++)); do
   WRITER=$!
   for _ in $(seq 1 200); do [ -s "$T/ready" ] && break; sleep 0.025; done
   [ -s "$T/ready" ] || crash_fail "writer did not connect: $(cat "$T/writer.out")"
-  if [ "$kind" = 5 ]; then rand delay 0 1500; else rand delay 200 1500; fi
-  if [ "$kind" = 1 ]; then
+  if [ "$kname" = lazy-restore ]; then rand delay 0 1500; else rand delay 200 1500; fi
+  if [ "$kname" = modify ]; then
     read -r old_size old_tp < <("$EBS" volume describe "$VOL" --json | js 'd["size_bytes"], d["throughput_mibps"]' | tr -d '(),')
     new_size=$old_size new_tp=$old_tp
     if [ $((RANDOM % 2)) = 0 ] && [ "$old_size" -lt $((4 << 30)) ]; then
@@ -277,19 +351,23 @@ for ((i = 0; i < ITERATIONS; i++)); do
   rc=0; wait "$WRITER" || rc=$?
   [ $rc = 0 ] || crash_fail "writer exited $rc: $(cat "$T/writer.out")"
   modify_rc=0
-  if [ "$kind" = 1 ]; then wait "$MODIFY" || modify_rc=$?; fi
+  if [ "$kname" = modify ]; then wait "$MODIFY" || modify_rc=$?; fi
+  # Inside the operation: the writes (always), a modify not yet answered.
+  [ "$kname" != plain ] || inside=1
+  [ "$kname" != modify ] || [ "$modify_rc" = 0 ] || inside=1
 
   # 2. The catalog opens without the server (whose sockets are left behind).
   "$EBS" volume describe "$VOL" >/dev/null 2>"$T/describe.err" \
     || crash_fail "volume describe after the crash (server down): $(cat "$T/describe.err")"
-  if [ "$kind" = 5 ]; then
+  if [ "$kname" = lazy-restore ]; then
     read -r kill_st kill_loaded kill_total < <(init_of lazy) \
       || crash_fail "volume describe lazy after the crash (server down) failed"
+    [ "$kill_st" = completed ] || inside=1
   fi
 
   # 3. Restart: every block holds what the journal allows.
   restart_server
-  if [ "$kind" = 5 ]; then
+  if [ "$kname" = lazy-restore ]; then
     # The writer left the volume alone: it holds what it held.
     jargs=()
   else
@@ -307,7 +385,7 @@ $out
   [ "$(nbdinfo --size "$(uri "$VOL")")" = "$size" ] || crash_fail "export size differs from the catalog's $size"
   summary="killed ${delay} ms into the writes; ${out#verify: }"
 
-  if [ "$kind" = 1 ]; then
+  if [ "$kname" = modify ]; then
     if { [ "$size" != "$old_size" ] && [ "$size" != "$new_size" ]; } || { [ "$tp" != "$old_tp" ] && [ "$tp" != "$new_tp" ]; }; then
       crash_fail "after a crash during modify ${margs[*]}: size $size, throughput $tp (was $old_size, $old_tp)"
     fi
@@ -326,7 +404,7 @@ $out
     summary="$summary; modify ${margs[*]} $what (modification state $mstate)"
   fi
 
-  if [ "$kind" = 5 ]; then
+  if [ "$kname" = lazy-restore ]; then
     # Loading resumes and completes; every block the writer acknowledged
     # (and flushed) reads back, every other one holds the snapshot's content.
     # Either wait for the background loading first, or read at once (loading
@@ -355,12 +433,12 @@ $out
     [ "${vargs[0]}" != --journal ] || jout=$out
     summary="lazy restore of $LSNAP at $LAZY_RATE MiB/s, killed ${delay} ms into the writes ($when); $order; ${jout#verify: }"
   fi
-  if [ "$kind" -lt 2 ] || [ "$kind" = 5 ]; then
+  if [ -z "$snapkind" ]; then
     load_snaps
     check_store "$before" strict
     summary="$summary; $STORE_NOTE, snapshots verify"
   fi
-  if [ "$kind" = 5 ]; then
+  if [ "$kname" = lazy-restore ]; then
     # Loaded: the volume no longer needs its source.
     "$EBS" volume delete lazy >/dev/null || crash_fail "volume delete lazy failed"
     out=$("$EBS" snapshot delete "$LSNAP" 2>&1) || crash_fail "snapshot delete $LSNAP (source of a completed lazy restore): $out"
@@ -368,70 +446,114 @@ $out
   fi
 
   # 4. Crashes in the snapshot machinery.
-  if [ "$kind" -ge 2 ] && [ "$kind" -le 4 ]; then
+  if [ -n "$snapkind" ]; then
     load_snaps
     before=$COMPLETED
-    case $kind in
-      2) # SIGKILL the server while it takes a snapshot.
+    all_before=$ALL_IDS
+    pre_rc=""
+    case $kname in
+      served-snapshot) # SIGKILL the server while it takes a snapshot.
         "$EBS" snapshot create "$VOL" --json >"$T/op.out" 2>&1 &
         kill_within served-create $! "$SERVER_PID"
         crash_server
         restart_server
         op="served snapshot create: server $OP_WHEN"
         ;;
-      3) # SIGKILL the CLI taking a snapshot on its own (server stopped).
+      cli-snapshot) # SIGKILL the CLI taking a snapshot on its own (server stopped).
         stop_server
         "$EBS" snapshot create "$VOL" --json >"$T/op.out" 2>&1 &
         kill_within create $!
         op="CLI snapshot create $OP_WHEN"
         ;;
-      4) # SIGKILL the CLI deleting a snapshot, or collecting garbage.
+      cli-delete) # SIGKILL the CLI deleting a snapshot.
         stop_server
-        if [ $((RANDOM % 3)) != 0 ]; then
-          # A chain of at least three, so the delete is often in the middle.
-          while ids=($COMPLETED) && [ ${#ids[@]} -lt 3 ]; do
-            timed create "$EBS" snapshot create "$VOL" >/dev/null || crash_fail "snapshot create failed"
-            load_snaps
-            record_new_snapshots "$before"
-            before=$COMPLETED
-          done
-          DELETED=${ids[$((RANDOM % ${#ids[@]}))]}
-          deleted_seq=${SNAP_SEQ[$DELETED]}
-          opargs=(snapshot delete "$DELETED")
-          key=delete
-        else
-          # Garbage first: a snapshot create killed part way (if it
-          # finishes, gc has less to do; that is fine too).
-          "$EBS" snapshot create "$VOL" --json >/dev/null 2>&1 &
-          kill_within create $!
+        # A chain of at least three, so the delete is often in the middle.
+        while ids=($COMPLETED) && [ ${#ids[@]} -lt 3 ]; do
+          timed create "$EBS" snapshot create "$VOL" >/dev/null || crash_fail "snapshot create failed"
           load_snaps
           record_new_snapshots "$before"
           before=$COMPLETED
-          opargs=(store gc)
-          key=gc
+          all_before=$ALL_IDS
+        done
+        DELETED=${ids[$((RANDOM % ${#ids[@]}))]}
+        deleted_seq=${SNAP_SEQ[$DELETED]}
+        "$EBS" snapshot delete "$DELETED" --json >"$T/op.out" 2>&1 &
+        kill_within delete $!
+        op="CLI snapshot delete $DELETED $OP_WHEN"
+        ;;
+      cli-gc) # SIGKILL the CLI collecting garbage.
+        # Garbage first: a snapshot create killed as it stores its first
+        # object leaves a pending snapshot and objects nothing references.
+        # Nothing opens the store before the gc, which (as any open) marks
+        # that snapshot error and collects its objects, then collects
+        # whatever else is unreferenced. (If the create finishes first, gc
+        # has nothing to do; that is fine too.) Of a volume of its own with
+        # 4 x SPAN of seeded data (~100 chunks with the default SPAN), so
+        # that the upload lasts long enough to be caught in the middle.
+        "$EBS" volume create gcsrc --size 1G "${PERF[@]}" >/dev/null
+        "${C[@]}" fill "$(uri gcsrc)" --seed "$seed" --span $((4 * SPAN)) --state-out "$T/gcsrc.json" >"$T/fill.out" \
+          || crash_fail "fill failed: $(cat "$T/fill.out")"
+        stop_server
+        # How long a gc of this store takes (it checked clean: nothing to
+        # collect), for the kill at a random moment below.
+        timed gc "$EBS" store gc >/dev/null || crash_fail "store gc failed"
+        chunk_objects
+        "$EBS" snapshot create gcsrc --json >"$T/pre.out" 2>&1 &
+        kill_on $! up "$NOBJ"
+        pre_rc=$OP_RC
+        pre="snapshot create $OP_WHEN"
+        # The gc is killed, by seed in turn, as it deletes its first object
+        # (inside the collection, for certain), or at a random moment within
+        # the time a gc takes (at any stage: process start, opening the
+        # catalog and store, marking the snapshot error, collecting).
+        chunk_objects
+        "$EBS" store gc --json >"$T/op.out" 2>&1 &
+        if [ $(((seed + 5) / ${#KINDS[@]} % 2)) = 0 ]; then
+          kill_on $! down "$NOBJ"
+        else
+          kill_within gc $!
         fi
-        "$EBS" "${opargs[@]}" --json >"$T/op.out" 2>&1 &
-        kill_within "$key" $!
-        op="CLI ${opargs[*]} $OP_WHEN"
+        op="CLI store gc $OP_WHEN (after a CLI $pre)"
         ;;
     esac
+    # Inside: killed before it answered (the server for served-snapshot).
+    [ "${OP_WHEN%% *}" != killed ] || [ "$OP_RC" = 0 ] || inside=1
     [ -n "$SERVER_PID" ] || restart_server
     load_snaps
+    # No snapshot is left pending: the one the kill interrupted is error
+    # (marked so by the next open) or completed.
+    check_interrupted "$all_before"
+    op="$op; $INTERRUPTED_NOTE"
 
     # What was acknowledged happened.
+    if [ "$pre_rc" = 0 ]; then
+      id=$(js 'd[0]["id"]' <"$T/pre.out")
+      [ "${SNAP_STATE[$id]:-}" = completed ] \
+        || crash_fail "snapshot $id was reported created, is '${SNAP_STATE[$id]:-gone}' after the crash during gc"
+    fi
+    if [ "$kname" = cli-gc ]; then
+      # gcsrc served its purpose: its volume goes, and its snapshot if it
+      # completed (the only new completed one: VOL was not snapshotted).
+      "$EBS" volume delete gcsrc >/dev/null || crash_fail "volume delete gcsrc failed"
+      for id in $COMPLETED; do
+        case " $all_before " in *" $id "*) continue ;; esac
+        out=$("$EBS" snapshot delete "$id" 2>&1) || crash_fail "snapshot delete $id (of gcsrc): $out"
+      done
+      load_snaps
+    fi
     if [ "$OP_RC" = 0 ]; then
-      case $kind in
-        2 | 3)
+      case $kname in
+        served-snapshot | cli-snapshot)
           id=$(js 'd[0]["id"]' <"$T/op.out")
           [ "${SNAP_STATE[$id]:-}" = completed ] \
             || crash_fail "snapshot $id was reported created, is not completed after the crash"
           ;;
-        4)
-          if [ -n "$DELETED" ] && [ -n "${SNAP_STATE[$DELETED]:-}" ]; then
-            crash_fail "snapshot $DELETED was reported deleted, still exists after the crash"
-          elif [ -z "$DELETED" ]; then
-            out=$("$EBS" store check 2>&1) || crash_fail "store gc had completed, store check is not clean: $out"
-          fi
+        cli-delete)
+          [ -z "${SNAP_STATE[$DELETED]:-}" ] \
+            || crash_fail "snapshot $DELETED was reported deleted, still exists after the crash"
+          ;;
+        cli-gc)
+          out=$("$EBS" store check 2>&1) || crash_fail "store gc had completed, store check is not clean: $out"
           ;;
       esac
     fi
@@ -444,7 +566,7 @@ $out
         *) crash_fail "snapshot $DELETED, killed while being deleted, is left '$st'" ;;
       esac
     fi
-    [ "$kind" = 4 ] || record_new_snapshots "$before"
+    record_new_snapshots "$before"  # (the volume has not changed since the writer's crash)
     for id in "${!SNAPSTATE[@]}"; do
       [ "${SNAP_STATE[$id]:-}" = completed ] || unset "SNAPSTATE[$id]"
     done
@@ -480,7 +602,19 @@ $out
     done
     summary="$summary; $op; $STORE_NOTE; snapshots verify, ${checked:-none} restored as taken, a new one restores equal"
   fi
-  pass "seed $seed (${KINDS[$kind]}, $((SECONDS - t_iter)) s): $summary"
+  pass "seed $seed ($kname, $((SECONDS - t_iter)) s): $summary"
+  KIND_RUNS[$kname]=$((${KIND_RUNS[$kname]:-0} + 1))
+  [ -z "$inside" ] || KIND_KILLS[$kname]=$((${KIND_KILLS[$kname]:-0} + 1))
 done
 pass "$ITERATIONS crash iterations (seeds $SEED_BASE..$((SEED_BASE + ITERATIONS - 1))) in $((SECONDS - START)) s"
+# Per kind: iterations, and how many of their kills landed inside the
+# operation (the others came just after it finished).
+per_kind="" missing=""
+for k in "${KINDS[@]}"; do
+  per_kind="$per_kind${per_kind:+, }$k ${KIND_RUNS[$k]:-0} (${KIND_KILLS[$k]:-0} killed inside)"
+  [ -n "${KIND_RUNS[$k]:-}" ] || missing="$missing $k"
+done
+echo "iterations per kind: $per_kind"
+# Any ${#KINDS[@]} consecutive seeds run every kind.
+[ "$ITERATIONS" -lt ${#KINDS[@]} ] || [ -z "$missing" ] || fail "$ITERATIONS iterations did not run:$missing"
 stop_server

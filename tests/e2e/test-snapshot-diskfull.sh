@@ -5,12 +5,12 @@
 # later snapshot succeeds once there is space.
 source "$(dirname "$0")/lib.sh"
 need nbdcopy
-[ "$(id -u)" = 0 ] || { echo "skip: needs root to mount a small tmpfs"; exit 0; }
+[ "$(id -u)" = 0 ] || skip "needs root to mount a small tmpfs"
 
 js() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
 STORE="$T/store"
 mkdir -p "$STORE"
-mount -t tmpfs -o size=6m tmpfs "$STORE" || { echo "skip: cannot mount tmpfs"; exit 0; }
+mount -t tmpfs -o size=6m tmpfs "$STORE" 2>"$T/mount.err" || skip "cannot mount a tmpfs: $(cat "$T/mount.err")"
 on_exit "umount -l '$STORE'"
 E() { "$EBS" --store "$STORE" "$@"; }
 

@@ -5,9 +5,11 @@
 #    with nbds:// URIs and qemu-io with tls-creds-x509 / tls-creds-psk read
 #    and write, over TCP and the Unix socket; pipelined, structured replies.
 #  - --tls require: a plain client gets ERR_TLS_REQD and no export names;
-#    EXPORT_NAME in the clear closes; a wrong or unknown PSK is refused.
+#    EXPORT_NAME in the clear closes; a wrong or unknown PSK is refused; a
+#    client whose CA did not sign the server's certificate refuses it.
 #  - --tls on: plain clients still work. --tls-verify-peer: a client
-#    certificate signed by the CA is needed.
+#    certificate signed by the CA is needed (none, or one signed by another
+#    CA, is refused).
 #  - Bad TLS settings and files are clear errors at startup.
 #  - --exports-tcp / --exports-unix: each listener sees only its volumes.
 source "$(dirname "$0")/lib.sh"
@@ -56,13 +58,33 @@ EOF
 certtool --generate-certificate --load-ca-certificate "$PKI/ca-cert.pem" --load-ca-privkey "$T/ca-key.pem" \
   --load-privkey "$CLIENT_CERT/client-key.pem" --template "$T/client.info" \
   --outfile "$CLIENT_CERT/client-cert.pem" >/dev/null 2>&1 || fail "certtool: client certificate"
+# Another CA, which signed neither the server's certificate nor the good
+# client's: a client trusting only it (OTHER_CA) must not accept the server,
+# and a client certificate it signed (OTHER_CERT, which does trust the
+# server's CA) must not get past --tls-verify-peer.
+OTHER_CA=$T/other-ca          # ca-cert.pem: the other CA only
+OTHER_CERT=$T/other-cert      # the server's CA + a client certificate the other CA signed
+mkdir -m 0700 "$OTHER_CA" "$OTHER_CERT"
+certtool --generate-privkey --outfile "$T/other-ca-key.pem" >/dev/null 2>&1
+sed 's/^cn = .*/cn = ebs other test CA/' "$T/ca.info" >"$T/other-ca.info"
+certtool --generate-self-signed --load-privkey "$T/other-ca-key.pem" --template "$T/other-ca.info" \
+  --outfile "$OTHER_CA/ca-cert.pem" >/dev/null 2>&1 || fail "certtool: other CA"
+cp "$PKI/ca-cert.pem" "$OTHER_CERT/"
+certtool --generate-privkey --outfile "$OTHER_CERT/client-key.pem" >/dev/null 2>&1
+certtool --generate-certificate --load-ca-certificate "$OTHER_CA/ca-cert.pem" --load-ca-privkey "$T/other-ca-key.pem" \
+  --load-privkey "$OTHER_CERT/client-key.pem" --template "$T/client.info" \
+  --outfile "$OTHER_CERT/client-cert.pem" >/dev/null 2>&1 || fail "certtool: client certificate of the other CA"
+certtool --verify --load-ca-certificate "$OTHER_CA/ca-cert.pem" --infile "$PKI/server-cert.pem" >/dev/null 2>&1 &&
+  fail "certtool: the other CA verifies the server certificate"
+certtool --verify --load-ca-certificate "$PKI/ca-cert.pem" --infile "$OTHER_CERT/client-cert.pem" >/dev/null 2>&1 &&
+  fail "certtool: the server's CA verifies the other CA's client certificate"
 # qemu's tls-creds-psk reads DIR/keys.psk.
 PSK=$T/psk/keys.psk
 psktool -u alice -p "$PSK" >/dev/null
 psktool -u alice -p "$T/wrong-psk/keys.psk" >/dev/null   # same user, another key
 psktool -u mallory -p "$T/other-user/keys.psk" >/dev/null
 chmod 0600 "$PSK"
-pass "CA, server and client certificates (certtool), PSK files (psktool)"
+pass "CA, server and client certificates, another CA and a client certificate it signed (certtool), PSK files (psktool)"
 
 ebs volume create tvol  --type gp3 --size 1G >/dev/null
 ebs volume create qx509 --type gp3 --size 1G >/dev/null
@@ -245,6 +267,37 @@ grep -q "TLS handshake failed" "$T/server.log" || fail "refused handshakes are n
 # The server is still fine.
 nbdinfo --size "$PSK_TCP" >/dev/null || fail "server broken after refused handshakes"
 pass "wrong PSK key and unknown PSK user refused (nbdinfo, qemu-io); server keeps serving"
+
+# A client whose CA did not sign the server's certificate refuses the
+# server: nbdinfo over TCP, qemu-io over TCP and the Unix socket (libnbd
+# 1.14 verifies the server only over TCP: nbd_set_tls_verify_peer defaults to
+# false on Unix sockets and setting it does not help without a host name,
+# which libnbd cannot be given there; qemu takes one, tls-hostname). The
+# same clients with the server's CA get in.
+if out=$(nbdinfo --size "nbds://127.0.0.1:$PORT/tvol?tls-certificates=$OTHER_CA" 2>&1); then
+  fail "nbdinfo trusting only another CA accepted the server: $out"
+fi
+grep -qi 'certificate' <<<"$out" || { echo "$out"; fail "nbdinfo: the failure does not name the certificate"; }
+for d in "$OTHER_CA" "$CLIENT"; do
+  for q in "$QX509" "$QX509_UNIX,tls-hostname=localhost"; do
+    rc=0
+    out=$(qemu-io --object "tls-creds-x509,id=tls0,dir=$d,endpoint=client" --image-opts "$q" -c 'read 0 4k' 2>&1) || rc=$?
+    if [ "$d" = "$OTHER_CA" ]; then
+      [ $rc -ne 0 ] || fail "qemu-io trusting only another CA accepted the server ($q): $out"
+      grep -qi 'certificate' <<<"$out" || { echo "$out"; fail "qemu-io $q: the failure does not name the certificate"; }
+    else
+      [ $rc -eq 0 ] || fail "qemu-io with the server's CA ($q): $out"
+    fi
+  done
+done
+# Without --tls-verify-peer the server does not ask for client
+# certificates: one the other CA signed is not looked at (the refusal
+# below is the server's verification, not the client's).
+got=$(nbdinfo --size "nbds://127.0.0.1:$PORT/tvol?tls-certificates=$OTHER_CERT") ||
+  fail "a client with the other CA's certificate was refused without --tls-verify-peer"
+[ "$got" = 1073741824 ] || fail "size $got"
+nbdinfo --size "$X509_TCP" >/dev/null || fail "server broken after refused handshakes"
+pass "a client not trusting the server's certificate refuses it (nbdinfo TCP, qemu-io TCP and Unix)"
 stop_server
 
 # --- --tls on: TLS offered, plain still served ---------------------------------
@@ -264,7 +317,27 @@ got=$(nbdinfo --size "nbds://127.0.0.1:$PORT/tvol?tls-certificates=$CLIENT_CERT"
   fail "nbdinfo with a client certificate under --tls-verify-peer"
 [ "$got" = 1073741824 ] || fail "size $got"
 if nbdinfo --size "$X509_TCP" >/dev/null 2>&1; then fail "a client without a certificate got in under --tls-verify-peer"; fi
-pass "--tls-verify-peer: a CA-signed client certificate gets in, no certificate does not"
+# A client certificate signed by another CA (the client itself trusts the
+# server's CA): refused, over TCP and the Unix socket, nbdinfo and qemu-io.
+marked=$(wc -l <"$T/server.log")
+for u in "nbds://127.0.0.1:$PORT/tvol?tls-certificates=$OTHER_CERT" \
+         "nbds+unix:///tvol?socket=$SOCK&tls-certificates=$OTHER_CERT"; do
+  if out=$(nbdinfo --size "$u" 2>&1); then
+    fail "a client certificate signed by another CA got in under --tls-verify-peer ($u): $out"
+  fi
+done
+if out=$(qemu-io --object "tls-creds-x509,id=tls0,dir=$OTHER_CERT,endpoint=client" \
+   --image-opts "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=$PORT,export=qx509,tls-creds=tls0" \
+   -c 'read 0 4k' 2>&1); then
+  fail "qemu-io with a client certificate signed by another CA got in under --tls-verify-peer: $out"
+fi
+tail -n +$((marked + 1)) "$T/server.log" | grep -q "TLS handshake failed" ||
+  fail "the refused client certificates are not logged"
+# The server keeps serving the right certificate.
+got=$(nbdinfo --size "nbds+unix:///tvol?socket=$SOCK&tls-certificates=$CLIENT_CERT") ||
+  fail "server broken after refusing client certificates"
+[ "$got" = 1073741824 ] || fail "size $got"
+pass "--tls-verify-peer: a CA-signed client certificate gets in; none, or one signed by another CA (nbdinfo, qemu-io), does not"
 stop_server
 
 # --- Per-listener export lists --------------------------------------------------
