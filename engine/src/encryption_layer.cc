@@ -1,5 +1,7 @@
 #include "ebs/engine/encryption_layer.h"
 
+#include "ebs/engine/crypt_pool.h"
+
 #include <unistd.h>
 
 #include <bit>
@@ -53,6 +55,24 @@ class ScratchPool {
 
 thread_local ScratchPool scratch;
 
+// Jobs for the crypt pool, per thread like the scratch buffers: taken and
+// given back on the loop thread that runs the request.
+class JobPool {
+ public:
+  CryptPool::Job* Take() {
+    if (free_.empty()) return new CryptPool::Job();
+    CryptPool::Job* j = free_.back().release();
+    free_.pop_back();
+    return j;
+  }
+  void Give(CryptPool::Job* j) { free_.emplace_back(j); }
+
+ private:
+  std::vector<std::unique_ptr<CryptPool::Job>> free_;
+};
+
+thread_local JobPool jobs;
+
 }  // namespace
 
 void EncryptionLayer::FinishLater(EventLoop& loop, IoRequest* req, int result) {
@@ -97,14 +117,42 @@ void EncryptionLayer::SubmitWrite(EventLoop& loop, IoRequest* req) {
     FinishLater(loop, req, -ENOMEM);
     return;
   }
-  if (!cipher_->Encrypt(req->offset, req->buf, ct, req->length).ok()) {
-    scratch.Give(ct, req->length);
-    FinishLater(loop, req, -EIO);
-    return;
-  }
   req->crypt_buf = req->buf;
   req->buf = ct;
-  PassDown(loop, req);
+  CryptPool::Job* job = jobs.Take();
+  job->cipher = cipher_.get();
+  job->encrypt = true;
+  job->offset = req->offset;
+  job->in = req->crypt_buf;
+  job->out = ct;
+  job->len = req->length;
+  job->loop = &loop;
+  job->done = &EncryptionLayer::EncryptedLater;
+  job->ctx = req;
+  job->owner = this;
+  if (CryptPool::Shared().Run(job)) Encrypted(job, /*inside_submit=*/true);
+}
+
+void EncryptionLayer::EncryptedLater(CryptPool::Job* job) { Encrypted(job, /*inside_submit=*/false); }
+
+void EncryptionLayer::Encrypted(CryptPool::Job* job, bool inside_submit) {
+  auto* req = static_cast<IoRequest*>(job->ctx);
+  auto* self = static_cast<EncryptionLayer*>(job->owner);
+  EventLoop& loop = *job->loop;
+  const bool failed = job->failed.load(std::memory_order_relaxed);
+  jobs.Give(job);
+  if (failed) {
+    scratch.Give(req->buf, req->length);
+    req->buf = req->crypt_buf;
+    req->crypt_buf = nullptr;
+    if (inside_submit) {
+      FinishLater(loop, req, -EIO);
+    } else {
+      req->Finish(-EIO);
+    }
+    return;
+  }
+  self->PassDown(loop, req);
 }
 
 void EncryptionLayer::SubmitUnalignedRead(EventLoop& loop, IoRequest* req) {
@@ -198,8 +246,33 @@ void EncryptionLayer::Done(IoRequest* req, int result) {
   auto* self = static_cast<EncryptionLayer*>(req->owner);
   req->callback = req->crypt_callback;
   req->owner = req->crypt_owner;
+  if (req->kind == IoKind::kRead && result >= 0) {
+    CryptPool::Job* job = jobs.Take();
+    job->cipher = self->cipher_.get();
+    job->encrypt = false;
+    job->offset = req->offset;
+    job->in = req->buf;
+    job->out = req->buf;
+    job->len = req->length;
+    job->loop = req->loop;
+    job->done = &EncryptionLayer::Decrypted;
+    job->ctx = req;
+    job->result = result;
+    if (CryptPool::Shared().Run(job)) Decrypted(job);
+    return;
+  }
+  Finished(req, result);
+}
+
+void EncryptionLayer::Decrypted(CryptPool::Job* job) {
+  auto* req = static_cast<IoRequest*>(job->ctx);
+  const int result = job->failed.load(std::memory_order_relaxed) ? -EIO : static_cast<int>(job->result);
+  jobs.Give(job);
+  Finished(req, result);
+}
+
+void EncryptionLayer::Finished(IoRequest* req, int result) {
   if (req->kind == IoKind::kRead) {
-    if (result >= 0 && !self->cipher_->Decrypt(req->offset, req->buf, req->buf, req->length).ok()) result = -EIO;
     if (req->crypt_buf != nullptr) {  // unaligned: the caller's part of the sectors read
       if (result >= 0) std::memcpy(req->crypt_buf, req->buf + (req->crypt_offset - req->offset), req->crypt_length);
       scratch.Give(req->buf, req->length);

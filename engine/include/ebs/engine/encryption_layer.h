@@ -6,6 +6,8 @@
 // Aligned requests (whole 4 KiB sectors) take the fast path: a write is
 // encrypted into a scratch buffer from a per-thread pool (the caller's
 // buffer is never changed), a read is decrypted in place when it completes.
+// Requests of 128 KiB and more are encrypted and decrypted in pieces by the
+// loop thread and the crypt pool's helpers together (crypt_pool.h).
 // Unaligned requests read the sectors they touch: a read through a scratch
 // buffer; a write, and the partial sectors of a write-zeroes, by
 // read-modify-write done synchronously under the layer's lock, so two
@@ -20,6 +22,7 @@
 #include <mutex>
 
 #include "ebs/engine/block_device.h"
+#include "ebs/engine/crypt_pool.h"
 #include "ebs/engine/sector_cipher.h"
 
 namespace ebs {
@@ -44,6 +47,12 @@ class EncryptionLayer final : public DeviceLayer {
   // Sends `req` down; Done undoes what Submit changed and decrypts reads.
   void PassDown(EventLoop& loop, IoRequest* req);
   static void Done(IoRequest* req, int result);
+  // The crypt pool's completions (crypt_pool.h): a write's ciphertext is
+  // ready (inside Submit, or later on the loop), a read's plaintext is.
+  static void Encrypted(CryptPool::Job* job, bool inside_submit);
+  static void EncryptedLater(CryptPool::Job* job);
+  static void Decrypted(CryptPool::Job* job);
+  static void Finished(IoRequest* req, int result);
   static void FinishLater(EventLoop& loop, IoRequest* req, int result);
 
   const std::shared_ptr<SectorCipher> cipher_;
