@@ -38,6 +38,7 @@ and the connection ends when the client closes (or after 2 s).
 """
 
 import errno
+import os
 import re
 import select
 import socket
@@ -48,6 +49,9 @@ import time
 
 import nbd
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from raw_nbd import RawClient  # noqa: E402
+
 uri, status, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 15.0
 
@@ -57,35 +61,10 @@ def report(line):
         f.write(line + "\n")
 
 
-class RawClient:
-    """Minimal NBD client: fixed newstyle, OPT_GO, simple replies."""
-
-    def __init__(self, uri):
-        m = re.fullmatch(r"nbd\+unix:///([^?]*)\?socket=(.*)", uri)
-        assert m, f"raw mode needs an nbd+unix URI: {uri}"
-        name, path = m.group(1).encode(), m.group(2)
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.connect(path)
-        magic, opt, hflags = struct.unpack(">QQH", self.recv(18))
-        assert magic == 0x4E42444D41474943 and opt == 0x49484156454F5054 and hflags & 1
-        self.s.sendall(struct.pack(">I", 3 if hflags & 2 else 1))
-        data = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
-        self.s.sendall(struct.pack(">QII", 0x49484156454F5054, 7, len(data)) + data)  # OPT_GO
-        while True:
-            _, _, rtype, length = struct.unpack(">QIII", self.recv(20))
-            self.recv(length)
-            if rtype == 1:  # NBD_REP_ACK
-                break
-            assert rtype == 3, f"OPT_GO: reply {rtype:#x}"  # NBD_REP_INFO
-
-    def recv(self, n):
-        buf = b""
-        while len(buf) < n:
-            chunk = self.s.recv(n - len(buf))
-            if not chunk:
-                raise EOFError
-            buf += chunk
-        return buf
+def raw_client(uri):
+    m = re.fullmatch(r"nbd\+unix:///([^?]*)\?socket=(.*)", uri)
+    assert m, f"raw mode needs an nbd+unix URI: {uri}"
+    return RawClient.unix(m.group(2), m.group(1))
 
 
 def dead(h):
@@ -99,7 +78,7 @@ h.pwrite(block, 0)
 assert h.pread(4096, 0) == block
 if mode == "raw":
     h.shutdown()
-    raw = RawClient(uri)
+    raw = raw_client(uri)
 report("ready")
 
 deadline = time.time() + timeout

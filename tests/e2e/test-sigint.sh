@@ -11,8 +11,11 @@ source "$(dirname "$0")/lib.sh"
 ebs volume create slow --type io1 --iops 100 --size 4G >/dev/null
 start_server
 
-"$PY" - "$SOCK" "$PORT" "$SERVER_PID" "$T/server.log" <<'EOF' || fail "requests in flight at SIGINT"
+"$PY" - "$SOCK" "$PORT" "$SERVER_PID" "$T/server.log" "$E2E_DIR" <<'EOF' || fail "requests in flight at SIGINT"
 import os, signal, socket, struct, sys, time
+
+sys.path.insert(0, sys.argv[5])
+from raw_nbd import RawClient
 
 SOCK, PORT, PID, LOG = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 KiB = 1024
@@ -28,34 +31,10 @@ def pattern(seed, n=4096):
 class Client:
     def __init__(self, kind, base):
         self.kind, self.base = kind, base
-        if kind == "unix":
-            self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.s.connect(SOCK)
-        else:
-            self.s = socket.create_connection(("127.0.0.1", PORT))
+        raw = RawClient.unix(SOCK, "slow") if kind == "unix" else RawClient.tcp("127.0.0.1", PORT, "slow")
+        self.s, self.recv = raw.s, raw.recv
         self.s.settimeout(20)
-        magic, opt, hflags = struct.unpack(">QQH", self.recv(18))
-        assert magic == 0x4E42444D41474943 and opt == 0x49484156454F5054 and hflags & 1
-        self.s.sendall(struct.pack(">I", 3 if hflags & 2 else 1))
-        name = b"slow"
-        data = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
-        self.s.sendall(struct.pack(">QII", 0x49484156454F5054, 7, len(data)) + data)  # OPT_GO
-        while True:
-            _, _, rtype, length = struct.unpack(">QIII", self.recv(20))
-            self.recv(length)
-            if rtype == 1:
-                break
-            assert rtype == 3, f"OPT_GO: reply {rtype:#x}"
         self.cookie, self.kinds, self.answers = 0, {}, {}
-
-    def recv(self, n):
-        buf = b""
-        while len(buf) < n:
-            chunk = self.s.recv(n - len(buf))
-            if not chunk:
-                raise EOFError
-            buf += chunk
-        return buf
 
     def req(self, cmd, offset, length, flags=0, data=b""):
         self.cookie += 1
