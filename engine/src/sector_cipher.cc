@@ -1,7 +1,7 @@
 #include "ebs/engine/sector_cipher.h"
 
+#include <gcrypt.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 
 #include <cstring>
 #include <string>
@@ -19,6 +19,20 @@ bool AllZero(const char* p, size_t len) {
   return true;
 }
 
+// libgcrypt wants to be set up once per process before use; without secure
+// memory (keys live in ordinary memory here, as with OpenSSL, and are wiped
+// when a cipher goes).
+bool InitLibgcrypt() {
+  static const bool ok = [] {
+    if (gcry_control(GCRYCTL_INITIALIZATION_FINISHED_P)) return true;  // someone else did
+    if (gcry_check_version(GCRYPT_VERSION) == nullptr) return false;
+    gcry_control(GCRYCTL_DISABLE_SECMEM, 0);
+    gcry_control(GCRYCTL_INITIALIZATION_FINISHED, 0);
+    return true;
+  }();
+  return ok;
+}
+
 }  // namespace
 
 Result<std::shared_ptr<SectorCipher>> SectorCipher::Create(std::string_view key) {
@@ -30,41 +44,38 @@ Result<std::shared_ptr<SectorCipher>> SectorCipher::Create(std::string_view key)
 }
 
 SectorCipher::~SectorCipher() {
-  for (auto& list : free_) {
-    for (EVP_CIPHER_CTX* c : list) EVP_CIPHER_CTX_free(c);
-  }
+  for (gcry_cipher_handle* h : free_) gcry_cipher_close(h);
   OPENSSL_cleanse(const_cast<char*>(key_.data()), key_.size());
 }
 
-EVP_CIPHER_CTX* SectorCipher::Take(bool encrypt) const {
+gcry_cipher_handle* SectorCipher::Take() const {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto& list = free_[encrypt];
-    if (!list.empty()) {
-      EVP_CIPHER_CTX* c = list.back();
-      list.pop_back();
-      return c;
+    if (!free_.empty()) {
+      gcry_cipher_handle* h = free_.back();
+      free_.pop_back();
+      return h;
     }
   }
-  EVP_CIPHER_CTX* c = EVP_CIPHER_CTX_new();
-  if (c == nullptr) return nullptr;
-  const auto* k = reinterpret_cast<const unsigned char*>(key_.data());
-  if (EVP_CipherInit_ex(c, EVP_aes_256_xts(), nullptr, k, nullptr, encrypt ? 1 : 0) != 1) {
-    EVP_CIPHER_CTX_free(c);
+  if (!InitLibgcrypt()) return nullptr;
+  gcry_cipher_hd_t h = nullptr;
+  if (gcry_cipher_open(&h, GCRY_CIPHER_AES256, GCRY_CIPHER_MODE_XTS, 0) != 0) return nullptr;
+  if (gcry_cipher_setkey(h, key_.data(), key_.size()) != 0) {
+    gcry_cipher_close(h);
     return nullptr;
   }
-  return c;
+  return h;
 }
 
-void SectorCipher::Give(bool encrypt, EVP_CIPHER_CTX* ctx) const {
+void SectorCipher::Give(gcry_cipher_handle* h) const {
   std::lock_guard<std::mutex> lock(mu_);
-  free_[encrypt].push_back(ctx);
+  free_.push_back(h);
 }
 
 Status SectorCipher::Run(bool encrypt, uint64_t offset, const char* in, char* out, size_t len) const {
   if (!Aligned(offset, len)) return Status::InvalidArgument("XTS works on whole 4 KiB sectors");
-  EVP_CIPHER_CTX* ctx = Take(encrypt);
-  if (ctx == nullptr) return Status::Error(ENOMEM, "cannot set up AES-XTS (OpenSSL)");
+  gcry_cipher_handle* h = Take();
+  if (h == nullptr) return Status::Error(ENOMEM, "cannot set up AES-XTS (libgcrypt)");
   bool ok = true;
   for (size_t done = 0; done < len && ok; done += kSectorSize) {
     const char* src = in + done;
@@ -76,13 +87,14 @@ Status SectorCipher::Run(bool encrypt, uint64_t offset, const char* in, char* ou
     unsigned char iv[16] = {};
     const uint64_t sector = (offset + done) / kSectorSize;
     for (int i = 0; i < 8; ++i) iv[i] = static_cast<unsigned char>(sector >> (8 * i));
-    int n = 0;
-    ok = EVP_CipherInit_ex(ctx, nullptr, nullptr, nullptr, iv, -1) == 1 &&
-         EVP_CipherUpdate(ctx, reinterpret_cast<unsigned char*>(dst), &n,
-                          reinterpret_cast<const unsigned char*>(src), static_cast<int>(kSectorSize)) == 1 &&
-         n == static_cast<int>(kSectorSize);
+    // In place when the buffers are one (libgcrypt's convention: no input).
+    const void* from = src == dst ? nullptr : src;
+    const size_t from_len = src == dst ? 0 : kSectorSize;
+    ok = gcry_cipher_setiv(h, iv, sizeof iv) == 0 &&
+         (encrypt ? gcry_cipher_encrypt(h, dst, kSectorSize, from, from_len)
+                  : gcry_cipher_decrypt(h, dst, kSectorSize, from, from_len)) == 0;
   }
-  Give(encrypt, ctx);
+  Give(h);
   if (!ok) return Status::IoError(encrypt ? "AES-XTS encryption failed" : "AES-XTS decryption failed");
   return Status::Ok();
 }

@@ -9,7 +9,10 @@
 // has probability 2^-32768), so unwritten and trimmed ranges of an encrypted
 // volume read as zeros, as they do on a plain one and on EBS.
 //
-// Thread-safe: OpenSSL contexts, keyed once, are pooled and reused.
+// The cipher is libgcrypt's AES-XTS, which uses VAES where the CPU has it:
+// 8.1-8.6 GB/s on 4 KiB sectors on this machine's cores, against 5.9 for
+// OpenSSL 3.0's (AES-NI only). Tests check it against OpenSSL's.
+// Thread-safe: cipher handles, keyed once, are pooled and reused.
 #pragma once
 
 #include <cstddef>
@@ -22,7 +25,7 @@
 
 #include "ebs/engine/status.h"
 
-typedef struct evp_cipher_ctx_st EVP_CIPHER_CTX;
+struct gcry_cipher_handle;
 
 namespace ebs {
 
@@ -38,7 +41,7 @@ class SectorCipher {
   SectorCipher& operator=(const SectorCipher&) = delete;
 
   // `len` bytes at volume offset `offset`, both multiples of kSectorSize.
-  // `in` and `out` may be the same buffer. Fails only if OpenSSL does.
+  // `in` and `out` may be the same buffer. Fails only if libgcrypt does.
   Status Encrypt(uint64_t offset, const char* in, char* out, size_t len) const;
   Status Decrypt(uint64_t offset, const char* in, char* out, size_t len) const;
   // Pads `data` (to be written at sector-aligned `offset`) with zeros to
@@ -53,12 +56,12 @@ class SectorCipher {
  private:
   explicit SectorCipher(std::string key) : key_(std::move(key)) {}
   Status Run(bool encrypt, uint64_t offset, const char* in, char* out, size_t len) const;
-  EVP_CIPHER_CTX* Take(bool encrypt) const;
-  void Give(bool encrypt, EVP_CIPHER_CTX* ctx) const;
+  gcry_cipher_handle* Take() const;
+  void Give(gcry_cipher_handle* h) const;
 
   const std::string key_;
   mutable std::mutex mu_;
-  mutable std::vector<EVP_CIPHER_CTX*> free_[2];  // GUARDED_BY(mu_); [0] decrypt, [1] encrypt
+  mutable std::vector<gcry_cipher_handle*> free_;  // GUARDED_BY(mu_)
 };
 
 }  // namespace ebs
