@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <ctime>
 #include <optional>
 #include <span>
 
@@ -67,6 +68,50 @@ Status Walk(const std::string& dir, const std::string& rel, std::string_view pre
   }
   if (status.ok() && errno != 0) status = Errno("read directory " + dir);
   ::closedir(d);
+  return status;
+}
+
+// Removes the files named ".tmp.*" under `dir` whose mtime is before
+// `cutoff`, counting them in *removed. Skips top-level directories named
+// "index*" (the snapshot index, RocksDB's own files) when `top`.
+Status RemoveTemporaries(const std::string& dir, bool top, time_t cutoff, uint64_t* removed) {
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) {
+    if (errno == ENOENT || errno == ENOTDIR) return Status::Ok();
+    return Errno("open directory " + dir);
+  }
+  Status status;
+  bool unlinked = false;
+  errno = 0;
+  while (struct dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    struct stat st;
+    if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno == ENOENT) continue;  // a Put renamed or removed it meanwhile
+      status = Errno("stat " + dir + "/" + name);
+      break;
+    }
+    if (S_ISDIR(st.st_mode)) {
+      if (name[0] == '.' || (top && name.starts_with("index"))) continue;
+      status = RemoveTemporaries(dir + "/" + name, false, cutoff, removed);
+      if (!status.ok()) break;
+    } else if (S_ISREG(st.st_mode) && name.starts_with(".tmp.") && st.st_mtime <= cutoff) {
+      if (::unlinkat(::dirfd(d), e->d_name, 0) == 0) {
+        ++*removed;
+        unlinked = true;
+      } else if (errno != ENOENT) {
+        status = Errno("remove " + dir + "/" + name);
+        break;
+      }
+    }
+    errno = 0;
+  }
+  if (status.ok() && errno != 0) status = Errno("read directory " + dir);
+  ::closedir(d);
+  // Not needed for correctness (a temporary that comes back after a crash
+  // is removed again), but keeps the count honest across a power cut.
+  if (status.ok() && unlinked) status = SyncDirectory(dir);
   return status;
 }
 
@@ -281,6 +326,12 @@ Status DirectoryObjectStore::Delete(std::string_view key) {
     return Errno("delete " + path);
   }
   return SyncDirectory(DirName(path));
+}
+
+Result<uint64_t> DirectoryObjectStore::RemoveStaleTemporaries(int64_t min_age_seconds) {
+  uint64_t removed = 0;
+  EBS_RETURN_IF_ERROR(RemoveTemporaries(root_, true, ::time(nullptr) - min_age_seconds, &removed));
+  return removed;
 }
 
 Result<bool> DirectoryObjectStore::Exists(std::string_view key) {

@@ -495,6 +495,24 @@ Result<std::vector<DeltaEntry>> SnapshotIndex::ChangedChunks(std::string_view li
   return entries;
 }
 
+Result<std::vector<std::string>> SnapshotIndex::ListLineages() {
+  std::vector<std::string> out;
+  const std::string family = "l|";
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  // One seek per lineage, not one step per member: member keys are
+  // l|<lineage>|be64(seq), and lineage ids cannot contain '|'.
+  for (it->Seek(family); it->Valid() && it->key().starts_with(family);) {
+    if (it->key().size() < family.size() + 10) return Status::IoError("snapshot index: corrupt lineage member key");
+    std::string lineage(it->key().data() + family.size(), it->key().size() - family.size() - 9);
+    out.push_back(lineage);
+    it->Seek(PrefixEnd(LineagePrefix('l', lineage)));
+  }
+  if (!it->status().ok()) return Db(it->status(), "scan lineages");
+  // Key order is not name order ("vol-a2|" sorts before "vol-a|").
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 Result<std::vector<LineageMember>> SnapshotIndex::ListLineage(std::string_view lineage) {
   EBS_RETURN_IF_ERROR(ValidateName("lineage id", lineage));
   std::vector<LineageMember> out;

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <set>
 #include <random>
 #include <span>
@@ -89,6 +90,37 @@ Result<std::vector<uint64_t>> AllocatedChunks(int fd, uint64_t size, uint32_t ch
 
 // Marks a deleted snapshot whose manifest is kept as the base of the next.
 std::string TombstoneKey(const std::string& id) { return std::string(kManifestKeyPrefix) + id + ".deleted"; }
+
+// A deleted snapshot whose manifest is still in the store, beside its
+// tombstone (as the base of its lineage's next snapshot, or left by an
+// interrupted deletion); `manifest` is unset when only the tombstone is left.
+struct Tombstoned {
+  std::string id;
+  std::optional<Manifest> manifest;
+};
+
+// Every tombstone in the store, with its snapshot's manifest when readable.
+// Few: one per deleted snapshot that was its lineage's newest.
+Result<std::vector<Tombstoned>> ListTombstoned(ObjectStore& store) {
+  auto keys = store.List(kManifestKeyPrefix);
+  if (!keys.ok()) return keys.status();
+  std::vector<Tombstoned> out;
+  for (const auto& key : *keys) {
+    if (!key.ends_with(".deleted")) continue;
+    Tombstoned t;
+    t.id = key.substr(kManifestKeyPrefix.size(), key.size() - kManifestKeyPrefix.size() - 8);
+    auto bytes = store.Get(ManifestKey(t.id));
+    if (bytes.ok()) {
+      auto m = DecodeManifest(*bytes);
+      if (!m.ok()) continue;  // damaged: left for store check and reindex to report
+      t.manifest = std::move(*m);
+    } else if (bytes.status().code() != ENOENT) {
+      return bytes.status();
+    }
+    out.push_back(std::move(t));
+  }
+  return out;
+}
 
 // The manifest id of a fork's base (snapshot_index.h, forks): one per
 // lineage, so named by it. Snapshot ids never end in ".base".
@@ -680,10 +712,149 @@ Status SnapshotService::AbsorbRetired(const SnapshotRecord& rec) {
   for (const auto& o : *outcomes) {
     for (const auto& h : o.released) EBS_RETURN_IF_ERROR(store_->Delete(ChunkKey(h)));
   }
+  // The folded-in snapshots' manifests and tombstones: `rec`'s manifest no
+  // longer needs them, and kept they would hold a reindex to the old chain.
+  return RemoveSupersededManifests(rec.lineage, rec.seq);
+}
+
+Status SnapshotService::RemoveSupersededManifests(const std::string& lineage, uint64_t rewritten_seq) {
+  auto tombstoned = ListTombstoned(*store_);
+  if (!tombstoned.ok()) return tombstoned.status();
+  std::map<std::string, std::vector<LineageMember>> lineages;
+  auto members_of = [&](const std::string& l) -> Result<const std::vector<LineageMember>*> {
+    auto it = lineages.find(l);
+    if (it == lineages.end()) {
+      auto members = index_->ListLineage(l);
+      if (!members.ok()) return members.status();
+      it = lineages.emplace(l, std::move(*members)).first;
+    }
+    return &it->second;
+  };
+  std::vector<std::pair<const Tombstoned*, std::optional<std::pair<std::string, uint64_t>>>> stale;
+  std::set<std::pair<std::string, uint64_t>> rewrite;  // (lineage, seq) of members that absorbed one
+  for (const auto& t : *tombstoned) {
+    if (t.manifest && !lineage.empty() && t.manifest->lineage_id != lineage) continue;
+    // Still a snapshot of the index: its deletion did not reach the index
+    // (a crash right after the tombstone); deleting it again finishes it.
+    if (auto r = index_->GetSnapshot(t.id); r.ok()) {
+      continue;
+    } else if (r.status().code() != ENOENT) {
+      return r.status();
+    }
+    if (!t.manifest) {
+      stale.push_back({&t, std::nullopt});  // only the tombstone is left
+      continue;
+    }
+    auto members = members_of(t.manifest->lineage_id);
+    if (!members.ok()) return members.status();
+    const uint64_t seq = t.manifest->sequence;
+    bool kept = false;
+    std::optional<uint64_t> next;
+    for (const auto& mbr : **members) {
+      kept = kept || (mbr.seq == seq && mbr.retired);
+      if (mbr.seq > seq && !next) next = mbr.seq;
+    }
+    if (kept) continue;  // retired: the base of the lineage's next snapshot
+    // Absorbed into `next` (or dropped, with nothing after it). The manifest
+    // of `next` may still be a delta against this one (a crash before it
+    // was rewritten): rewrite it first, or a reindex could not rebuild it.
+    std::optional<std::pair<std::string, uint64_t>> absorber;
+    if (next && *next != rewritten_seq) absorber.emplace(t.manifest->lineage_id, *next);
+    if (absorber) rewrite.insert(*absorber);
+    stale.push_back({&t, absorber});
+  }
+  if (stale.empty()) return Status::Ok();
+  std::vector<SnapshotRecord> records;
+  if (!rewrite.empty()) {
+    auto all = index_->ListSnapshots();
+    if (!all.ok()) return all.status();
+    records = std::move(*all);
+  }
+  std::set<std::pair<std::string, uint64_t>> failed;
+  for (const auto& [l, seq] : rewrite) {
+    auto prev = Predecessor(l, seq);
+    if (!prev.ok()) return prev.status();
+    const SnapshotRecord* live = nullptr;
+    for (const auto& r : records) {
+      if (r.lineage == l && r.seq == seq && r.state == SnapshotState::kCompleted) live = &r;
+    }
+    Status st = Status::Ok();
+    if (live != nullptr) {
+      st = RewriteManifest(*live, prev->first, prev->second);
+    } else {
+      // A retired member (kept with its tombstone): its manifest only.
+      for (const auto& t : *tombstoned) {
+        if (!st.ok() || !t.manifest || t.manifest->lineage_id != l || t.manifest->sequence != seq) continue;
+        SnapshotRecord r;
+        r.id = t.id;
+        r.lineage = l;
+        r.seq = seq;
+        r.volume_size = t.manifest->volume_size;
+        r.chunk_size = t.manifest->chunk_size;
+        r.key_name = t.manifest->key_name;
+        r.key_id = t.manifest->key_id;
+        st = RewriteManifest(r, prev->first, prev->second, /*update_record=*/false);
+      }
+    }
+    if (!st.ok()) {
+      // An encrypted chain whose key is missing, say: its deleted
+      // snapshot's manifest stays until a later gc can rewrite the next
+      // one; the rest goes on.
+      fprintf(stderr, "ebs: lineage %s: rewriting the manifest of seq %llu failed (kept what it depends on): %s\n",
+              l.c_str(), static_cast<unsigned long long>(seq), st.message().c_str());
+      failed.emplace(l, seq);
+    }
+  }
+  // The manifest before its tombstone: a manifest left without one would
+  // look like a snapshot the index lost.
+  std::erase_if(stale, [&](const auto& s) { return s.second && failed.count(*s.second); });
+  for (const auto& s : stale) EBS_RETURN_IF_ERROR(store_->Delete(ManifestKey(s.first->id)));
+  for (const auto& s : stale) EBS_RETURN_IF_ERROR(store_->Delete(TombstoneKey(s.first->id)));
   return Status::Ok();
 }
 
-Status SnapshotService::RewriteManifest(const SnapshotRecord& rec, uint64_t prev_seq, const std::string& prev_id) {
+Result<std::set<std::string>> SnapshotService::VolumeIds() {
+  auto vols = volumes_->List();
+  if (!vols.ok()) return vols.status();
+  std::set<std::string> ids;
+  for (const auto& v : *vols) ids.insert(v.record.id);
+  return ids;
+}
+
+Result<uint64_t> SnapshotService::DropAbandonedTip(const std::string& lineage) {
+  auto members = index_->ListLineage(lineage);
+  if (!members.ok()) return members.status();
+  if (members->empty() || members->back().live()) return uint64_t{0};
+  size_t first = members->size();
+  while (first > 0 && !(*members)[first - 1].live()) --first;
+  // The manifests of the members to drop (retired snapshots, by their
+  // tombstones; a fork's base, by its lineage) go first: a crash after this
+  // leaves index entries of a lineage that will never grow, which store
+  // check accepts and the next gc drops, never a manifest a reindex would
+  // bring back without its entries.
+  auto tombstoned = ListTombstoned(*store_);
+  if (!tombstoned.ok()) return tombstoned.status();
+  std::vector<std::string> ids;
+  for (size_t i = first; i < members->size(); ++i) {
+    const LineageMember& mbr = (*members)[i];
+    if (mbr.base()) {
+      EBS_RETURN_IF_ERROR(store_->Delete(ManifestKey(BaseId(lineage))));
+      continue;
+    }
+    for (const auto& t : *tombstoned) {
+      if (t.manifest && t.manifest->lineage_id == lineage && t.manifest->sequence == mbr.seq) ids.push_back(t.id);
+    }
+  }
+  for (const auto& id : ids) EBS_RETURN_IF_ERROR(store_->Delete(ManifestKey(id)));
+  auto released = index_->DropRetiredTip(lineage);
+  if (!released.ok()) return released.status();
+  for (const auto& h : *released) EBS_RETURN_IF_ERROR(store_->Delete(ChunkKey(h)));
+  for (const auto& id : ids) EBS_RETURN_IF_ERROR(store_->Delete(TombstoneKey(id)));
+  return static_cast<uint64_t>(released->size());
+}
+
+Status SnapshotService::RewriteManifest(const SnapshotRecord& rec, uint64_t prev_seq, const std::string& prev_id,
+                                       bool update_record) {
   auto bytes = store_->Get(ManifestKey(rec.id));
   if (!bytes.ok()) return bytes.status();
   auto m = DecodeManifest(*bytes);
@@ -697,6 +868,7 @@ Status SnapshotService::RewriteManifest(const SnapshotRecord& rec, uint64_t prev
   auto encoded = EncodeManifest(*m, crypto->get());
   if (!encoded.ok()) return encoded.status();
   EBS_RETURN_IF_ERROR(store_->Put(ManifestKey(rec.id), *encoded));
+  if (!update_record) return Status::Ok();
   // The record says the same: its parent, and its changed bytes counted
   // over the new delta (the data in it, as CommitJob and Reindex count).
   SnapshotRecord updated = rec;
@@ -1297,8 +1469,6 @@ Result<nlohmann::json> SnapshotService::Delete(const std::string& id) {
                           "; delete it after the volume's initialization completes");
     }
   }
-  auto all = index_->ListSnapshots();
-  if (!all.ok()) return all.status();
   // Deleting may re-seal the next snapshot's manifest (below): an encrypted
   // chain needs its key for that, so without it nothing is changed.
   if (auto crypto = CryptoFor(*r); !crypto.ok()) {
@@ -1310,20 +1480,6 @@ Result<nlohmann::json> SnapshotService::Delete(const std::string& id) {
   if (has_manifest) EBS_RETURN_IF_ERROR(store_->Put(TombstoneKey(id), id));
   auto outcome = index_->DeleteSnapshot(id);
   if (!outcome.ok()) return outcome.status();
-  // The snapshot that absorbed the deleted one's entries now differs from
-  // its new parent: rewrite its manifest so the store stays self-describing.
-  if (outcome->absorbed_into) {
-    const SnapshotRecord* next = nullptr;
-    for (const auto& s : *all) {
-      if (s.lineage != r->lineage || s.id == id || s.state != SnapshotState::kCompleted) continue;
-      if (s.seq == *outcome->absorbed_into) next = &s;
-    }
-    // Its new parent: the newest snapshot before the deleted one, or the
-    // snapshot the lineage's base copies.
-    auto prev = Predecessor(r->lineage, r->seq);
-    if (!prev.ok()) return prev.status();
-    if (next) EBS_RETURN_IF_ERROR(RewriteManifest(*next, prev->first, prev->second));
-  }
   // Objects nobody references any more.
   uint64_t freed = 0;
   for (const auto& h : outcome->released) {
@@ -1331,19 +1487,57 @@ Result<nlohmann::json> SnapshotService::Delete(const std::string& id) {
     ++freed;
   }
   // A retired snapshot stays the base of the next one: its manifest stays,
-  // with the tombstone. Otherwise both go, the manifest first.
-  if (has_manifest && !outcome->retired) {
-    EBS_RETURN_IF_ERROR(store_->Delete(ManifestKey(id)));
-    EBS_RETURN_IF_ERROR(store_->Delete(TombstoneKey(id)));
+  // with the tombstone. Absorbed, both go, once the member that absorbed it
+  // (live, or itself retired) has its manifest rewritten against its new
+  // predecessor, so the store stays self-describing.
+  if (has_manifest && !outcome->retired) EBS_RETURN_IF_ERROR(RemoveSupersededManifests(r->lineage));
+  // Retired, its volume gone (deleted; or an imported snapshot's, which
+  // never had one): no next snapshot will ever absorb it, so it goes now,
+  // with a fork base nothing is left to use.
+  if (outcome->retired) {
+    auto ids = VolumeIds();
+    if (!ids.ok()) return ids.status();
+    if (!ids->count(r->lineage)) {
+      auto dropped = DropAbandonedTip(r->lineage);
+      if (!dropped.ok()) return dropped.status();
+      freed += *dropped;
+    }
   }
   return nlohmann::json{{"id", id}, {"deleted", true}, {"objects_freed", freed}};
 }
 
 Result<nlohmann::json> SnapshotService::Gc() {
   std::lock_guard<std::mutex> lock(mu_);
+  // Lineages whose volume is gone keep nothing for a next snapshot (see
+  // DropAbandonedTip): a volume deleted after its newest snapshot was, or
+  // while the store was not open (volume delete does not open it). A
+  // volume of this data directory is known by its id (lineage), not its
+  // name, which a new volume may reuse.
+  auto ids = VolumeIds();
+  if (!ids.ok()) return ids.status();
+  auto lineages = index_->ListLineages();
+  if (!lineages.ok()) return lineages.status();
+  uint64_t dropped = 0;
+  for (const auto& l : *lineages) {
+    if (ids->count(l)) continue;
+    auto n = DropAbandonedTip(l);
+    if (!n.ok()) return n.status();
+    dropped += *n;
+  }
+  // Manifests and tombstones of deleted snapshots left by an interrupted
+  // deletion or fold.
+  EBS_RETURN_IF_ERROR(RemoveSupersededManifests(""));
+  // Temporary files of uploads a killed process left: only old ones, since
+  // another process may be writing into this store directory right now.
+  uint64_t temporaries = 0;
+  if (auto* dir = dynamic_cast<DirectoryObjectStore*>(store_.get()); dir != nullptr) {
+    auto n = dir->RemoveStaleTemporaries();
+    if (!n.ok()) return n.status();
+    temporaries = *n;
+  }
   auto keys = store_->List(kChunkKeyPrefix);
   if (!keys.ok()) return keys.status();
-  uint64_t removed = 0;
+  uint64_t removed = dropped;
   for (const auto& key : *keys) {
     std::string hex = key.substr(key.rfind('/') + 1);
     auto h = ContentHash::FromHex(hex);
@@ -1355,7 +1549,8 @@ Result<nlohmann::json> SnapshotService::Gc() {
       ++removed;
     }
   }
-  return nlohmann::json{{"objects_examined", keys->size()}, {"objects_removed", removed}};
+  return nlohmann::json{{"objects_examined", keys->size()}, {"objects_removed", removed},
+                        {"temporaries_removed", temporaries}};
 }
 
 Result<nlohmann::json> SnapshotService::Check() {

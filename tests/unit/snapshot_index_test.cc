@@ -397,6 +397,20 @@ TEST_F(SnapshotIndexTest, DeletingTheNewestRetiresItUntilTheNextSnapshot) {
   EXPECT_TRUE(index_->ChangedChunks(m.name, 0, 100)->empty());
 }
 
+// ListLineages names each lineage with members once (store gc walks them
+// to find tips whose volume is gone), and forgets one whose tip was dropped.
+TEST_F(SnapshotIndexTest, ListLineagesNamesEachOnce) {
+  EXPECT_TRUE(index_->ListLineages()->empty());
+  const std::vector<DeltaEntry> delta = {{0, Content(1)}, {3, Content(2)}};
+  for (const char* l : {"vol-b", "vol-a", "vol-a2"}) {
+    for (uint64_t seq = 1; seq <= 3; ++seq) ASSERT_TRUE(index_->CommitDelta(l, seq, delta).ok());
+  }
+  EXPECT_EQ((std::vector<std::string>{"vol-a", "vol-a2", "vol-b"}), *index_->ListLineages());
+  for (uint64_t seq = 1; seq <= 3; ++seq) ASSERT_TRUE(index_->DeleteSnapshotEntries("vol-a", seq).ok());
+  ASSERT_TRUE(index_->DropRetiredTip("vol-a").ok());
+  EXPECT_EQ((std::vector<std::string>{"vol-a2", "vol-b"}), *index_->ListLineages());
+}
+
 // DeleteSnapshot removes the record and the entries in one step, and a
 // completed snapshot's record never exists without its entries.
 TEST_F(SnapshotIndexTest, DeleteSnapshotRemovesRecordAndEntriesTogether) {

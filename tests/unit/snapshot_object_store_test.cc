@@ -81,6 +81,42 @@ TEST_F(DirectoryObjectStoreTest, PutGetExistsDelete) {
   EXPECT_TRUE(FilesUnder(store_->root()).empty());
 }
 
+// A Put killed between creating its temporary and the rename leaves a
+// dot-file no listing shows: RemoveStaleTemporaries removes those old
+// enough, keeps fresh ones (another process may be writing them) and never
+// touches objects or the index directories beside them.
+TEST_F(DirectoryObjectStoreTest, RemovesStaleTemporariesOnly) {
+  const std::string root = store_->root();
+  ASSERT_TRUE(store_->Put("chunks/ab/cd/abcd0001", "object").ok());
+  ASSERT_TRUE(store_->Put("snapshots/snap-1.manifest", "manifest").ok());
+  auto write = [](const std::string& path) { std::ofstream(path) << "partial"; };
+  const std::string old_chunk = root + "/chunks/ab/cd/.tmp.abcd0002.999.1";
+  const std::string old_manifest = root + "/snapshots/.tmp.snap-2.manifest.999.2";
+  const std::string old_top = root + "/.tmp.store.json.999.3";
+  const std::string fresh = root + "/chunks/ab/cd/.tmp.abcd0003.999.4";
+  fs::create_directories(root + "/index");
+  const std::string in_index = root + "/index/.tmp.rocksdb";
+  for (const auto& p : {old_chunk, old_manifest, old_top, fresh, in_index}) write(p);
+  const auto two_hours_ago = fs::file_time_type::clock::now() - std::chrono::hours(2);
+  for (const auto& p : {old_chunk, old_manifest, old_top, in_index}) fs::last_write_time(p, two_hours_ago);
+
+  auto removed = store_->RemoveStaleTemporaries();
+  ASSERT_TRUE(removed.ok()) << removed.status().ToString();
+  EXPECT_EQ(3u, *removed);
+  EXPECT_FALSE(fs::exists(old_chunk));
+  EXPECT_FALSE(fs::exists(old_manifest));
+  EXPECT_FALSE(fs::exists(old_top));
+  EXPECT_TRUE(fs::exists(fresh)) << "a temporary younger than an hour may belong to a Put in flight";
+  EXPECT_TRUE(fs::exists(in_index)) << "the index is not the object store's";
+  EXPECT_EQ("object", *store_->Get("chunks/ab/cd/abcd0001"));
+  EXPECT_EQ("manifest", *store_->Get("snapshots/snap-1.manifest"));
+
+  // With no minimum age, the fresh one goes too; a second run finds nothing.
+  EXPECT_EQ(1u, *store_->RemoveStaleTemporaries(0));
+  EXPECT_EQ(0u, *store_->RemoveStaleTemporaries(0));
+  EXPECT_EQ((std::vector<std::string>{"chunks/ab/cd/abcd0001", "snapshots/snap-1.manifest"}), *store_->List(""));
+}
+
 TEST_F(DirectoryObjectStoreTest, BatchedPutsAreAtomicAndVisibleThenFlushed) {
   // Whether bytes reached the disk cannot be seen without a power cut; what
   // can: a batched put is whole under its key at once, replaces like Put,

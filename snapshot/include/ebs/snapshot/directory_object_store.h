@@ -18,8 +18,9 @@
 // - Delete unlinks and fsyncs the directory. Empty directories are left in
 //   place: removing them would race with a concurrent Put into them.
 // - List skips dot-names, i.e. temporary files of Puts in flight or of a
-//   crashed process. Temporary files left by a crash are harmless; they are
-//   never returned as objects.
+//   crashed process. Temporary files left by a crash are never returned as
+//   objects; RemoveStaleTemporaries (run by `store gc`) deletes those old
+//   enough that no live Put can own them.
 // - A key cannot be both an object and the parent "directory" of other keys
 //   (S3 allows it; this backend returns ENOTDIR/EISDIR-style errors). The
 //   store's own layout never needs it.
@@ -53,6 +54,17 @@ class DirectoryObjectStore final : public ObjectStore {
   Status Delete(std::string_view key) override;
   Result<bool> Exists(std::string_view key) override;
   Result<std::vector<std::string>> List(std::string_view prefix) override;
+
+  // Removes the temporary files of Puts (".tmp.*") last modified at least
+  // `min_age_seconds` ago, anywhere under the root except the RocksDB index
+  // directories the snapshot service keeps there; returns how many. Only by
+  // age, not at Open: several processes may use one root (a store named
+  // with --store by more than one data directory), and a Put of another
+  // process may be writing its temporary right now. A Put writes, syncs and
+  // renames its temporary in well under the default hour, so an older one
+  // was left by a process that died.
+  Result<uint64_t> RemoveStaleTemporaries(int64_t min_age_seconds = kStaleTemporaryAge);
+  static constexpr int64_t kStaleTemporaryAge = 3600;
 
   const std::string& root() const { return root_; }
 

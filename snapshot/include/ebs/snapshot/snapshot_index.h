@@ -228,6 +228,8 @@ class SnapshotIndex {
   // writes, not differences. EINVAL when from_seq > to_seq.
   Result<std::vector<DeltaEntry>> ChangedChunks(std::string_view lineage, uint64_t from_seq, uint64_t to_seq);
 
+  // Every lineage with at least one member, sorted.
+  Result<std::vector<std::string>> ListLineages();
   // The committed seqs of `lineage`, ascending.
   // (All lineage arguments are checked like ids: EINVAL when invalid.)
   Result<std::vector<LineageMember>> ListLineage(std::string_view lineage);

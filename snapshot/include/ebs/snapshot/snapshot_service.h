@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -72,7 +73,9 @@ class SnapshotService {
   Result<nlohmann::json> Diff(const std::string& from, const std::string& to, bool with_ranges = false);
   // Reads every object of the snapshot and checks it; lists each bad chunk.
   Result<nlohmann::json> Verify(const std::string& id);
-  // Frees only what no other snapshot needs.
+  // Frees only what no other snapshot needs. The newest snapshot of a
+  // volume that still exists stays (retired) as the base of its next one;
+  // of a volume that is gone, it goes with everything it kept.
   Result<nlohmann::json> Delete(const std::string& id);
   // Rebuilds the index from the manifests in the store alone (records,
   // chunk maps, reference counts), checking each chain against the map
@@ -84,7 +87,11 @@ class SnapshotService {
   // out of the new index: then nothing is changed and the problems are
   // the error, unless `force` asks to rebuild without them.
   Result<nlohmann::json> Reindex(bool force = false);
-  // Removes objects no snapshot references.
+  // Removes objects no snapshot references, after releasing what the kept
+  // newest snapshots and fork bases of volumes that are gone held
+  // (DropAbandonedTip) and finishing interrupted deletions; and the upload
+  // temporaries a killed process left, when older than an hour.
+  // {objects_examined, objects_removed, temporaries_removed}.
   Result<nlohmann::json> Gc();
   // Every referenced object exists, every object is referenced, reference
   // counts agree with the entries that name each object, every completed
@@ -119,8 +126,25 @@ class SnapshotService {
   Status StoreChunk(Job& job, size_t position, const std::string& data);
   // Folds retired predecessors into `rec` (snapshot_index.h, deletion).
   Status AbsorbRetired(const SnapshotRecord& rec);
-  // Rewrites `rec`'s manifest as a delta from `prev_seq` (0: from zeros).
-  Status RewriteManifest(const SnapshotRecord& rec, uint64_t prev_seq, const std::string& prev_id);
+  // Rewrites `rec`'s manifest as a delta from `prev_seq` (0: from zeros),
+  // and its record to match when `update_record` (a retired member has none).
+  Status RewriteManifest(const SnapshotRecord& rec, uint64_t prev_seq, const std::string& prev_id,
+                         bool update_record = true);
+  // The manifests of deleted snapshots that the index no longer keeps as a
+  // retired member (absorbed into the next member, or dropped), with their
+  // tombstones: removed, after the member that absorbed each has its
+  // manifest rewritten against its new predecessor (unless it is
+  // `rewritten_seq`, done already by the caller). Also what a crash left
+  // of such a removal. Only `lineage`'s, or every lineage's when empty.
+  Status RemoveSupersededManifests(const std::string& lineage, uint64_t rewritten_seq = 0);
+  // The ids of the volumes of this service's data directory.
+  Result<std::set<std::string>> VolumeIds();
+  // A lineage whose volume is gone never gets another snapshot, so what its
+  // retired tip (and a fork's base with no snapshot left) kept for the next
+  // one is freed: manifests first, then the index entries, then the objects
+  // no longer referenced (returns how many), then tombstones. Nothing when
+  // its newest member is live.
+  Result<uint64_t> DropAbandonedTip(const std::string& lineage);
   // Names a volume's last cut (VolumeRecord::last_cut): snapshot `seq` of
   // `lineage` in this store, or ("restore", 0, id) a restore from `id`.
   std::string CutName(const std::string& lineage, uint64_t seq, const std::string& snapshot = "") const;
