@@ -61,7 +61,7 @@ def prepare(args, work, size_gib, fill_mib):
 
 def run(args):
     rounds = args.rounds or (1 if args.quick else 3)
-    runtime = args.runtime or (1 if args.quick else 4)  # x 3 rounds x every server: keeps bench/run < 20 min
+    runtime = args.runtime or (1 if args.quick else 3)  # x 3 rounds x 4 jobs x 2 volumes: keeps bench/run < 20 min
     size_gib = args.size_gib
     fill_mib = min(QUICK_FILL_MIB, size_gib << 10) if args.quick else size_gib << 10
     work = tempfile.mkdtemp(prefix="ebs-bench-enc.")

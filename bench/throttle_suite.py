@@ -54,21 +54,23 @@ def ebs_json(ebs, data, *argv):
     return json.loads(out.stdout)
 
 
-def warm(args, data, sock, name):
-    """Reads the region the fio jobs use once, through a --no-throttle
-    server. On this VM the first read of never-read pages of the sparse data
-    file stalls now and then for 40-150 ms (page cache pages the guest has
-    never touched): unthrottled, cold 1 MiB reads ran at 2,800-3,500 MiB/s
-    with a p99 latency of 40 ms, against 8,500 MiB/s warm. A stall longer than
-    the throttle's bucket (50 ms of tokens) is time the limit cannot make up,
-    so cold rows measured the page cache, not the throttle (-10% to -30% on
-    rows of 16,000 IOPS or 500 MiB/s and more, every row exact once warm)."""
-    server = ebs_server(args.ebs, data, sock, name)
+def warm(args, data, sock, names):
+    """Reads the region the fio jobs use once on every volume in `names`,
+    through one --no-throttle server (one fio job each). On this VM the first
+    read of never-read pages of the sparse data file stalls now and then for
+    40-150 ms (page cache pages the guest has never touched): unthrottled,
+    cold 1 MiB reads ran at 2,800-3,500 MiB/s with a p99 latency of 40 ms,
+    against 8,500 MiB/s warm. A stall longer than the throttle's bucket
+    (50 ms of tokens) is time the limit cannot make up, so cold rows measured
+    the page cache, not the throttle (-10% to -30% on rows of 16,000 IOPS or
+    500 MiB/s and more, every row exact once warm)."""
+    server = ebs_server(args.ebs, data, sock, "")
+    argv = ["fio", "--ioengine=nbd", "--rw=read", "--bs=1m", "--iodepth=8", f"--size={REGION}", "--output=/dev/null"]
+    for name in names:
+        argv += [f"--name=warm-{name}", f"--uri=nbd+unix:///{name}?socket={sock}"]
     server.start()
     try:
-        subprocess.run(["fio", "--name=warm", "--ioengine=nbd", "--uri=" + server.uri, "--rw=read", "--bs=1m",
-                        "--iodepth=8", f"--size={REGION}", "--output=/dev/null"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     finally:
         server.stop()
 
@@ -117,10 +119,10 @@ def measure_rows(args, data, sock, work, vols, runtime, rows):
     perfs = {}
     together = []
     alone = []
+    warm(args, data, sock, [f"{t}-{gib}" for t, gib, _, _ in vols])
     for t, gib, _, _ in vols:
         name = f"{t}-{gib}"
         perfs[name] = perf = ebs_json(args.ebs, data, "volume", "describe", name)["performance"]
-        warm(args, data, sock, name)
         if perf["burst_iops"] <= TOGETHER_IOPS:
             together.append((t, gib, "IOPS"))
         else:
@@ -187,13 +189,15 @@ def measure_overhead(args, work, runtime, quick):
     ebs_json(args.ebs, data, "volume", "create", "io2max", "--type", "io2", "--size", "256G", "--iops", "256000")
     sock = os.path.join(work, "io2.sock")
     if not quick:
-        warm(args, data, sock, "io2max")
+        warm(args, data, sock, ["io2max"])
     results = {"throttled": [], "unthrottled": []}
     cpu = {"throttled": [], "unthrottled": []}
     rss = {"throttled": [], "unthrottled": []}
-    # Five rounds: on this shared machine one 8 s run of the same server
-    # ranges from 52,000 to 79,000 IOPS.
-    rounds = 1 if quick else 5
+    # Rounds alternate the two servers; on this shared machine one run of the
+    # same server ranges from 52,000 to 79,000 IOPS, which no affordable
+    # number of rounds averages out: the server's CPU time per operation,
+    # reported beside, is the steadier measure of the throttle's cost.
+    rounds = 1 if quick else 3
     overhead_runtime = min(runtime, 5)
     for r in range(rounds):
         order = ["throttled", "unthrottled"] if r % 2 == 0 else ["unthrottled", "throttled"]
