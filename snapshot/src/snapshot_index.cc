@@ -21,6 +21,9 @@ constexpr char kLive = 'l';
 constexpr char kRetired = 'r';
 constexpr char kBase = 'b';  // followed by the id of the snapshot it copies
 constexpr size_t kMaxNameLength = 128;
+// Memtables at least this large are flushed when the index closes (see
+// ~SnapshotIndex): about 40,000 delta entries, which replay in some 20 ms.
+constexpr uint64_t kFlushOnCloseBytes = 4 << 20;
 
 Status Db(const rocksdb::Status& s, const std::string& what) {
   return Status::IoError("snapshot index " + what + ": " + s.ToString());
@@ -294,6 +297,17 @@ Result<std::unique_ptr<SnapshotIndex>> SnapshotIndex::Open(const std::string& pa
 }
 
 SnapshotIndex::~SnapshotIndex() {
+  // What the memtables hold is only in the write-ahead log until a flush,
+  // and the next open replays that log and flushes it before it returns:
+  // after a snapshot of 1 M changed chunks (a 24 MB log), the next command
+  // to open the index, a diff say, took 4.3 s instead of 0.5 s. The process
+  // that wrote it flushes it instead. Small leftovers (a record or two)
+  // replay in no time and are left to the log, so that short commands do
+  // not each add a tiny table file.
+  uint64_t held = 0;
+  if (db_->GetIntProperty(rocksdb::DB::Properties::kCurSizeAllMemTables, &held) && held >= kFlushOnCloseBytes) {
+    db_->Flush(rocksdb::FlushOptions()).PermitUncheckedError();  // on failure the log still has it all
+  }
   db_->Close().PermitUncheckedError();
   delete db_;
 }
