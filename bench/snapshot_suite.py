@@ -275,9 +275,12 @@ def diff_sweep(args, work, counts, chunk_size):
         done = n
         # The writes above leave up to GiBs of scattered dirty pages, written
         # back for minutes; every ebs command opens its RocksDB databases
-        # read-write (a few fsyncs), and on ext4 one of those waited 0.4-3.5 s
-        # behind that writeback: a first diff of 1 M chunks took 4.1 s, the
-        # next ones 0.5 s. Written back first, the diffs time the diff.
+        # read-write (a few fsyncs), and on ext4 those wait behind that
+        # writeback (a diff of 1 M chunks: 0.94 s with 3 GB dirty, 0.50 s
+        # without). Written back first, the diffs time the diff. The slowest
+        # run is reported too: it showed the first diff after a large
+        # snapshot replaying the snapshot's RocksDB log (4.3 s against 0.5 s,
+        # until the index flushed large memtables at close).
         os.sync()
         runs = []
         for _ in range(reps):
