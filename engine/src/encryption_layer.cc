@@ -119,17 +119,6 @@ void EncryptionLayer::SubmitWrite(EventLoop& loop, IoRequest* req) {
   }
   req->crypt_buf = req->buf;
   req->buf = ct;
-  if (req->length < CryptPool::kParallelMin) {  // small writes encrypt here: no job to set up
-    if (!cipher_->Encrypt(req->offset, req->crypt_buf, ct, req->length).ok()) {
-      scratch.Give(ct, req->length);
-      req->buf = req->crypt_buf;
-      req->crypt_buf = nullptr;
-      FinishLater(loop, req, -EIO);
-      return;
-    }
-    PassDown(loop, req);
-    return;
-  }
   CryptPool::Job* job = jobs.Take();
   job->cipher = cipher_.get();
   job->encrypt = true;
@@ -257,10 +246,7 @@ void EncryptionLayer::Done(IoRequest* req, int result) {
   auto* self = static_cast<EncryptionLayer*>(req->owner);
   req->callback = req->crypt_callback;
   req->owner = req->crypt_owner;
-  if (req->kind == IoKind::kRead && result >= 0 && req->length < CryptPool::kParallelMin) {
-    // Small reads (the 4 KiB hot path) decrypt here: no job to set up.
-    if (!self->cipher_->Decrypt(req->offset, req->buf, req->buf, req->length).ok()) result = -EIO;
-  } else if (req->kind == IoKind::kRead && result >= 0) {
+  if (req->kind == IoKind::kRead && result >= 0) {
     CryptPool::Job* job = jobs.Take();
     job->cipher = self->cipher_.get();
     job->encrypt = false;
