@@ -132,11 +132,13 @@ class Server:
         return f"nbd+unix:///{self.export}?socket={self.socket}"
 
 
-def ebs_server(ebs, data, sock, export, throttle=False):
-    """`ebs serve` on a Unix socket only; --no-throttle unless `throttle`."""
+def ebs_server(ebs, data, sock, export, throttle=False, cpu=None):
+    """`ebs serve` on a Unix socket only; --no-throttle unless `throttle`;
+    on CPU `cpu` alone (taskset) when given."""
     flags = [] if throttle else ["--no-throttle"]
-    return Server("ebs", [ebs, "--data-dir", data, "serve", *flags, "--listen", "none", "--socket", sock], sock,
-                  export)
+    pin = [] if cpu is None else ["taskset", "-c", str(cpu)]
+    return Server("ebs", [*pin, ebs, "--data-dir", data, "serve", *flags, "--listen", "none", "--socket", sock],
+                  sock, export)
 
 
 def run_fio(server, job, runtime, size, outdir, tag, extra_args=()):

@@ -273,14 +273,9 @@ def diff_sweep(args, work, counts, chunk_size):
         snap, text = measured_json(ebs_cmd(args.ebs, data, "snapshot", "create", "d", chunk=c), out)
         snap_id = json.loads(text)[0]["id"]
         done = n
-        # The writes above leave up to GiBs of scattered dirty pages, written
-        # back for minutes; every ebs command opens its RocksDB databases
-        # read-write (a few fsyncs), and on ext4 those wait behind that
-        # writeback (a diff of 1 M chunks: 0.94 s with 3 GB dirty, 0.50 s
-        # without). Written back first, the diffs time the diff. The slowest
-        # run is reported too: it showed the first diff after a large
-        # snapshot replaying the snapshot's RocksDB log (4.3 s against 0.5 s,
-        # until the index flushed large memtables at close).
+        # The writes above leave GiBs of dirty pages; the fsyncs of a
+        # command's RocksDB opens wait behind their writeback (a 1 M diff:
+        # 0.94 s with 3 GB dirty, 0.50 s without), so write them back first.
         os.sync()
         runs = []
         for _ in range(reps):

@@ -242,9 +242,8 @@ def measure_overhead(args, work, runtime, quick):
         sock = os.path.join(work, f"io2-{mode}.sock")
         if not quick:
             warm(args, data, sock, ["io2max"])
-        servers[mode] = ebs_server(args.ebs, data, sock, "io2max", throttle=mode == "throttled")
-        if pin_fio:
-            servers[mode].argv = ["taskset", "-c", str(cpus[1]), *servers[mode].argv]
+        servers[mode] = ebs_server(args.ebs, data, sock, "io2max", throttle=mode == "throttled",
+                                   cpu=cpus[1] if pin_fio else None)
     iops = {"throttled": [], "unthrottled": []}
     cpu = {"throttled": [], "unthrottled": []}
     rss = {}
