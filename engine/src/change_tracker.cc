@@ -542,8 +542,10 @@ Status ChangeTracker::PersistLocked() {
   std::vector<uint64_t> copy;
   bool header = false;
   char header_page[kHeaderBytes];
+  int injected = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    injected = fail_persists_;
     seq = ++started_seq_;
     pages.swap(dirty_pages_);
     std::sort(pages.begin(), pages.end());
@@ -569,7 +571,9 @@ Status ChangeTracker::PersistLocked() {
   // queueing for the next persist) meanwhile.
   Status st;
   const bool io = header || !pages.empty();
-  if (io) {
+  if (io && injected != 0) {
+    st = Status::FromErrno(injected, "persist " + path_ + " (injected)");
+  } else if (io) {
     if (header) st = PwriteAll(fd_, header_page, kHeaderBytes, 0, path_);
     for (size_t i = 0; st.ok() && i < pages.size();) {
       size_t j = i + 1;
@@ -666,12 +670,19 @@ Result<ChangeSet> ChangeTracker::Cut() {
     cut.generation = generation_;
     cut.chunk_count = chunk_count_;
   }
-  // The durable bits change only under io_mu_, which we hold. Bits marked
-  // but not yet durable belong to requests that have not reached the data
-  // file: they stay in the new epoch.
+  // Every mark requested, durable or not: bits_ ⊇ the durable bits. The
+  // ones not durable belong to requests still queued (they have not reached
+  // the data file, so cutting them only costs the snapshot a read; they are
+  // marked again in the new epoch below) or were kept in memory when a
+  // persist, an Abort or an earlier Cut's recovery failed. Those may be the
+  // only record of a change that did reach the data file: cutting only the
+  // durable bits would lose them for the snapshot. Durable bits change only
+  // under io_mu_, which we hold.
   DurableBits* d = durable_.load(std::memory_order_acquire);
-  cut.words.resize(d->nwords);
-  for (uint64_t w = 0; w < d->nwords; ++w) cut.words[w] = d->w[w].load(std::memory_order_relaxed);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cut.words = bits_;
+  }
 
   const std::string cut_path = CutPath(path_, cut.generation);
   SetFile file;
@@ -688,7 +699,7 @@ Result<ChangeSet> ChangeTracker::Cut() {
     for (uint64_t w = 0; w < cut.words.size(); ++w) {
       if (cut.words[w] == 0) continue;
       bits_[w] &= ~cut.words[w];
-      d->w[w].store(0, std::memory_order_release);  // every durable bit was cut
+      if (w < d->nwords) d->w[w].store(0, std::memory_order_release);  // every durable bit was cut
       const uint64_t page = w / kWordsPerPage;
       if (!page_dirty_[page]) {
         page_dirty_[page] = 1;
@@ -804,6 +815,11 @@ uint64_t ChangeTracker::generation() const {
 uint64_t ChangeTracker::chunk_count() const {
   std::lock_guard<std::mutex> lock(mu_);
   return chunk_count_;
+}
+
+void ChangeTracker::TEST_FailPersists(int error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  fail_persists_ = error;
 }
 
 void ChangeTracker::TEST_HoldPersists(bool hold) {

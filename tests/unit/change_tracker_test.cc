@@ -445,7 +445,10 @@ TEST_F(ChangeTrackerTest, RequestsQueuedAtACutLandInTheNewEpoch) {
 
   auto cut = tracker_->Cut();  // persists itself, so it releases the queued requests
   ASSERT_TRUE(cut.ok());
-  EXPECT_EQ((std::vector<uint64_t>{1}), cut->Chunks());
+  // The cut takes every mark requested: the queued requests' chunks too (a
+  // superset: they had not reached the data file, so the snapshot reads
+  // them unchanged), and they are marked again in the new epoch.
+  EXPECT_EQ((std::vector<uint64_t>{1, 2, 5}), cut->Chunks());
   ASSERT_EQ(std::future_status::ready, done.wait_for(std::chrono::seconds(5))) << "queued requests hang";
   for (int r : done.get()) EXPECT_EQ(0, r);
   EXPECT_EQ((std::set<uint64_t>{1, 2, 5}), ChunkSet(tracker_->Marked()));
@@ -572,6 +575,43 @@ TEST_F(ChangeTrackerTest, DamagedFileIsReported) {
   ASSERT_EQ(0, truncate(changes_.c_str(), 100));
   EXPECT_EQ(EBADMSG, ChangeTracker::Open(changes_, size_, Opts(512 * kKiB)).status().code());
   EXPECT_EQ(EINVAL, ChangeTracker::Open(changes_, size_, Opts(3000)).status().code());
+}
+
+// A persist that fails inside Abort, or inside Cut after the current set was
+// cleared, leaves the marks it was writing in memory only. The next cut in the
+// same process must still hand them to its snapshot: those chunks did change
+// since the last completed snapshot.
+TEST_F(ChangeTrackerTest, MarksAFailedPersistKeptInMemoryReachTheNextCut) {
+  Build(8 * kMiB, 512 * kKiB);  // 16 chunks
+  std::vector<char> buf(4096, 'a');
+  auto write_chunk = [&](uint64_t c) {
+    return RunIo(*loop_a_, *layer_, IoKind::kWrite, c * chunk_size_, 4096, buf.data());
+  };
+
+  // Abort cannot make the returned marks durable.
+  ASSERT_EQ(0, write_chunk(3));
+  auto cut1 = tracker_->Cut();
+  ASSERT_TRUE(cut1.ok()) << cut1.status().message();
+  tracker_->TEST_FailPersists(EIO);
+  EXPECT_EQ(EIO, tracker_->Abort(cut1->generation).code());
+  tracker_->TEST_FailPersists(0);
+  auto cut2 = tracker_->Cut();
+  ASSERT_TRUE(cut2.ok()) << cut2.status().message();
+  EXPECT_TRUE(cut2->Contains(3)) << "the aborted snapshot's chunk 3 must reach the next snapshot";
+  ASSERT_TRUE(tracker_->Commit(cut2->generation).ok());
+
+  // Cut cannot persist the cleared set, nor put the marks back durably.
+  ASSERT_EQ(0, write_chunk(5));
+  tracker_->TEST_FailPersists(EIO);
+  EXPECT_EQ(EIO, tracker_->Cut().status().code());
+  tracker_->TEST_FailPersists(0);
+  auto cut3 = tracker_->Cut();
+  ASSERT_TRUE(cut3.ok()) << cut3.status().message();
+  EXPECT_TRUE(cut3->Contains(5)) << "chunk 5, cut by the failed Cut, must reach the next snapshot";
+  ASSERT_TRUE(tracker_->Commit(cut3->generation).ok());
+  // Whatever files the failures left merge back on a restart: a superset.
+  Reopen(size_);
+  EXPECT_EQ(0u, check_->violations.load());
 }
 
 // The tracking file on a full file system: a first touch cannot persist its

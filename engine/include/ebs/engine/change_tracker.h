@@ -121,8 +121,9 @@ class ChangeTracker {
   // stack (and for tests): returns once the marks are durable.
   Status Mark(uint64_t offset, uint64_t length);
 
-  // Takes the current set of durably marked chunks and starts a new, empty
-  // epoch. Before it returns, the set is durable in `<path>.<generation>`
+  // Takes the current set of marked chunks (every mark requested: durable
+  // ones, those of requests still queued, and those a failed persist, Abort
+  // or Cut recovery left in memory only) and starts a new, empty epoch. Before it returns, the set is durable in `<path>.<generation>`
   // and the current set on disk is cleared; the returned set's `generation`
   // is the key for Commit or Abort. Until then the set survives restarts
   // (Open merges it back). Requests still queued for their marks have not
@@ -172,6 +173,9 @@ class ChangeTracker {
   // Tests: while held, the tracker's thread starts no persist, so requests
   // stay queued (Cut, Abort, MarkAll, Resize still persist themselves).
   void TEST_HoldPersists(bool hold);
+  // Tests: while set, every persist fails with `error` (an errno) before it
+  // writes anything, as on a failing disk; 0 clears it.
+  void TEST_FailPersists(int error);
 
  private:
   struct DurableBits;  // the lock-free view the hot path tests
@@ -224,6 +228,7 @@ class ChangeTracker {
   bool idle_ = false;           // GUARDED_BY(mu_): the thread waits on cv_
   bool stop_ = false;           // GUARDED_BY(mu_)
   bool hold_persists_ = false;  // GUARDED_BY(mu_)
+  int fail_persists_ = 0;       // GUARDED_BY(mu_): TEST_FailPersists
   Stats stats_;                 // GUARDED_BY(mu_)
   std::thread thread_;
 };
