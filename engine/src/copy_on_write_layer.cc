@@ -1,7 +1,5 @@
 #include "ebs/engine/copy_on_write_layer.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 
 namespace ebs {
@@ -16,10 +14,9 @@ bool Mutates(const IoRequest& req) {
 // ---------------------------------------------------------------------------
 // CopyOutSession
 
-CopyOutSession::CopyOutSession(int fd, uint64_t volume_size, uint64_t chunk_size, std::vector<uint64_t> chunks,
-                               Handler handler, std::shared_ptr<SectorCipher> cipher)
-    : fd_(fd),
-      cipher_(std::move(cipher)),
+CopyOutSession::CopyOutSession(Reader reader, uint64_t volume_size, uint64_t chunk_size, std::vector<uint64_t> chunks,
+                               Handler handler)
+    : reader_(std::move(reader)),
       volume_size_(volume_size),
       chunk_size_(chunk_size),
       chunks_(std::move(chunks)),
@@ -71,20 +68,12 @@ void CopyOutSession::Preserve(uint64_t offset, uint64_t length) {
 void CopyOutSession::Run(size_t position, std::string* buf) {
   const uint64_t offset = chunks_[position] * chunk_size_;
   const size_t len = static_cast<size_t>(std::min<uint64_t>(chunk_size_, volume_size_ - offset));
-  buf->assign(len, '\0');
-  Status st = Status::Ok();
-  size_t done = 0;
-  while (done < len) {
-    ssize_t n = pread(fd_, buf->data() + done, len - done, static_cast<off_t>(offset + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      st = Status::FromErrno(errno, "read chunk " + std::to_string(chunks_[position]) + " for the snapshot");
-      break;
-    }
-    if (n == 0) break;  // beyond the end of the file: zeros
-    done += static_cast<size_t>(n);
+  buf->resize(len);
+  Status st = reader_(offset, len, buf->data());
+  if (!st.ok()) {
+    st = Status::Error(st.code(), "read chunk " + std::to_string(chunks_[position]) + " for the snapshot: " +
+                                      st.message());
   }
-  if (st.ok() && cipher_) st = cipher_->Decrypt(offset, buf->data(), buf->data(), len);
   if (st.ok()) st = handler_(position, *buf);
   if (!st.ok()) Fail(st);
   state_[position].store(kDone, std::memory_order_release);

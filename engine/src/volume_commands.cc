@@ -42,9 +42,9 @@ void RegisterVolumeCommands(CommandRegistry* registry, VolumeManager* manager) {
     if (!p.ok()) return p.status();
     if (!p->type) p->type = VolumeType::kGp3;
     if (!p->size_bytes) return Status::InvalidArgument("MissingParameter: --size is required");
-    auto encryption = EncryptionFromArgs(args);
-    auto info = manager->Create(args.at("name").get<std::string>(), *p, args.value("source_snapshot", std::string()),
-                                nullptr, encryption ? &*encryption : nullptr);
+    CreateOptions options;
+    options.encryption = EncryptionFromArgs(args);
+    auto info = manager->Create(args.at("name").get<std::string>(), *p, options);
     if (!info.ok()) return info.status();
     return info->ToJson();
   });

@@ -166,6 +166,7 @@ Result<std::unique_ptr<VolumeManager>> VolumeManager::Open(const std::string& da
   EBS_RETURN_IF_ERROR(MakeDirectoryPrivate(data_dir + "/volumes", "volume directory"));
   EBS_RETURN_IF_ERROR(MakeDirectoryPrivate(data_dir + "/catalog", "catalog"));
   if (Status st = MakeDirectoryPrivate(m->keys_->dir(), "key directory"); !st.ok() && st.code() != ENOENT) return st;
+  EBS_RETURN_IF_ERROR(m->RemoveInterruptedRestores());
   EBS_RETURN_IF_ERROR(m->CleanOrphanFiles());
   EBS_RETURN_IF_ERROR(m->FinishInterruptedModifications());
   return m;
@@ -242,6 +243,27 @@ Status VolumeManager::CleanOrphanFiles() {
   return Status::Ok();
 }
 
+Status VolumeManager::RemoveInterruptedRestores() {
+  auto records = catalog_->List();
+  if (!records.ok()) return records.status();
+  for (const auto& r : *records) {
+    if (r.state != kVolumeCreating) continue;
+    fprintf(stderr, "ebs: volume %s: its restore from snapshot %s did not finish (the process stopped); removed\n",
+            r.name.c_str(), r.source_snapshot.c_str());
+    EBS_RETURN_IF_ERROR(RemoveLocked(r));
+  }
+  return Status::Ok();
+}
+
+Status VolumeManager::FinishRestore(const std::string& name, const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = catalog_->Get(name);
+  if (!r.ok()) return r.status();
+  if (r->id != id) return Status::NotFound("volume '" + name + "' was deleted");
+  r->state = kVolumeAvailable;
+  return catalog_->Put(*r);
+}
+
 // A process that died inside Modify left the change `modifying`: the
 // record was written before the data file grew and not after. Roll it
 // forward (growing the file is idempotent), as if the call had returned.
@@ -312,8 +334,9 @@ Status VolumeManager::AdvanceModifications(VolumeRecord* record) {
 }
 
 Result<VolumeInfo> VolumeManager::Create(const std::string& name, const VolumeParams& params,
-                                         const std::string& source_snapshot, const LazyRestore* lazy,
-                                         const EncryptionRequest* encryption) {
+                                         const CreateOptions& options) {
+  const LazyRestore* lazy = options.lazy ? &*options.lazy : nullptr;
+  const EncryptionRequest* encryption = options.encryption ? &*options.encryption : nullptr;
   EBS_RETURN_IF_ERROR(ValidateName(name));
   auto config = ValidateCreate(params);
   if (!config.ok()) return config.status();
@@ -328,8 +351,9 @@ Result<VolumeInfo> VolumeManager::Create(const std::string& name, const VolumePa
   r.id = NewVolumeId();
   r.config = *config;
   r.created_at_ms = NowMs();
-  r.state = "available";
-  r.source_snapshot = source_snapshot;
+  r.state = options.restoring ? kVolumeCreating : kVolumeAvailable;
+  r.source_snapshot = options.source_snapshot;
+  r.last_cut = options.last_cut;
   if (lazy != nullptr) {
     r.initialization_state = "loading";
     r.initialization_rate_mibps = lazy->rate_mibps;
@@ -416,12 +440,18 @@ Status VolumeManager::Delete(const std::string& name, bool force) {
     it->second->deleted_.store(true, std::memory_order_release);
     open_.erase(it);  // attachments keep the device open until they end
   }
-  EBS_RETURN_IF_ERROR(catalog_->Delete(name));
-  if (unlink(DataFilePath(r->id).c_str()) != 0 && errno != ENOENT) {
-    return Status::FromErrno(errno, "remove data file of " + name);
+  return RemoveLocked(*r);
+}
+
+Status VolumeManager::RemoveLocked(const VolumeRecord& r) {
+  // The record first: a crash after it leaves files no record names, which
+  // the next Open removes.
+  EBS_RETURN_IF_ERROR(catalog_->Delete(r.name));
+  if (unlink(DataFilePath(r.id).c_str()) != 0 && errno != ENOENT) {
+    return Status::FromErrno(errno, "remove data file of " + r.name);
   }
-  EBS_RETURN_IF_ERROR(ChangeTracker::Remove(ChangesFilePath(r->id)));
-  EBS_RETURN_IF_ERROR(ChangeTracker::Remove(LoadedFilePath(r->id)));
+  EBS_RETURN_IF_ERROR(ChangeTracker::Remove(ChangesFilePath(r.id)));
+  EBS_RETURN_IF_ERROR(ChangeTracker::Remove(LoadedFilePath(r.id)));
   return SyncDirectory(data_dir_ + "/volumes");
 }
 
@@ -483,29 +513,9 @@ Result<VolumeInfo> VolumeManager::Modify(const std::string& name, const VolumePa
   return InfoLocked(std::move(*r));
 }
 
-Status VolumeManager::BeginExclusive(const std::string& name) {
-  EBS_RETURN_IF_ERROR(ValidateName(name));
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = open_.find(name);
-  if (it != open_.end() && it->second->attachments() > 0) {
-    return Status::Busy(fmt::format("VolumeInUse: volume '{}' has {} open connection(s)", name,
-                                    it->second->attachments()));
-  }
-  if (!exclusive_.insert(name).second) return Status::Busy("volume '" + name + "' is busy with another operation");
-  return Status::Ok();
-}
-
-void VolumeManager::EndExclusive(const std::string& name) {
-  std::lock_guard<std::mutex> lock(mu_);
-  exclusive_.erase(name);
-}
-
 Result<std::unique_ptr<VolumeAttachment>> VolumeManager::Attach(const std::string& name) {
   EBS_RETURN_IF_ERROR(ValidateName(name));
   std::lock_guard<std::mutex> lock(mu_);
-  if (exclusive_.count(name)) {
-    return Status::Busy("volume '" + name + "' is busy (a restore into it is in progress); try again shortly");
-  }
   auto vol = OpenLocked(name);
   if (!vol.ok()) return vol.status();
   (*vol)->attachments_.fetch_add(1);
@@ -535,6 +545,10 @@ Result<std::shared_ptr<Volume>> VolumeManager::OpenLocked(const std::string& nam
   if (it != open_.end()) return it->second;
   auto r = catalog_->Get(name);
   if (!r.ok()) return r.status();
+  if (r->state == kVolumeCreating) {
+    return Status::Busy("IncorrectState: volume '" + name + "' is being restored from snapshot " +
+                        r->source_snapshot + "; it can be used once the restore completes");
+  }
   EBS_RETURN_IF_ERROR(AdvanceModifications(&*r));
   auto dev = FileDevice::Open(DataFilePath(r->id), r->config.size_bytes, /*create=*/false);
   if (!dev.ok()) return dev.status();
@@ -556,6 +570,7 @@ Result<std::shared_ptr<Volume>> VolumeManager::OpenLocked(const std::string& nam
   vol->id_ = r->id;
   vol->metrics_ = std::make_unique<VolumeMetrics>(options_.clock->NowNs());
   vol->tracker_ = *tracker;
+  vol->file_ = *dev;
   std::shared_ptr<BlockDevice> stack = *dev;
   auto cipher = OpenCipher(*r);
   if (!cipher.ok()) return cipher.status();

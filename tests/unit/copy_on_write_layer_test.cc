@@ -105,6 +105,14 @@ class CopyOnWriteLayerTest : public ::testing::Test {
   void Submit(Pending& p) {
     loop_->Post([&] { cow_->Submit(*loop_, &p.req); });
   }
+  // What a snapshot reads the volume through: the data file beneath the layer.
+  CopyOutSession::Reader FileReader() {
+    return [fd = fd_](uint64_t offset, size_t length, char* buf) -> Status {
+      ssize_t n = pread(fd, buf, length, static_cast<off_t>(offset));
+      if (n != static_cast<ssize_t>(length)) return Status::IoError("short read");
+      return Status::Ok();
+    };
+  }
   std::string ReadBack(uint64_t offset, uint64_t length) {
     std::string s(length, '\0');
     EXPECT_EQ(0, testing::RunIo(*loop_, *cow_, IoKind::kRead, offset, length, s.data()));
@@ -158,7 +166,7 @@ TEST_F(CopyOnWriteLayerTest, WriteToGuardedChunkHandsOverOldContentFirst) {
   std::map<uint64_t, std::string> handed;  // chunk -> content handed over
   std::vector<uint64_t> chunks = {2, 3, 5};
   auto session = std::make_shared<CopyOutSession>(
-      fd_, kSize, kChunk, chunks, [&](size_t position, const std::string& data) {
+      FileReader(), kSize, kChunk, chunks, [&](size_t position, const std::string& data) {
         std::lock_guard<std::mutex> lock(mu);
         EXPECT_EQ(0u, handed.count(chunks[position])) << "chunk handed over twice";
         handed[chunks[position]] = data;
@@ -200,7 +208,7 @@ TEST_F(CopyOnWriteLayerTest, WriteToGuardedChunkHandsOverOldContentFirst) {
 
 TEST_F(CopyOnWriteLayerTest, FailingHandOverFailsTheSessionNotTheWrite) {
   auto session = std::make_shared<CopyOutSession>(
-      fd_, kSize, kChunk, std::vector<uint64_t>{0, 1},
+      FileReader(), kSize, kChunk, std::vector<uint64_t>{0, 1},
       [](size_t, const std::string&) { return Status::Error(ENOSPC, "store full"); });
   cow_->Freeze();
   cow_->Thaw(session);
@@ -220,7 +228,7 @@ TEST_F(CopyOnWriteLayerTest, RacingWritersAndWorkersHandOverEachChunkOnceWithIts
   std::mutex mu;
   std::map<uint64_t, std::string> handed;
   std::atomic<int> duplicates{0};
-  auto session = std::make_shared<CopyOutSession>(fd_, kSize, kChunk, all, [&](size_t p, const std::string& data) {
+  auto session = std::make_shared<CopyOutSession>(FileReader(), kSize, kChunk, all, [&](size_t p, const std::string& data) {
     std::lock_guard<std::mutex> lock(mu);
     if (handed.count(p)) ++duplicates;
     handed[p] = data;

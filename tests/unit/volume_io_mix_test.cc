@@ -312,8 +312,9 @@ TEST_P(VolumeIoMixTest, ConcurrentRandomMixMatchesModelAndSurvivesReopen) {
     VolumeParams params;
     params.type = VolumeType::kGp3;
     params.size_bytes = kVolumeSize;
-    EncryptionRequest default_key;
-    auto created = (*m)->Create("mix", params, "", nullptr, encrypted ? &default_key : nullptr);
+    CreateOptions options;
+    if (encrypted) options.encryption = EncryptionRequest{};
+    auto created = (*m)->Create("mix", params, options);
     ASSERT_TRUE(created.ok()) << created.status().message();
     auto att = (*m)->Attach("mix");
     ASSERT_TRUE(att.ok()) << att.status().message();

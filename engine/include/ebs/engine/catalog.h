@@ -31,12 +31,16 @@ struct Modification {
   VolumeConfig to;
 };
 
+inline constexpr char kVolumeAvailable[] = "available";
+inline constexpr char kVolumeCreating[] = "creating";
+
 struct VolumeRecord {
   std::string name;
   std::string id;  // "vol-" + 17 hex digits, names the data file
   VolumeConfig config;
   int64_t created_at_ms = 0;
-  std::string state = "available";  // creating | available
+  // kVolumeAvailable, or kVolumeCreating while an eager restore writes it.
+  std::string state = "available";
   std::string source_snapshot;      // empty when not restored from one
   // Lazy restore from source_snapshot (hydration_layer.h): "" when the
   // volume was not restored lazily, else "loading" or "completed".

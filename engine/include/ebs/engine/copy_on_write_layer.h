@@ -26,7 +26,6 @@
 #include <vector>
 
 #include "ebs/engine/block_device.h"
-#include "ebs/engine/sector_cipher.h"
 #include "ebs/engine/status.h"
 
 namespace ebs {
@@ -40,12 +39,15 @@ class CopyOutSession {
   // last chunk of a volume may be short). Called from the snapshot's workers
   // and from the copy-out thread, concurrently for different chunks.
   using Handler = std::function<Status(size_t position, const std::string& data)>;
+  // Reads `length` bytes at `offset` of the volume's content as it is now
+  // beneath the copy-on-write layer (Volume::ReadStored: decrypted, and a
+  // chunk still loading lazily read from its source). Called from the same
+  // threads as the handler; blocking.
+  using Reader = std::function<Status(uint64_t offset, size_t length, char* buf)>;
 
-  // `fd`: the volume's data file, open for reading for the session's life.
   // `chunks`: sorted, unique chunk indexes below ceil(volume_size / chunk_size).
-  // `cipher`: an encrypted volume's (the handler gets plaintext); null else.
-  CopyOutSession(int fd, uint64_t volume_size, uint64_t chunk_size, std::vector<uint64_t> chunks, Handler handler,
-                 std::shared_ptr<SectorCipher> cipher = nullptr);
+  CopyOutSession(Reader reader, uint64_t volume_size, uint64_t chunk_size, std::vector<uint64_t> chunks,
+                 Handler handler);
 
   size_t size() const { return chunks_.size(); }
   uint64_t chunk(size_t position) const { return chunks_[position]; }
@@ -78,8 +80,7 @@ class CopyOutSession {
   void Run(size_t position, std::string* buf);
   void Fail(const Status& st);
 
-  const int fd_;
-  const std::shared_ptr<SectorCipher> cipher_;
+  const Reader reader_;
   const uint64_t volume_size_;
   const uint64_t chunk_size_;
   const std::vector<uint64_t> chunks_;

@@ -79,6 +79,12 @@ class HydrationLayer final : public DeviceLayer {
   // Requests touching an unloadable chunk fail with EIO; others go on.
   Status error() const;
   bool Loaded(uint64_t chunk) const;
+  uint64_t chunk_size() const { return options_.chunk_size; }
+  // The content of `chunk` while it is not loaded, straight from the source:
+  // nothing is written or marked. `data` becomes the chunk's bytes, possibly
+  // shorter than the chunk size (zeros past its end; empty for zeros).
+  // Blocking; not on an event loop thread.
+  Status ReadSource(uint64_t chunk, std::string* data) { return source_->Fetch(chunk, data); }
 
   // Creates an empty record of loaded chunks for a new lazily restored volume.
   static Status CreateBitmap(const std::string& bitmap_path, uint64_t volume_size, uint64_t chunk_size);

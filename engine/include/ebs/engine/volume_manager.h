@@ -10,6 +10,7 @@
 #include <set>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,7 @@
 #include "ebs/engine/copy_on_write_layer.h"
 #include "ebs/engine/clock.h"
 #include "ebs/engine/fault_layer.h"
+#include "ebs/engine/file_device.h"
 #include "ebs/engine/hydration_layer.h"
 #include "ebs/engine/key_service.h"
 #include "ebs/engine/sector_cipher.h"
@@ -53,6 +55,15 @@ class Volume {
   // cipher's output, so code that reads or writes the file directly
   // (snapshots, restores) goes through it.
   const std::shared_ptr<SectorCipher>& cipher() const { return cipher_; }
+  // Reads `length` bytes at `offset` (4 KiB aligned) of the volume's content
+  // as it is beneath the copy-on-write layer: the data file, decrypted for
+  // an encrypted volume, and for a chunk a lazy restore has not loaded yet,
+  // its content in the source snapshot (the data file still has a hole
+  // there). Past the end of the file: zeros. What a snapshot reads. Blocking;
+  // any thread but an event loop's. Safe for concurrent use.
+  Status ReadStored(uint64_t offset, size_t length, char* buf) const;
+  // Makes every write completed so far durable in the data file (fdatasync).
+  Status SyncData() const;
   const std::string& id() const { return id_; }
   // Set when the volume was deleted while attached: users must stop using it.
   bool deleted() const { return deleted_.load(std::memory_order_acquire); }
@@ -69,6 +80,7 @@ class Volume {
   CopyOnWriteLayer* copy_on_write_ = nullptr;  // owned by the device stack
   HydrationLayer* hydration_ = nullptr;        // owned by the device stack
   std::shared_ptr<SectorCipher> cipher_;
+  std::shared_ptr<FileDevice> file_;  // the bottom of the stack
   std::shared_ptr<BlockDevice> device_;
   std::atomic<bool> deleted_{false};
   std::atomic<int> attachments_{0};
@@ -105,6 +117,23 @@ struct LazyRestore {
   double rate_mibps = 0;  // 0: as fast as it goes
 };
 
+// How a new volume comes to be (VolumeManager::Create).
+struct CreateOptions {
+  // The snapshot it is restored from; empty for a new, empty volume.
+  std::string source_snapshot;
+  // Restored lazily from source_snapshot (hydration_layer.h).
+  std::optional<LazyRestore> lazy;
+  // Encrypted at rest under a fresh data key.
+  std::optional<EncryptionRequest> encryption;
+  // The snapshot cut its change tracker counts from (VolumeRecord::last_cut),
+  // written with the record: no crash leaves a restored volume without it.
+  std::string last_cut;
+  // An eager restore: the volume is created `creating` and nobody may open
+  // it until FinishRestore; one whose restore never finished (the process
+  // died) is removed by the next Open.
+  bool restoring = false;
+};
+
 // Makes the chunk source of a lazily restored volume (the snapshot store
 // registers one).
 using ChunkSourceFactory = std::function<Result<std::shared_ptr<ChunkSource>>(const VolumeRecord& record)>;
@@ -139,17 +168,17 @@ class VolumeManager {
 
   static Status ValidateName(const std::string& name);
 
-  // With `lazy`, the volume is restored lazily from `source_snapshot`; with
-  // `encryption`, it is encrypted at rest under a fresh data key.
-  Result<VolumeInfo> Create(const std::string& name, const VolumeParams& params,
-                            const std::string& source_snapshot = "", const LazyRestore* lazy = nullptr,
-                            const EncryptionRequest* encryption = nullptr);
+  Result<VolumeInfo> Create(const std::string& name, const VolumeParams& params, const CreateOptions& options = {});
+  // The eager restore into volume `name` (with this id; Create with
+  // `restoring`) has written and synced all of its data: it becomes
+  // available.
+  Status FinishRestore(const std::string& name, const std::string& id);
   Result<std::vector<VolumeInfo>> List();
   Result<VolumeInfo> Describe(const std::string& name);
   // Refuses a volume in use unless `force`; forced, its attachments see deleted().
   Status Delete(const std::string& name, bool force);
   Result<VolumeInfo> Modify(const std::string& name, const VolumeParams& params);
-  // Opens the volume for I/O. EBUSY while the volume is held exclusive.
+  // Opens the volume for I/O. EBUSY while an eager restore writes it.
   Result<std::unique_ptr<VolumeAttachment>> Attach(const std::string& name);
   // Opens the volume's I/O stack without attaching (no connection counted):
   // for snapshots, which cut and read a volume whether or not it is served.
@@ -163,11 +192,6 @@ class VolumeManager {
   // volume with this id: a volume deleted and re-created meanwhile is not
   // touched).
   Status SetLastCut(const std::string& name, const std::string& id, const std::string& cut);
-  // Keeps `name` from being attached until EndExclusive (a restore works on
-  // its data file meanwhile). Refused (VolumeInUse) while it has open
-  // connections. The name need not exist yet.
-  Status BeginExclusive(const std::string& name);
-  void EndExclusive(const std::string& name);
   // The CloudWatch-style counters and the throttle's state (zeros for a
   // volume not opened since the manager started).
   Result<nlohmann::json> Stats(const std::string& name);
@@ -192,6 +216,11 @@ class VolumeManager {
   void Detach(Volume* volume);
   Result<std::shared_ptr<Volume>> OpenLocked(const std::string& name);  // REQUIRES: mu_ held
   Status CleanOrphanFiles();
+  // Removes volumes whose eager restore never finished (a crash): their data
+  // is partial. REQUIRES: mu_ held or the manager not yet shared.
+  Status RemoveInterruptedRestores();
+  // Deletes the record and files of volume `r`. REQUIRES: mu_ held.
+  Status RemoveLocked(const VolumeRecord& r);
   Status FinishInterruptedModifications();
   // Moves finished optimizations to completed. REQUIRES: mu_ held.
   Status AdvanceModifications(VolumeRecord* record);
@@ -208,7 +237,6 @@ class VolumeManager {
   std::unique_ptr<Catalog> catalog_;                     // GUARDED_BY(mu_)
   std::unique_ptr<KeyService> keys_;
   std::map<std::string, std::shared_ptr<Volume>> open_;  // GUARDED_BY(mu_)
-  std::set<std::string> exclusive_;                      // GUARDED_BY(mu_)
   ChunkSourceFactory chunk_sources_;                     // GUARDED_BY(mu_)
 };
 
