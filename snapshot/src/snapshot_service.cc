@@ -8,6 +8,7 @@
 #include <atomic>
 #include <bit>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <iterator>
 #include <map>
@@ -84,6 +85,22 @@ Result<std::vector<uint64_t>> AllocatedChunks(int fd, uint64_t size, uint32_t ch
       if (out.empty() || out.back() < c) out.push_back(c);
     }
     pos = static_cast<uint64_t>(hole);
+  }
+  return out;
+}
+
+// Chunks holding data in a volume, as its stack maps them (a lazily
+// restored volume's chunks not loaded yet count by the source's map).
+Result<std::vector<uint64_t>> AllocatedChunks(BlockDevice& device, uint64_t size, uint32_t chunk_size) {
+  std::vector<Extent> extents;
+  EBS_RETURN_IF_ERROR(device.Map(0, size, &extents));
+  std::vector<uint64_t> out;
+  for (const auto& e : extents) {
+    if (e.hole || e.length == 0) continue;
+    const uint64_t last = (std::min(e.offset + e.length, size) + chunk_size - 1) / chunk_size;
+    for (uint64_t c = e.offset / chunk_size; c < last; ++c) {
+      if (out.empty() || out.back() < c) out.push_back(c);
+    }
   }
   return out;
 }
@@ -192,15 +209,20 @@ nlohmann::json SnapshotToJson(const SnapshotRecord& r) {
 }
 
 Result<std::unique_ptr<SnapshotService>> SnapshotService::Open(const std::string& root, VolumeManager* volumes,
-                                                               uint32_t chunk_size, int workers) {
+                                                               uint32_t chunk_size, int workers,
+                                                               std::shared_ptr<ObjectStore> objects) {
   if (chunk_size != 0) EBS_RETURN_IF_ERROR(ValidateChunkSize(chunk_size));
   std::unique_ptr<SnapshotService> s(new SnapshotService());
   s->volumes_ = volumes;
   s->root_ = root;
   s->workers_ = std::max(1, workers);
-  auto store = DirectoryObjectStore::Open(root);
-  if (!store.ok()) return store.status();
-  s->store_ = std::move(*store);
+  if (objects) {
+    s->store_ = std::move(objects);
+  } else {
+    auto store = DirectoryObjectStore::Open(root);
+    if (!store.ok()) return store.status();
+    s->store_ = std::move(*store);
+  }
   auto config = s->store_->Get(kStoreConfigKey);
   if (config.ok()) {
     auto j = nlohmann::json::parse(*config, nullptr, false);
@@ -314,8 +336,13 @@ struct SnapshotService::Job {
   uint64_t fork_volume_size = 0;
   std::vector<DeltaEntry> fork_map;
   bool full = false;  // nothing known: read every allocated chunk
+  // The lineage base holds this volume's own history (an earlier snapshot
+  // of it, or the fork base of the snapshot it was restored from under the
+  // same key), so a chunk a lazy restore has not loaded yet is unchanged
+  // from it. Otherwise such chunks are read from the source like any other.
+  bool base_has_unloaded = false;
   std::optional<uint64_t> cut_generation;
-  int fd = -1;
+  int fd = -1;  // Import: the image file
   std::shared_ptr<const ChunkCrypto> crypto;  // set for an encrypted volume
   std::shared_ptr<CopyOutSession> session;
   std::unique_ptr<ProgressReporter> progress;  // while uploading
@@ -323,8 +350,10 @@ struct SnapshotService::Job {
     ContentHash hash;
     uint64_t bytes = 0;
     uint64_t stored = 0;
+    bool pinned = false;  // counted in pinned_ (SnapshotService::Unpin)
   };
   std::vector<Slot> slots;
+  bool fork_pinned = false;  // fork_map's objects are counted in pinned_
   ~Job() {
     if (fd >= 0) ::close(fd);
   }
@@ -428,6 +457,7 @@ Result<std::unique_ptr<SnapshotService::Job>> SnapshotService::PrepareJob(const 
     // The tracker's marks are relative to its last cut: usable only if that
     // cut was this chain's newest snapshot (not one in another store).
     job->full = vr.last_cut != CutName(rec.lineage, members->back().seq);
+    job->base_has_unloaded = true;
   } else if (!vr.source_snapshot.empty() && vr.last_cut == CutName("restore", 0, vr.source_snapshot)) {
     // A volume restored from a snapshot and not snapshotted since: its
     // tracker has recorded changes since the restore, so unchanged chunks
@@ -446,6 +476,7 @@ Result<std::unique_ptr<SnapshotService::Job>> SnapshotService::PrepareJob(const 
       job->fork_source = src->id;
       job->fork_volume_size = src->volume_size;
       job->fork_map = std::move(*map);
+      job->base_has_unloaded = true;
       rec.seq = 2;
       rec.parent_id = src->id;
     } else {
@@ -455,14 +486,13 @@ Result<std::unique_ptr<SnapshotService::Job>> SnapshotService::PrepareJob(const 
     job->full = true;  // no snapshot of this volume in this store: read every allocated chunk
   }
   EBS_RETURN_IF_ERROR(index_->PutSnapshot(rec));
-  std::string path = volumes_->DataFilePath(vr.id);
-  job->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (job->fd < 0) {
-    Status st = Status::FromErrno(errno, "open " + path);
-    FailJob(*job, st);
-    return st;
+  if (!job->fork_map.empty()) {
+    // The fork base names the source's objects: kept until this snapshot
+    // references them, whatever another job of this Create frees.
+    std::lock_guard<std::mutex> lock(put_mu_);
+    for (const auto& e : job->fork_map) ++pinned_[e.hash];
+    job->fork_pinned = true;
   }
-  AdviseBlockAccess(job->fd);  // what it reads stays in 4 KiB pages for the volume's small writes
   return job;
 }
 
@@ -477,7 +507,7 @@ Status SnapshotService::CutJob(Job& job) {
   // store's chunk size.
   std::vector<uint64_t> candidates;
   auto allocated_or_base = [&]() -> Result<std::vector<uint64_t>> {
-    auto allocated = AllocatedChunks(job.fd, job.rec.volume_size, chunk_size_);
+    auto allocated = AllocatedChunks(vol.device(), job.rec.volume_size, chunk_size_);
     if (!allocated.ok()) return allocated.status();
     std::vector<uint64_t> out = std::move(*allocated);
     for (const auto& [chunk, hash] : *job.content_base) out.push_back(chunk);
@@ -514,19 +544,29 @@ Status SnapshotService::CutJob(Job& job) {
     }
   }
   // A volume still loading lazily: a chunk not yet loaded cannot have been
-  // written (writes load first) and its data file range is still a hole, so
-  // it must not be read; its content is the source's.
-  if (HydrationLayer* h = vol.hydration(); h != nullptr && !h->complete()) {
-    std::erase_if(candidates, [&](uint64_t c) { return !h->Loaded(c); });
+  // written (writes load first), so its content is the source's. When the
+  // lineage base already has it, it is unchanged and not read; otherwise
+  // (the first snapshot after a restore under another key, or one whose
+  // restore left no record of its cut) it is a candidate like any chunk
+  // with data, read from the source through ReadStored.
+  if (HydrationLayer* h = vol.hydration(); h != nullptr && !h->complete() && job.base_has_unloaded) {
+    const uint64_t hcs = h->chunk_size();
+    std::erase_if(candidates, [&](uint64_t c) {
+      for (uint64_t b = c * chunk_size_ / hcs; b <= ((c + 1) * chunk_size_ - 1) / hcs; ++b) {
+        if (h->Loaded(b)) return false;
+      }
+      return true;
+    });
   }
   job.slots.assign(candidates.size(), {});
   // Made before the session, which may call StoreChunk as soon as writes resume.
   job.progress = std::make_unique<ProgressReporter>("uploading " + job.rec.volume_name, candidates.size());
   Job* jp = &job;
+  std::shared_ptr<Volume> volume = job.volume;
   job.session = std::make_shared<CopyOutSession>(
-      job.fd, job.rec.volume_size, chunk_size_, std::move(candidates),
-      [this, jp](size_t position, const std::string& data) { return StoreChunk(*jp, position, data); },
-      vol.cipher());
+      [volume](uint64_t offset, size_t length, char* buf) { return volume->ReadStored(offset, length, buf); },
+      job.rec.volume_size, chunk_size_, std::move(candidates),
+      [this, jp](size_t position, const std::string& data) { return StoreChunk(*jp, position, data); });
   return Status::Ok();
 }
 
@@ -550,6 +590,10 @@ Status SnapshotService::StoreChunk(Job& job, size_t position, const std::string&
     std::unique_lock<std::mutex> lock(put_mu_);
     put_cv_.wait(lock, [&] { return !putting_.contains(s.hash); });
     putting_.insert(s.hash);
+    // Pinned before it is looked for: an object found here is not deleted
+    // before this snapshot references it (DeleteUnusedChunk).
+    ++pinned_[s.hash];
+    s.pinned = true;
   }
   auto exists = store_->Exists(key);
   Status st = exists.status();
@@ -670,14 +714,23 @@ Status SnapshotService::CommitJob(Job& job) {
     rec.state = SnapshotState::kPending;
     return st;
   }
+  Unpin(job);  // referenced by the index now
   // Only now may the tracker forget the cut: a crash before this point
-  // merges it back, and the next snapshot reads those chunks again.
+  // merges it back, and the next snapshot reads those chunks again. The
+  // snapshot may have read writes still in the page cache only: the data
+  // file is synced first, or a power cut could revert a chunk on disk with
+  // no mark left to make the next snapshot read it again.
   if (job.cut_generation) {
-    Status c = job.volume->tracker().Commit(*job.cut_generation);
+    Status c = job.volume->SyncData();
+    if (c.ok()) {
+      c = job.volume->tracker().Commit(*job.cut_generation);
+    } else {
+      (void)job.volume->tracker().Abort(*job.cut_generation);  // the marks stay: the next snapshot reads them again
+    }
     job.cut_generation.reset();
     if (c.ok()) c = volumes_->SetLastCut(rec.volume_name, rec.volume_id, CutName(rec.lineage, rec.seq));
     if (!c.ok()) {
-      fprintf(stderr, "ebs: snapshot %s: recording the cut failed (the next snapshot reads every chunk): %s\n",
+      fprintf(stderr, "ebs: snapshot %s: forgetting the cut failed (the next snapshot reads its chunks again): %s\n",
               rec.id.c_str(), c.message().c_str());
     }
   }
@@ -710,7 +763,7 @@ Status SnapshotService::AbsorbRetired(const SnapshotRecord& rec) {
   if (!prev.ok()) return prev.status();
   EBS_RETURN_IF_ERROR(RewriteManifest(rec, prev->first, prev->second));
   for (const auto& o : *outcomes) {
-    for (const auto& h : o.released) EBS_RETURN_IF_ERROR(store_->Delete(ChunkKey(h)));
+    for (const auto& h : o.released) EBS_RETURN_IF_ERROR(DeleteUnusedChunk(h, /*check_refs=*/false));
   }
   // The folded-in snapshots' manifests and tombstones: `rec`'s manifest no
   // longer needs them, and kept they would hold a reindex to the old chain.
@@ -917,14 +970,15 @@ void SnapshotService::FailJob(Job& job, const Status& why) {
     }
     job.cut_generation.reset();
   }
-  // Objects this snapshot uploaded that nothing references: remove them, so
-  // the store checks clean after a failure (a crash leaves them to the
-  // recovery's gc instead).
+  // Objects this snapshot uploaded or counted on that nothing references
+  // (and no other job of the same Create counts on): removed, so the store
+  // checks clean after a failure (a crash leaves them to the recovery's gc).
+  std::vector<ContentHash> used;
   for (const auto& slot : job.slots) {
-    if (slot.stored == 0) continue;
-    auto refs = index_->RefCount(slot.hash);
-    if (refs.ok() && *refs == 0) (void)store_->Delete(ChunkKey(slot.hash));
+    if (slot.pinned) used.push_back(slot.hash);
   }
+  Unpin(job);
+  for (const auto& h : used) (void)DeleteUnusedChunk(h, /*check_refs=*/true);
   // Nor may a manifest be left for a snapshot the index never completed.
   if (Status st = DropUncommittedManifests(job.rec); !st.ok()) {
     fprintf(stderr, "ebs: snapshot %s: removing its manifest failed: %s\n", job.rec.id.c_str(), st.message().c_str());
@@ -932,6 +986,35 @@ void SnapshotService::FailJob(Job& job, const Status& why) {
   job.rec.state = SnapshotState::kError;
   job.rec.error = why.message();
   (void)index_->PutSnapshot(job.rec);
+}
+
+void SnapshotService::Unpin(Job& job) {
+  std::lock_guard<std::mutex> lock(put_mu_);
+  auto drop = [&](const ContentHash& h) {
+    auto it = pinned_.find(h);
+    if (it != pinned_.end() && --it->second == 0) pinned_.erase(it);
+  };
+  for (auto& slot : job.slots) {
+    if (slot.pinned) drop(slot.hash);
+    slot.pinned = false;
+  }
+  if (job.fork_pinned) {
+    for (const auto& e : job.fork_map) drop(e.hash);
+    job.fork_pinned = false;
+  }
+}
+
+Status SnapshotService::DeleteUnusedChunk(const ContentHash& hash, bool check_refs) {
+  // Under put_mu_: a worker pins before it looks, so it either sees the
+  // object gone (and stores it again) or has pinned it before this check.
+  std::lock_guard<std::mutex> lock(put_mu_);
+  if (pinned_.count(hash) || putting_.count(hash)) return Status::Ok();
+  if (check_refs) {
+    auto refs = index_->RefCount(hash);
+    if (!refs.ok()) return refs.status();
+    if (*refs > 0) return Status::Ok();
+  }
+  return store_->Delete(ChunkKey(hash));
 }
 
 Result<std::vector<SnapshotRecord>> SnapshotService::List() {
@@ -997,38 +1080,38 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
   if (!r->key_id.empty() && (!encryption || encryption->key_name.empty())) {
     encryption = EncryptionRequest{r->key_name};  // stays encrypted, by default under its own key
   }
-  const EncryptionRequest* enc = encryption ? &*encryption : nullptr;
   if (!params.size_bytes) params.size_bytes = r->volume_size;
   if (*params.size_bytes < r->volume_size) {
     return Status::InvalidArgument(fmt::format("InvalidParameterValue: size {} is smaller than the snapshot's {}",
                                                FormatSize(*params.size_bytes), FormatSize(r->volume_size)));
   }
   if (!params.type) params.type = VolumeType::kGp3;
+  CreateOptions options;
+  options.source_snapshot = id;
+  options.encryption = encryption;
+  // The volume's tracker counts from the restore: its first snapshot is a
+  // delta against the source (PrepareJob).
+  options.last_cut = CutName("restore", 0, id);
   if (lazy_rate_mibps) {
     if (*lazy_rate_mibps < 0) return Status::InvalidArgument("InvalidParameterValue: --initialization-rate must be positive");
-    LazyRestore lazy;
-    lazy.chunk_size = r->chunk_size;
-    lazy.rate_mibps = *lazy_rate_mibps;
-    auto info = volumes_->Create(volume, params, id, &lazy, enc);
+    options.lazy = LazyRestore{r->chunk_size, *lazy_rate_mibps};
+    auto info = volumes_->Create(volume, params, options);
     if (!info.ok()) return info.status();
-    EBS_RETURN_IF_ERROR(volumes_->SetLastCut(volume, info->record.id, CutName("restore", 0, id)));
     if (serving_) {
       auto opened = volumes_->OpenVolume(volume);  // starts loading in the background
       if (!opened.ok()) return opened.status();
     }
     return volumes_->Describe(volume);
   }
-  // Nobody may attach the new volume before every chunk is in place.
-  EBS_RETURN_IF_ERROR(volumes_->BeginExclusive(volume));
-  auto info = volumes_->Create(volume, params, id, nullptr, enc);
-  if (!info.ok()) {
-    volumes_->EndExclusive(volume);
-    return info.status();
-  }
+  // Created `creating`: nobody may open it before every chunk is in place,
+  // and if this process dies first, the next open of the data directory
+  // removes it.
+  options.restoring = true;
+  auto info = volumes_->Create(volume, params, options);
+  if (!info.ok()) return info.status();
   // The new volume's cipher (null when plain), opened the way serving opens it.
   auto cipher = volumes_->OpenCipher(info->record);
   if (!cipher.ok()) {
-    volumes_->EndExclusive(volume);
     (void)volumes_->Delete(volume, /*force=*/true);
     return Status::Error(cipher.status().code(), "restore refused: " + cipher.status().message());
   }
@@ -1039,8 +1122,7 @@ Result<VolumeInfo> SnapshotService::Restore(const std::string& id, const std::st
     st = WriteImage(*r, *map, fd, crypto->get(), cipher->get());
     ::close(fd);
   }
-  if (st.ok()) st = volumes_->SetLastCut(volume, info->record.id, CutName("restore", 0, id));
-  volumes_->EndExclusive(volume);
+  if (st.ok()) st = volumes_->FinishRestore(volume, info->record.id);
   if (!st.ok()) {
     // No half-restored volume is left behind to be mistaken for a good one.
     (void)volumes_->Delete(volume, /*force=*/true);
@@ -1115,13 +1197,17 @@ Result<nlohmann::json> SnapshotService::Export(const std::string& id, const std:
   auto crypto = CryptoFor(*r);
   if (!crypto.ok()) return Status::Error(crypto.status().code(), "export refused: " + crypto.status().message());
   struct stat st;
-  if (!force && ::stat(file.c_str(), &st) == 0) {
+  if (!force && ::lstat(file.c_str(), &st) == 0) {
     return Status::AlreadyExists("'" + file + "' exists; give --force to overwrite it");
   }
   // Written whole under a temporary name, then renamed: an interrupted or
   // failed export never leaves a partial image under the name asked for.
-  const std::string tmp = file + ".ebs-export-tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // The name is unpredictable and created exclusively, never through a
+  // symbolic link: in a directory others can write, nothing they plant
+  // there makes the export write anywhere else. rename() replaces `file`
+  // itself, a symbolic link included, and never follows it.
+  const std::string tmp = file + ".ebs-export-" + NewSnapshotId().substr(5);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd < 0) return Status::FromErrno(errno, "create " + tmp);
   Status s = Status::Ok();
   if (ftruncate(fd, static_cast<off_t>(r->volume_size)) != 0) s = Status::FromErrno(errno, "size " + tmp);
@@ -1131,6 +1217,11 @@ Result<nlohmann::json> SnapshotService::Export(const std::string& id, const std:
   if (!s.ok()) {
     ::unlink(tmp.c_str());
     return Status::Error(s.code(), "export refused: " + s.message());
+  }
+  // The rename durable too, not only the data (WriteImage synced it).
+  const std::string dir = std::filesystem::path(file).parent_path().string();
+  if (Status d = SyncDirectory(dir.empty() ? "." : dir); !d.ok()) {
+    return Status::Error(d.code(), "export written, but its directory could not be synced: " + d.message());
   }
   return nlohmann::json{{"snapshot", id}, {"file", file}, {"size_bytes", r->volume_size},
                         {"data_chunks", map->size()}};
@@ -1172,8 +1263,20 @@ Result<SnapshotRecord> SnapshotService::Import(const std::string& file, const st
     job.slots.assign(chunks->size(), {});
     job.progress = std::make_unique<ProgressReporter>("importing " + file, chunks->size());
     Job* jp = &job;
+    auto read_image = [fd](uint64_t offset, size_t length, char* buf) -> Status {
+      size_t done = 0;
+      while (done < length) {
+        ssize_t n = pread(fd, buf + done, length - done, static_cast<off_t>(offset + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return Status::FromErrno(errno, "read the image");
+        if (n == 0) break;
+        done += static_cast<size_t>(n);
+      }
+      std::memset(buf + done, 0, length - done);
+      return Status::Ok();
+    };
     job.session = std::make_shared<CopyOutSession>(
-        fd, static_cast<uint64_t>(st.st_size), chunk_size_, std::move(*chunks),
+        read_image, static_cast<uint64_t>(st.st_size), chunk_size_, std::move(*chunks),
         [this, jp](size_t position, const std::string& data) { return StoreChunk(*jp, position, data); });
     s = UploadJob(job);
   }

@@ -16,6 +16,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -34,8 +35,11 @@ class SnapshotService {
   // Opens (or creates, with `chunk_size`; 0 = the default) the store at
   // `root`: objects under it, the RocksDB index in root/index. A store keeps
   // the chunk size it was created with; naming another is refused.
+  // `objects`: where the objects live instead of the directory store at
+  // `root` (tests wrap a store to inject faults); the index stays in root.
   static Result<std::unique_ptr<SnapshotService>> Open(const std::string& root, VolumeManager* volumes,
-                                                       uint32_t chunk_size = 0, int workers = 2);
+                                                       uint32_t chunk_size = 0, int workers = 2,
+                                                       std::shared_ptr<ObjectStore> objects = nullptr);
 
   // One snapshot per volume, all taken at one instant.
   Result<std::vector<SnapshotRecord>> Create(const std::vector<std::string>& volumes, const std::string& description);
@@ -175,6 +179,15 @@ class SnapshotService {
   std::mutex put_mu_;
   std::condition_variable put_cv_;
   std::unordered_set<ContentHash, ContentHashHasher> putting_;  // GUARDED_BY(put_mu_)
+  // Objects a job in progress counts on (it stored them, found them stored,
+  // or its fork base names them) before any committed snapshot references
+  // them for it: one count per use. Nothing deletes a pinned object, so one
+  // job's failure or fold can never remove what another is about to name.
+  std::unordered_map<ContentHash, int, ContentHashHasher> pinned_;  // GUARDED_BY(put_mu_)
+  void Unpin(Job& job);
+  // Deletes chunk object `hash` unless a job pins it or, with
+  // `check_refs`, a snapshot still references it (then gc finds it later).
+  Status DeleteUnusedChunk(const ContentHash& hash, bool check_refs);
   bool serving_ = false;  // GUARDED_BY(mu_): lazily restored volumes load in the background
 };
 
