@@ -8,7 +8,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <mutex>
 
@@ -248,6 +251,35 @@ TEST_F(SnapshotServiceTest, AVolumeWhoseRestoreNeverFinishedIsNeverOpenedAndIsRe
   ASSERT_TRUE(done.ok());
   ASSERT_TRUE(volumes_->FinishRestore("whole", done->record.id).ok());
   EXPECT_TRUE(volumes_->Attach("whole").ok());
+}
+
+// An export into a directory others can write: symbolic links planted at the
+// name asked for, or at the temporary name earlier versions used, are never
+// followed, and the files they point at are untouched.
+TEST_F(SnapshotServiceTest, ExportFollowsNoPlantedSymlink) {
+  OpenService();
+  CreateVolume("a");
+  Write("a", 0, RandomBytes(kChunk, 5));
+  const std::string id = Snapshot({"a"});
+  const std::string victim = dir_.path() + "/victim";
+  { std::ofstream(victim) << "precious"; }
+  const std::string file = dir_.path() + "/out.img";
+  ASSERT_EQ(0, symlink(victim.c_str(), (file + ".ebs-export-tmp").c_str()));
+  ASSERT_EQ(0, symlink(victim.c_str(), file.c_str()));
+  EXPECT_EQ(EEXIST, service_->Export(id, file, false).status().code()) << "a symlink at the name is a file that exists";
+  auto r = service_->Export(id, file, true);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  struct stat st {};
+  ASSERT_EQ(0, lstat(file.c_str(), &st));
+  EXPECT_TRUE(S_ISREG(st.st_mode)) << "the export replaced the link with the image";
+  EXPECT_EQ(static_cast<off_t>(kGiB), st.st_size);
+  std::ifstream in(victim);
+  std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ("precious", content);
+  for (const auto& e : std::filesystem::directory_iterator(dir_.path())) {
+    if (e.path() == file + ".ebs-export-tmp") continue;  // the planted link, left alone
+    EXPECT_EQ(std::string::npos, e.path().filename().string().find(".ebs-export-")) << "temporary left: " << e.path();
+  }
 }
 
 }  // namespace
