@@ -7,6 +7,7 @@
 #include <chrono>
 
 #include "ebs/engine/file_util.h"
+#include "ebs/engine/log.h"
 
 namespace ebs {
 
@@ -196,7 +197,7 @@ void HydrationLayer::RunRequests() {
       for (uint64_t c = first; c <= last && result == 0; ++c) {
         Status st = Load(c, nullptr);
         if (!st.ok()) {
-          fprintf(stderr, "ebs: %s\n", st.message().c_str());
+          LogError(st.message());
           result = -EIO;
         }
       }
@@ -228,7 +229,7 @@ void HydrationLayer::RunBackground() {
     uint64_t fetched = 0;
     Status st = Load(c, &fetched);
     if (!st.ok()) {
-      fprintf(stderr, "ebs: background loading stopped: %s\n", st.message().c_str());
+      LogError("background loading stopped: " + st.message());
       std::lock_guard<std::mutex> lock(mu_);
       if (error_.ok()) error_ = st;
       return;

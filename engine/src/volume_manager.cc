@@ -16,6 +16,7 @@
 
 #include "ebs/engine/encryption_layer.h"
 #include "ebs/engine/file_device.h"
+#include "ebs/engine/log.h"
 #include "ebs/engine/metrics_layer.h"
 #include "ebs/engine/size.h"
 
@@ -248,8 +249,8 @@ Status VolumeManager::RemoveInterruptedRestores() {
   if (!records.ok()) return records.status();
   for (const auto& r : *records) {
     if (r.state != kVolumeCreating) continue;
-    fprintf(stderr, "ebs: volume %s: its restore from snapshot %s did not finish (the process stopped); removed\n",
-            r.name.c_str(), r.source_snapshot.c_str());
+    LogWarning(fmt::format("volume {}: its restore from snapshot {} did not finish (the process stopped); removed",
+                           r.name, r.source_snapshot));
     EBS_RETURN_IF_ERROR(RemoveLocked(r));
   }
   return Status::Ok();
@@ -262,6 +263,20 @@ Status VolumeManager::FinishRestore(const std::string& name, const std::string& 
   if (r->id != id) return Status::NotFound("volume '" + name + "' was deleted");
   r->state = kVolumeAvailable;
   return catalog_->Put(*r);
+}
+
+Result<std::unique_ptr<ImageWriter>> VolumeManager::OpenRestoreWriter(const std::string& name, const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = catalog_->Get(name);
+  if (!r.ok()) return r.status();
+  if (r->id != id) return Status::NotFound("volume '" + name + "' was deleted");
+  if (r->state != kVolumeCreating) return Status::InvalidArgument("volume '" + name + "' is not being restored");
+  auto cipher = OpenCipher(*r);
+  if (!cipher.ok()) return cipher.status();
+  const std::string path = DataFilePath(r->id);
+  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno(errno, "open " + path);
+  return std::make_unique<ImageWriter>(fd, std::move(*cipher), "volume " + name);
 }
 
 // A process that died inside Modify left the change `modifying`: the
@@ -559,8 +574,8 @@ Result<std::shared_ptr<Volume>> VolumeManager::OpenLocked(const std::string& nam
   const std::string changes = ChangesFilePath(r->id);
   auto tracker = ChangeTracker::Open(changes, r->config.size_bytes, topts);
   if (!tracker.ok() && tracker.status().code() == EBADMSG) {
-    fprintf(stderr, "ebs: volume %s: change tracking file damaged (%s); the next snapshot reads every chunk\n",
-            name.c_str(), tracker.status().message().c_str());
+    LogWarning(fmt::format("volume {}: change tracking file damaged ({}); the next snapshot reads every chunk", name,
+                           tracker.status().message()));
     EBS_RETURN_IF_ERROR(ChangeTracker::Remove(changes));
     tracker = ChangeTracker::Open(changes, r->config.size_bytes, topts);
   }

@@ -22,6 +22,7 @@
 #include "ebs/engine/fault_layer.h"
 #include "ebs/engine/file_device.h"
 #include "ebs/engine/hydration_layer.h"
+#include "ebs/engine/image_writer.h"
 #include "ebs/engine/key_service.h"
 #include "ebs/engine/sector_cipher.h"
 #include "ebs/engine/throttle_layer.h"
@@ -173,6 +174,9 @@ class VolumeManager {
   // `restoring`) has written and synced all of its data: it becomes
   // available.
   Status FinishRestore(const std::string& name, const std::string& id);
+  // The writer an eager restore fills volume `name` (this id, still
+  // `creating`) with: its data file, through its cipher when encrypted.
+  Result<std::unique_ptr<ImageWriter>> OpenRestoreWriter(const std::string& name, const std::string& id);
   Result<std::vector<VolumeInfo>> List();
   Result<VolumeInfo> Describe(const std::string& name);
   // Refuses a volume in use unless `force`; forced, its attachments see deleted().

@@ -10,25 +10,26 @@
 // cut are read (change_tracker.h).
 #pragma once
 
-#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <set>
 #include <string>
-#include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "ebs/engine/control.h"
 #include "ebs/engine/volume_manager.h"
-#include "ebs/snapshot/chunk_crypto.h"
 #include "ebs/snapshot/object_store.h"
 #include "ebs/snapshot/snapshot_index.h"
 
 namespace ebs::snapshot {
+
+struct StoreContext;
+class Lineages;
+class SnapshotCreator;
+class Images;
+class StoreAudit;
 
 class SnapshotService {
  public:
@@ -102,93 +103,17 @@ class SnapshotService {
   // snapshot has its manifest and every manifest belongs to the index.
   Result<nlohmann::json> Check();
 
-  uint32_t chunk_size() const { return chunk_size_; }
+  uint32_t chunk_size() const;
 
  private:
-  SnapshotService() = default;
-  struct Job;
-  // Create's steps for each volume: record it pending and find its base;
-  // take the cut (volumes frozen); read and store the chunks; write the
-  // manifest and complete it in the index; or mark it failed.
-  Result<std::unique_ptr<Job>> PrepareJob(const std::string& volume, const std::string& description);
-  Status CutJob(Job& job);
-  Status UploadJob(Job& job);
-  Status CommitJob(Job& job);
-  void FailJob(Job& job, const Status& why);
-  // Writes every chunk of `map` (a whole snapshot, decoded with `crypto`
-  // when it is encrypted) into `fd` and syncs; through `cipher` when the
-  // file is an encrypted volume's.
-  Status WriteImage(const SnapshotRecord& r, const std::vector<DeltaEntry>& map, int fd, const ChunkCrypto* crypto,
-                    const SectorCipher* cipher = nullptr);
-  // The keys of an encrypted snapshot (null for a plain one); a clear error
-  // when its master key is missing or is not the one it was made with.
-  Result<std::shared_ptr<const ChunkCrypto>> CryptoFor(const SnapshotRecord& r) const;
-  // Reads and checks `r`'s manifest: intact, and for an encrypted snapshot
-  // authenticated by its key.
-  Status CheckManifest(const SnapshotRecord& r, const ChunkCrypto* crypto);
-  // Encodes one chunk's content as of the cut and stores it if new.
-  Status StoreChunk(Job& job, size_t position, const std::string& data);
-  // Folds retired predecessors into `rec` (snapshot_index.h, deletion).
-  Status AbsorbRetired(const SnapshotRecord& rec);
-  // Rewrites `rec`'s manifest as a delta from `prev_seq` (0: from zeros),
-  // and its record to match when `update_record` (a retired member has none).
-  Status RewriteManifest(const SnapshotRecord& rec, uint64_t prev_seq, const std::string& prev_id,
-                         bool update_record = true);
-  // The manifests of deleted snapshots that the index no longer keeps as a
-  // retired member (absorbed into the next member, or dropped), with their
-  // tombstones: removed, after the member that absorbed each has its
-  // manifest rewritten against its new predecessor (unless it is
-  // `rewritten_seq`, done already by the caller). Also what a crash left
-  // of such a removal. Only `lineage`'s, or every lineage's when empty.
-  Status RemoveSupersededManifests(const std::string& lineage, uint64_t rewritten_seq = 0);
-  // The ids of the volumes of this service's data directory.
-  Result<std::set<std::string>> VolumeIds();
-  // A lineage whose volume is gone never gets another snapshot, so what its
-  // retired tip (and a fork's base with no snapshot left) kept for the next
-  // one is freed: manifests first, then the index entries, then the objects
-  // no longer referenced (returns how many), then tombstones. Nothing when
-  // its newest member is live.
-  Result<uint64_t> DropAbandonedTip(const std::string& lineage);
-  // Names a volume's last cut (VolumeRecord::last_cut): snapshot `seq` of
-  // `lineage` in this store, or ("restore", 0, id) a restore from `id`.
-  std::string CutName(const std::string& lineage, uint64_t seq, const std::string& snapshot = "") const;
-  // Snapshots left pending by a process that died are marked failed, and
-  // the objects they uploaded are collected.
-  Status RecoverInterrupted();
-  // Removes the manifests a snapshot that never completed may have written
-  // (its own, and its lineage's base when the lineage has no member).
-  Status DropUncommittedManifests(const SnapshotRecord& r);
-  // The snapshot's whole chunk map: non-zero chunks with their hashes.
-  Result<std::vector<DeltaEntry>> FullMap(const SnapshotRecord& r);
-  // What a new or surviving member `seq` of `lineage` is a delta against:
-  // the newest live member or fork base below it, as (seq, snapshot id);
-  // (0, "") when there is none (a delta from zeros).
-  Result<std::pair<uint64_t, std::string>> Predecessor(const std::string& lineage, uint64_t seq);
-
-  VolumeManager* volumes_ = nullptr;
-  std::string root_;
-  std::string store_id_;  // store.json "id": tells this store's cuts from another's
-  std::shared_ptr<ObjectStore> store_;  // shared with lazily restored volumes' chunk sources
-  std::unique_ptr<SnapshotIndex> index_;
-  uint32_t chunk_size_ = kDefaultChunkSize;
-  int workers_ = 2;
-  std::mutex mu_;      // one operation at a time
-  // Objects being stored right now. A worker storing content another one is
-  // already storing waits for it (then finds it exists) instead of writing
-  // it twice; different contents are written in parallel.
-  std::mutex put_mu_;
-  std::condition_variable put_cv_;
-  std::unordered_set<ContentHash, ContentHashHasher> putting_;  // GUARDED_BY(put_mu_)
-  // Objects a job in progress counts on (it stored them, found them stored,
-  // or its fork base names them) before any committed snapshot references
-  // them for it: one count per use. Nothing deletes a pinned object, so one
-  // job's failure or fold can never remove what another is about to name.
-  std::unordered_map<ContentHash, int, ContentHashHasher> pinned_;  // GUARDED_BY(put_mu_)
-  void Unpin(Job& job);
-  // Deletes chunk object `hash` unless a job pins it or, with
-  // `check_refs`, a snapshot still references it (then gc finds it later).
-  Status DeleteUnusedChunk(const ContentHash& hash, bool check_refs);
-  bool serving_ = false;  // GUARDED_BY(mu_): lazily restored volumes load in the background
+  SnapshotService();
+  // The parts (snapshot/src): what they share, and one unit per idea.
+  std::unique_ptr<StoreContext> ctx_;
+  std::unique_ptr<Lineages> lineages_;
+  std::unique_ptr<SnapshotCreator> creator_;
+  std::unique_ptr<Images> images_;
+  std::unique_ptr<StoreAudit> audit_;
+  std::mutex mu_;  // one operation at a time
 };
 
 nlohmann::json SnapshotToJson(const SnapshotRecord& r);
