@@ -149,17 +149,16 @@ void CopyOnWriteLayer::Submit(EventLoop& loop, IoRequest* req) {
 }
 
 void CopyOnWriteLayer::PassDown(EventLoop& loop, IoRequest* req) {
-  req->lower_callback = req->callback;
-  req->lower_owner = req->owner;
-  req->callback = &CopyOnWriteLayer::Completed;
-  req->owner = this;
+  auto& saved = req->LayerState<Saved>(layer_index());
+  req->InterceptCompletion(&CopyOnWriteLayer::Completed, this, &saved.callback, &saved.owner);
   next_->Submit(loop, req);
 }
 
 void CopyOnWriteLayer::Completed(IoRequest* req, int result) {
   auto* self = static_cast<CopyOnWriteLayer*>(req->owner);
-  req->callback = req->lower_callback;
-  req->owner = req->lower_owner;
+  const auto& saved = req->LayerState<Saved>(self->layer_index());
+  req->callback = saved.callback;
+  req->owner = saved.owner;
   if (self->in_flight_.fetch_sub(1) == 1 && self->frozen_.load()) {
     std::lock_guard<std::mutex> lock(self->mu_);
     self->cv_.notify_all();

@@ -80,8 +80,9 @@ void EncryptionLayer::FinishLater(EventLoop& loop, IoRequest* req, int result) {
 }
 
 void EncryptionLayer::Submit(EventLoop& loop, IoRequest* req) {
-  req->crypt_buf = nullptr;
-  req->crypt_length = 0;
+  Saved& saved = req->LayerState<Saved>(layer_index());
+  saved.buf = nullptr;
+  saved.length = 0;
   switch (req->kind) {
     case IoKind::kRead:
       if (req->length == 0) break;
@@ -117,13 +118,14 @@ void EncryptionLayer::SubmitWrite(EventLoop& loop, IoRequest* req) {
     FinishLater(loop, req, -ENOMEM);
     return;
   }
-  req->crypt_buf = req->buf;
+  Saved& saved = req->LayerState<Saved>(layer_index());
+  saved.buf = req->buf;
   req->buf = ct;
   CryptPool::Job* job = jobs.Take();
   job->cipher = cipher_.get();
   job->encrypt = true;
   job->offset = req->offset;
-  job->in = req->crypt_buf;
+  job->in = saved.buf;
   job->out = ct;
   job->len = req->length;
   job->loop = &loop;
@@ -142,9 +144,10 @@ void EncryptionLayer::Encrypted(CryptPool::Job* job, bool inside_submit) {
   const bool failed = job->failed.load(std::memory_order_relaxed);
   jobs.Give(job);
   if (failed) {
+    Saved& saved = req->LayerState<Saved>(self->layer_index());
     scratch.Give(req->buf, req->length);
-    req->buf = req->crypt_buf;
-    req->crypt_buf = nullptr;
+    req->buf = saved.buf;
+    saved.buf = nullptr;
     if (inside_submit) {
       FinishLater(loop, req, -EIO);
     } else {
@@ -163,9 +166,10 @@ void EncryptionLayer::SubmitUnalignedRead(EventLoop& loop, IoRequest* req) {
     FinishLater(loop, req, -ENOMEM);
     return;
   }
-  req->crypt_buf = req->buf;
-  req->crypt_offset = req->offset;
-  req->crypt_length = req->length;
+  Saved& saved = req->LayerState<Saved>(layer_index());
+  saved.buf = req->buf;
+  saved.offset = req->offset;
+  saved.length = req->length;
   req->buf = ct;
   req->offset = start;
   req->length = end - start;
@@ -198,8 +202,9 @@ void EncryptionLayer::SubmitZeroOrTrim(EventLoop& loop, IoRequest* req) {
     FinishLater(loop, req, 0);  // a trim inside one sector: nothing whole to drop
     return;
   }
-  req->crypt_offset = req->offset;
-  req->crypt_length = req->length;
+  Saved& saved = req->LayerState<Saved>(layer_index());
+  saved.offset = req->offset;
+  saved.length = req->length;
   req->offset = inner_start;
   req->length = inner_end - inner_start;
   PassDown(loop, req);
@@ -235,17 +240,16 @@ Status EncryptionLayer::Patch(uint64_t offset, const char* data, uint64_t len, b
 }
 
 void EncryptionLayer::PassDown(EventLoop& loop, IoRequest* req) {
-  req->crypt_callback = req->callback;
-  req->crypt_owner = req->owner;
-  req->callback = &EncryptionLayer::Done;
-  req->owner = this;
+  Saved& saved = req->LayerState<Saved>(layer_index());
+  req->InterceptCompletion(&EncryptionLayer::Done, this, &saved.callback, &saved.owner);
   next_->Submit(loop, req);
 }
 
 void EncryptionLayer::Done(IoRequest* req, int result) {
   auto* self = static_cast<EncryptionLayer*>(req->owner);
-  req->callback = req->crypt_callback;
-  req->owner = req->crypt_owner;
+  const Saved& saved = req->LayerState<Saved>(self->layer_index());
+  req->callback = saved.callback;
+  req->owner = saved.owner;
   if (req->kind == IoKind::kRead && result >= 0) {
     CryptPool::Job* job = jobs.Take();
     job->cipher = self->cipher_.get();
@@ -257,37 +261,40 @@ void EncryptionLayer::Done(IoRequest* req, int result) {
     job->loop = req->loop;
     job->done = &EncryptionLayer::Decrypted;
     job->ctx = req;
+    job->owner = self;
     job->result = result;
     if (CryptPool::Shared().Run(job)) Decrypted(job);
     return;
   }
-  Finished(req, result);
+  Finished(req, self->layer_index(), result);
 }
 
 void EncryptionLayer::Decrypted(CryptPool::Job* job) {
   auto* req = static_cast<IoRequest*>(job->ctx);
+  const uint8_t layer = static_cast<EncryptionLayer*>(job->owner)->layer_index();
   const int result = job->failed.load(std::memory_order_relaxed) ? -EIO : static_cast<int>(job->result);
   jobs.Give(job);
-  Finished(req, result);
+  Finished(req, layer, result);
 }
 
-void EncryptionLayer::Finished(IoRequest* req, int result) {
+void EncryptionLayer::Finished(IoRequest* req, uint8_t layer, int result) {
+  Saved& saved = req->LayerState<Saved>(layer);
   if (req->kind == IoKind::kRead) {
-    if (req->crypt_buf != nullptr) {  // unaligned: the caller's part of the sectors read
-      if (result >= 0) std::memcpy(req->crypt_buf, req->buf + (req->crypt_offset - req->offset), req->crypt_length);
+    if (saved.buf != nullptr) {  // unaligned: the caller's part of the sectors read
+      if (result >= 0) std::memcpy(saved.buf, req->buf + (saved.offset - req->offset), saved.length);
       scratch.Give(req->buf, req->length);
-      req->buf = req->crypt_buf;
+      req->buf = saved.buf;
     }
-  } else if (req->kind == IoKind::kWrite && req->crypt_buf != nullptr) {
+  } else if (req->kind == IoKind::kWrite && saved.buf != nullptr) {
     scratch.Give(req->buf, req->length);
-    req->buf = req->crypt_buf;
+    req->buf = saved.buf;
   }
-  if (req->crypt_length != 0) {
-    req->offset = req->crypt_offset;
-    req->length = req->crypt_length;
+  if (saved.length != 0) {
+    req->offset = saved.offset;
+    req->length = saved.length;
   }
-  req->crypt_buf = nullptr;
-  req->crypt_length = 0;
+  saved.buf = nullptr;
+  saved.length = 0;
   req->Finish(result);
 }
 

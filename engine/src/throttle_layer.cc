@@ -138,8 +138,7 @@ void ThrottleLayer::Submit(EventLoop& loop, IoRequest* req) {
     if (head_ != nullptr || wake != 0) {
       // Behind others, or over the limit: wait in line.
       req->loop = &loop;
-      req->cost_ios = cost.ios;
-      req->queued_ns = now;
+      req->LayerState<Queued>(layer_index()) = {cost.ios, now};
       req->link = nullptr;
       if (tail_ != nullptr) {
         tail_->link = req;
@@ -167,7 +166,7 @@ int64_t ThrottleLayer::Pump(int64_t now_ns) {
     std::lock_guard<std::mutex> lock(mu_);
     MaybeSwitch(now_ns);
     while (head_ != nullptr) {
-      IoCost cost{head_->cost_ios, head_->length};
+      IoCost cost{head_->LayerState<Queued>(layer_index()).cost_ios, head_->length};
       int64_t wait = model_.WaitNs(cost, now_ns);
       if (wait > 0) {
         again = now_ns + std::max(wait, kMinWaitNs);
@@ -184,8 +183,9 @@ int64_t ThrottleLayer::Pump(int64_t now_ns) {
     }
   }
   for (IoRequest* r = admitted; r != nullptr; r = r->link) {
-    metrics_->OnThrottleWait(now_ns - r->queued_ns);
-    metrics_->OnConsumed(r->cost_ios);
+    const auto& q = r->LayerState<Queued>(layer_index());
+    metrics_->OnThrottleWait(now_ns - q.queued_ns);
+    metrics_->OnConsumed(q.cost_ios);
   }
   // Each request continues on its own loop's thread; each loop gets its share
   // of the batch in one Post (one wake-up), in the order they were admitted.

@@ -5,6 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <type_traits>
 #include <memory>
 #include <vector>
 
@@ -22,6 +25,11 @@ inline constexpr uint32_t kIoNoHole = 1u << 1;  // write-zeroes must allocate (n
 // zeros. Every zeroing path of FileDevice is a metadata operation, so it
 // never fails for this; a layer that would copy data must honour it.
 inline constexpr uint32_t kIoFastZero = 1u << 2;
+
+// The deepest stack a request can pass (BlockDevice::layer_index), and
+// what each layer may keep in a request (IoRequest::LayerState).
+inline constexpr uint8_t kMaxLayers = 12;
+inline constexpr size_t kLayerStateBytes = 40;
 
 struct IoRequest;
 // Called once per request on the thread of the loop it was submitted on.
@@ -48,28 +56,36 @@ struct IoRequest : IoCompletion {
   uint64_t done = 0;
   uint8_t stage = 0;
   int inline_result = 0;
-  // For layers that hold a request back or watch it complete (throttle,
-  // metrics): a queue link, the start time and the caller's completion.
+  // A queue link for the layer that holds the request back right now.
   IoRequest* link = nullptr;
+  // When the request entered the stack (the top layer sets it; a layer
+  // below that needs the time reads it here instead of the clock), or 0.
   int64_t start_ns = 0;
-  int64_t queued_ns = 0;
-  double cost_ios = 0;
-  IoCallback upper_callback = nullptr;
-  void* upper_owner = nullptr;
-  // The same for the copy-on-write layer, which watches writes complete
-  // beneath the metrics layer.
-  IoCallback lower_callback = nullptr;
-  void* lower_owner = nullptr;
-  // The same for the encryption layer, which may put a buffer of
-  // ciphertext (and an aligned range) in place of the caller's while the
-  // request runs beneath it.
-  IoCallback crypt_callback = nullptr;
-  void* crypt_owner = nullptr;
-  char* crypt_buf = nullptr;
-  uint64_t crypt_offset = 0;
-  uint64_t crypt_length = 0;
+
+  // Each layer's own state for this request (nbdkit's per-request handle):
+  // a layer of the stack has an index (BlockDevice::layer_index) and keeps
+  // what it needs while the request is beneath it, a completion it
+  // replaced included, in its slot. No other layer reads it.
+  template <typename T>
+  T& LayerState(uint8_t layer) {
+    static_assert(sizeof(T) <= kLayerStateBytes && alignof(T) <= 8 && std::is_trivially_copyable_v<T>,
+                  "a layer's per-request state must fit its slot");
+    return *std::launder(reinterpret_cast<T*>(layer_state_[layer]));
+  }
+  // Makes `callback`/`owner` the request's completion, saving the current
+  // one in `saved` (a layer's state) for RestoreCompletion.
+  void InterceptCompletion(IoCallback callback, void* owner, IoCallback* saved_callback, void** saved_owner) {
+    *saved_callback = this->callback;
+    *saved_owner = this->owner;
+    this->callback = callback;
+    this->owner = owner;
+  }
+
   void OnComplete(int res, uint32_t) override { on_cqe(this, res); }
   void Finish(int result) { callback(this, result); }
+
+ private:
+  alignas(8) unsigned char layer_state_[kMaxLayers][kLayerStateBytes];
 };
 
 struct Extent {
@@ -81,6 +97,9 @@ struct Extent {
 class BlockDevice {
  public:
   virtual ~BlockDevice() = default;
+  // The device's place in its stack: 0 for the base, one more than the
+  // device beneath for a layer. Indexes the layer's IoRequest::LayerState.
+  uint8_t layer_index() const { return layer_index_; }
   virtual uint64_t size() const = 0;
   // Starts `req` on `loop`. REQUIRES: called on loop's thread; req's range
   // lies within size(). The callback runs later on the same thread (never
@@ -91,12 +110,19 @@ class BlockDevice {
   virtual Status Map(uint64_t offset, uint64_t length, std::vector<Extent>* out) = 0;
   // Changes the size (grow only); safe while requests run.
   virtual Status Resize(uint64_t new_size) = 0;
+
+ protected:
+  uint8_t layer_index_ = 0;
 };
 
 // Forwards everything to the next layer; a layer overrides what it changes.
 class DeviceLayer : public BlockDevice {
  public:
-  explicit DeviceLayer(std::shared_ptr<BlockDevice> next) : next_(std::move(next)) {}
+  // A stack deeper than kMaxLayers is a programming error: it aborts.
+  explicit DeviceLayer(std::shared_ptr<BlockDevice> next) : next_(std::move(next)) {
+    if (next_->layer_index() + 1 >= kMaxLayers) std::abort();
+    layer_index_ = static_cast<uint8_t>(next_->layer_index() + 1);
+  }
   uint64_t size() const override { return next_->size(); }
   void Submit(EventLoop& loop, IoRequest* req) override { next_->Submit(loop, req); }
   Status Map(uint64_t offset, uint64_t length, std::vector<Extent>* out) override {

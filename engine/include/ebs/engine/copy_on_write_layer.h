@@ -120,6 +120,11 @@ class CopyOnWriteLayer final : public DeviceLayer {
   size_t waiting() const;
 
  private:
+  // Per request (IoRequest::LayerState): the completion this layer replaced.
+  struct Saved {
+    IoCallback callback;
+    void* owner;
+  };
   static void Completed(IoRequest* req, int result);
   void PassDown(EventLoop& loop, IoRequest* req);
   void RunCopyOut();

@@ -38,6 +38,16 @@ class EncryptionLayer final : public DeviceLayer {
   const std::shared_ptr<SectorCipher>& cipher() const { return cipher_; }
 
  private:
+  // Per request (IoRequest::LayerState): the completion this layer replaced
+  // and, while a buffer of ciphertext or an aligned range stands in for the
+  // caller's, the caller's buffer and range.
+  struct Saved {
+    IoCallback callback;
+    void* owner;
+    char* buf;
+    uint64_t offset;
+    uint64_t length;
+  };
   void SubmitWrite(EventLoop& loop, IoRequest* req);
   void SubmitUnalignedRead(EventLoop& loop, IoRequest* req);
   void SubmitZeroOrTrim(EventLoop& loop, IoRequest* req);
@@ -52,7 +62,8 @@ class EncryptionLayer final : public DeviceLayer {
   static void Encrypted(CryptPool::Job* job, bool inside_submit);
   static void EncryptedLater(CryptPool::Job* job);
   static void Decrypted(CryptPool::Job* job);
-  static void Finished(IoRequest* req, int result);
+  // Puts the caller's buffer and range back and completes (`layer`: this layer's index).
+  static void Finished(IoRequest* req, uint8_t layer, int result);
   static void FinishLater(EventLoop& loop, IoRequest* req, int result);
 
   const std::shared_ptr<SectorCipher> cipher_;

@@ -15,6 +15,11 @@ class MetricsLayer final : public DeviceLayer {
   void Submit(EventLoop& loop, IoRequest* req) override;
 
  private:
+  // Per request (IoRequest::LayerState): the completion this layer replaced.
+  struct Saved {
+    IoCallback callback;
+    void* owner;
+  };
   static void Done(IoRequest* req, int result);
   VolumeMetrics* const metrics_;
   const Clock* const clock_;

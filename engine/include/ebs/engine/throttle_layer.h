@@ -73,6 +73,11 @@ class ThrottleLayer final : public DeviceLayer {
   State Read();
 
  private:
+  // Per request while it waits in line (IoRequest::LayerState).
+  struct Queued {
+    double cost_ios;
+    int64_t queued_ns;
+  };
   void MaybeSwitch(int64_t now_ns);  // REQUIRES: mu_
 
   ThrottleScheduler* const scheduler_;
