@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "context.h"
 #include "ebs/engine/key_service.h"
+#include "ebs/engine/time.h"
 
 namespace ebs::cli {
 

@@ -187,7 +187,7 @@ Result<nlohmann::json> Lineages::Delete(const std::string& id) {
   auto vols = ctx_.volumes->List();
   if (!vols.ok()) return vols.status();
   for (const auto& v : *vols) {
-    if (v.record.source_snapshot == id && v.record.initialization_state == "loading") {
+    if (v.record.source_snapshot == id && v.record.initialization_state == LoadState::kLoading) {
       return Status::Busy("InvalidSnapshot.InUse: volume '" + v.record.name + "' is still loading from snapshot " + id +
                           "; delete it after the volume's initialization completes");
     }

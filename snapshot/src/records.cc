@@ -4,7 +4,8 @@
 
 #include <fmt/format.h>
 
-#include "ebs/engine/catalog.h"  // NowMs
+#include "ebs/engine/time.h"
+#include "ebs/engine/volume_record.h"  // NowMs
 
 namespace ebs::snapshot {
 

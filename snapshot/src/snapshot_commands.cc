@@ -1,6 +1,7 @@
 // The snapshot and store commands of the command registry (control socket,
 // CLI without a server): arguments from JSON, results as JSON.
-#include "ebs/engine/catalog.h"
+#include "ebs/engine/time.h"
+#include "ebs/engine/volume_record.h"
 #include "ebs/engine/control.h"
 #include "ebs/snapshot/snapshot_service.h"
 

@@ -14,7 +14,8 @@
 
 #include <fmt/format.h>
 
-#include "ebs/engine/catalog.h"
+#include "ebs/engine/time.h"
+#include "ebs/engine/volume_record.h"
 #include "ebs/engine/log.h"
 #include "ebs/engine/progress.h"
 #include "ebs/engine/size.h"
@@ -129,12 +130,12 @@ Result<std::vector<SnapshotRecord>> SnapshotCreator::Create(const std::vector<st
   }
   // The cut: every volume's writes are held and drained together, so the
   // snapshots show one instant across all of them.
-  for (auto& j : jobs) j->volume->copy_on_write().Freeze();
+  for (auto& j : jobs) j->volume->FreezeWrites();
   Status cut = Status::Ok();
   for (auto& j : jobs) {
     if (cut.ok()) cut = CutJob(*j);
   }
-  for (auto& j : jobs) j->volume->copy_on_write().Thaw(cut.ok() ? j->session : nullptr);
+  for (auto& j : jobs) j->volume->ThawWrites(cut.ok() ? j->session : nullptr);
   if (!cut.ok()) {
     for (auto& j : jobs) FailJob(*j, cut);
     return cut;
@@ -244,7 +245,7 @@ Status SnapshotCreator::CutJob(Job& job) {
   Volume& vol = *job.volume;
   job.rec.volume_size = vol.device().size();
   const uint64_t chunks = ChunkCount(job.rec.volume_size, ctx_.chunk_size);
-  auto cut = vol.tracker().Cut();
+  auto cut = vol.CutChanges();
   if (!cut.ok()) return cut.status();
   job.cut_generation = cut->generation;
   // The chunks whose content may differ from the previous cut, in the
@@ -293,14 +294,9 @@ Status SnapshotCreator::CutJob(Job& job) {
   // (the first snapshot after a restore under another key, or one whose
   // restore left no record of its cut) it is a candidate like any chunk
   // with data, read from the source through ReadStored.
-  if (HydrationLayer* h = vol.hydration(); h != nullptr && !h->complete() && job.base_has_unloaded) {
-    const uint64_t hcs = h->chunk_size();
-    std::erase_if(candidates, [&](uint64_t c) {
-      for (uint64_t b = c * ctx_.chunk_size / hcs; b <= ((c + 1) * ctx_.chunk_size - 1) / hcs; ++b) {
-        if (h->Loaded(b)) return false;
-      }
-      return true;
-    });
+  if (vol.Loading() && job.base_has_unloaded) {
+    std::erase_if(candidates,
+                  [&](uint64_t c) { return vol.Untouched(c * ctx_.chunk_size, ctx_.chunk_size); });
   }
   job.slots.assign(candidates.size(), {});
   // Made before the session, which may call StoreChunk as soon as writes resume.
@@ -356,7 +352,7 @@ Status SnapshotCreator::UploadJob(Job& job) {
   if (!st.ok()) session.Cancel(st);
   Status copied = session.Wait();  // chunks writers took are handed over too
   job.progress.reset();
-  if (job.volume) job.volume->copy_on_write().Detach();
+  if (job.volume) job.volume->DetachCopyOut();
   return st.ok() ? copied : st;
 }
 
@@ -433,9 +429,9 @@ Status SnapshotCreator::CommitJob(Job& job) {
   if (job.cut_generation) {
     Status c = job.volume->SyncData();
     if (c.ok()) {
-      c = job.volume->tracker().Commit(*job.cut_generation);
+      c = job.volume->CommitCut(*job.cut_generation);
     } else {
-      (void)job.volume->tracker().Abort(*job.cut_generation);  // the marks stay: the next snapshot reads them again
+      (void)job.volume->AbortCut(*job.cut_generation);  // the marks stay: the next snapshot reads them again
     }
     job.cut_generation.reset();
     if (c.ok()) c = ctx_.volumes->SetLastCut(rec.volume_name, rec.volume_id, ctx_.CutName(rec.lineage, rec.seq));
@@ -460,11 +456,11 @@ void SnapshotCreator::FailJob(Job& job, const Status& why) {
   if (job.session) {
     job.session->Cancel(why);
     (void)job.session->Wait();
-    if (job.volume) job.volume->copy_on_write().Detach();
+    if (job.volume) job.volume->DetachCopyOut();
   }
   if (job.cut_generation) {
     // The changes of the failed cut go back into the current set.
-    Status st = job.volume->tracker().Abort(*job.cut_generation);
+    Status st = job.volume->AbortCut(*job.cut_generation);
     if (!st.ok()) {
       LogWarning(fmt::format("snapshot {}: returning tracked changes failed: {}", job.rec.id, st.message()));
     }

@@ -4,7 +4,7 @@
 // committed, cut/commit/abort survive restarts, a persist failure fails the
 // request without touching the data, and a process killed at a random
 // moment leaves every changed chunk marked.
-#include "ebs/engine/change_tracker.h"
+#include "layers/change_tracker.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -28,7 +28,7 @@
 #include <thread>
 #include <vector>
 
-#include "ebs/engine/file_device.h"
+#include "io/file_device.h"
 #include "ebs/engine/volume_type.h"  // kKiB, kMiB
 #include "test_util.h"
 

@@ -3,7 +3,7 @@
 // CopyOutSession is attached, a write to a guarded chunk first hands the
 // chunk's old content over; each chunk is handed over exactly once; a failing
 // hand-over fails the session, never the write.
-#include "ebs/engine/copy_on_write_layer.h"
+#include "layers/copy_on_write_layer.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -16,7 +16,7 @@
 #include <thread>
 #include <vector>
 
-#include "ebs/engine/file_device.h"
+#include "io/file_device.h"
 #include "test_util.h"
 
 namespace ebs {

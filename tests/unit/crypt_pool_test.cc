@@ -2,7 +2,7 @@
 // many jobs at once on two loops, with the completion on the job's loop
 // whenever a helper finishes last; small jobs and a pool without helpers run
 // inline; a cipher failure is reported.
-#include "ebs/engine/crypt_pool.h"
+#include "keys/crypt_pool.h"
 
 #include <gtest/gtest.h>
 

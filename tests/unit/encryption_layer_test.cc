@@ -1,7 +1,7 @@
 // The encryption layer over a real data file and event loop: what a client
 // reads back, what the file holds (ciphertext only), and the unaligned
 // paths (read-modify-write, partial write-zeroes and trims).
-#include "ebs/engine/encryption_layer.h"
+#include "layers/encryption_layer.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -15,7 +15,7 @@
 #include <thread>
 #include <vector>
 
-#include "ebs/engine/file_device.h"
+#include "io/file_device.h"
 #include "test_util.h"
 
 namespace ebs {

@@ -3,7 +3,7 @@
 // flushes), `rate` what share of them (the same share for the same seed),
 // `trigger` makes faults depend on a file existing; a failed request gets
 // the chosen errno and never reaches the device below. And the spec parser.
-#include "ebs/engine/fault_layer.h"
+#include "layers/fault_layer.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "ebs/engine/file_device.h"
+#include "io/file_device.h"
 #include "test_util.h"
 
 namespace ebs {

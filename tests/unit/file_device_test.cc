@@ -1,7 +1,7 @@
 // The base I/O layer against an in-memory model: a seeded random mix of
 // reads, writes, trims, zeroes and flushes at random (also unaligned)
 // offsets and sizes must leave identical contents, before and after reopening.
-#include "ebs/engine/file_device.h"
+#include "io/file_device.h"
 #include "ebs/engine/file_util.h"
 
 #include <gtest/gtest.h>

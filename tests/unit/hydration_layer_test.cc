@@ -1,7 +1,7 @@
 // The lazy-restore layer over a real data file and event loop, with an
 // in-memory chunk source standing in for the snapshot store (the real one is
 // exercised end to end in tests/e2e/test-snapshot-lazy.sh).
-#include "ebs/engine/hydration_layer.h"
+#include "layers/hydration_layer.h"
 
 #include <gtest/gtest.h>
 
@@ -11,7 +11,7 @@
 #include <set>
 #include <thread>
 
-#include "ebs/engine/file_device.h"
+#include "io/file_device.h"
 #include "test_util.h"
 
 namespace ebs {

@@ -1,6 +1,6 @@
 // AES-256-XTS over 4 KiB sectors: key checks, round trips, the per-sector
 // tweak (dm-crypt's plain64), the hole rule and concurrent use.
-#include "ebs/engine/sector_cipher.h"
+#include "keys/sector_cipher.h"
 
 #include <gtest/gtest.h>
 #include <openssl/evp.h>

@@ -1,7 +1,7 @@
 // The throttle layer over a real data file and event loop: requests over the
 // limit wait in order and all succeed; limits change live; metrics count
 // what went through.
-#include "ebs/engine/throttle_layer.h"
+#include "layers/throttle_layer.h"
 
 #include <gtest/gtest.h>
 
@@ -10,8 +10,8 @@
 #include <mutex>
 #include <vector>
 
-#include "ebs/engine/file_device.h"
-#include "ebs/engine/metrics_layer.h"
+#include "io/file_device.h"
+#include "layers/metrics_layer.h"
 #include "test_util.h"
 
 namespace ebs {

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "ebs/engine/volume_manager.h"
+#include "keys/sector_cipher.h"
 #include "test_util.h"
 
 namespace ebs {

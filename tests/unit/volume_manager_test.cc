@@ -10,6 +10,9 @@
 #include <fstream>
 
 #include "ebs/engine/control.h"
+#include "ebs/engine/time.h"
+#include "catalog/catalog.h"
+#include "layers/throttle_layer.h"
 #include "test_util.h"
 
 namespace ebs {
@@ -140,12 +143,12 @@ TEST(VolumeManagerTest, ModifyGrowsAndRecordsStates) {
   EXPECT_EQ(20 * kGiB, r->record.config.size_bytes);
   EXPECT_EQ(6000u, r->record.config.iops);
   ASSERT_EQ(1u, r->record.modifications.size());
-  EXPECT_EQ("optimizing", r->record.modifications[0].state);
+  EXPECT_EQ(ModificationState::kOptimizing, r->record.modifications[0].state);
   EXPECT_EQ(20 * kGiB, (*att)->volume().device().size()) << "the open device sees the new size";
   usleep(400 * 1000);
   auto d = (*m)->Describe("v");
   ASSERT_TRUE(d.ok());
-  EXPECT_EQ("completed", d->record.modifications[0].state);
+  EXPECT_EQ(ModificationState::kCompleted, d->record.modifications[0].state);
   EXPECT_GE(d->record.modifications[0].completed_at_ms, d->record.modifications[0].optimizing_at_ms);
 
   VolumeParams to_io1;
@@ -279,7 +282,7 @@ TEST(VolumeManagerTest, OptimizingNeverBelowOldConfiguration) {
   change.throughput_mibps = 600;
   auto r = (*m)->Modify("v", change);
   ASSERT_TRUE(r.ok()) << r.status().message();
-  EXPECT_EQ("optimizing", r->record.modifications.back().state);
+  EXPECT_EQ(ModificationState::kOptimizing, r->record.modifications.back().state);
   auto during = t->Read().limits;
   EXPECT_EQ(8000u, during.baseline_iops) << "IOPS must not drop while optimizing";
   EXPECT_DOUBLE_EQ(600, during.baseline_throughput_mibps) << "the raise applies at once";
@@ -287,7 +290,7 @@ TEST(VolumeManagerTest, OptimizingNeverBelowOldConfiguration) {
   auto after = t->Read().limits;
   EXPECT_EQ(4000u, after.baseline_iops);
   EXPECT_DOUBLE_EQ(600, after.baseline_throughput_mibps);
-  EXPECT_EQ("completed", (*m)->Describe("v")->record.modifications.back().state);
+  EXPECT_EQ(ModificationState::kCompleted, (*m)->Describe("v")->record.modifications.back().state);
 }
 
 TEST(VolumeManagerTest, ModificationRateRuleWhenEnabled) {
@@ -345,7 +348,7 @@ TEST(VolumeManagerTest, ModificationInterruptedByACrashIsFinishedOnOpen) {
     auto r = (*catalog)->Get("v");
     ASSERT_TRUE(r.ok());
     Modification mod;
-    mod.state = "modifying";
+    mod.state = ModificationState::kModifying;
     mod.started_at_ms = NowMs();
     mod.from = r->config;
     mod.to = r->config;
@@ -358,7 +361,7 @@ TEST(VolumeManagerTest, ModificationInterruptedByACrashIsFinishedOnOpen) {
   auto v = (*m)->Describe("v");
   ASSERT_TRUE(v.ok());
   EXPECT_EQ(2 * kGiB, v->record.config.size_bytes);
-  EXPECT_EQ("completed", v->record.modifications.back().state);
+  EXPECT_EQ(ModificationState::kCompleted, v->record.modifications.back().state);
   struct stat st;
   ASSERT_EQ(0, stat((*m)->DataFilePath(id).c_str(), &st));
   EXPECT_EQ(static_cast<off_t>(2 * kGiB), st.st_size);

@@ -15,10 +15,11 @@
 #include <memory>
 #include <string>
 
-#include "ebs/engine/sector_cipher.h"
 #include "ebs/engine/status.h"
 
 namespace ebs {
+
+class SectorCipher;
 
 class ImageWriter {
  public:

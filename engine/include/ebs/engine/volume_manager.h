@@ -14,92 +14,20 @@
 #include <string>
 #include <vector>
 
-#include "ebs/engine/block_device.h"
-#include "ebs/engine/catalog.h"
-#include "ebs/engine/change_tracker.h"
-#include "ebs/engine/copy_on_write_layer.h"
+#include "ebs/engine/chunk_source.h"
 #include "ebs/engine/clock.h"
-#include "ebs/engine/fault_layer.h"
-#include "ebs/engine/file_device.h"
-#include "ebs/engine/hydration_layer.h"
+#include "ebs/engine/fault_spec.h"
 #include "ebs/engine/image_writer.h"
 #include "ebs/engine/key_service.h"
-#include "ebs/engine/sector_cipher.h"
-#include "ebs/engine/throttle_layer.h"
-#include "ebs/engine/volume_metrics.h"
 #include "ebs/engine/status.h"
+#include "ebs/engine/volume.h"
+#include "ebs/engine/volume_record.h"
 #include "ebs/engine/volume_type.h"
 
 namespace ebs {
 
-class VolumeManager;
-
-// An open volume: its I/O stack (metrics -> throttle -> [faults] ->
-// copy-on-write -> [lazy loading] -> change tracking -> [encryption] ->
-// data file), its counters and its
-// throttle state. Shared by every attachment (NBD
-// connection); stays open while the manager runs, so counters and credit
-// balances outlive connections.
-class Volume {
- public:
-  const std::string& name() const { return name_; }
-  BlockDevice& device() { return *device_; }
-  VolumeMetrics& metrics() { return *metrics_; }
-  ThrottleLayer* throttle() { return throttle_; }  // null with throttling off
-  // What snapshots use: the chunks changed since the last cut, and the layer
-  // that freezes writes for a cut and copies chunks out before they change.
-  ChangeTracker& tracker() { return *tracker_; }
-  CopyOnWriteLayer& copy_on_write() { return *copy_on_write_; }
-  // Null unless the volume is being restored lazily.
-  HydrationLayer* hydration() { return hydration_; }
-  // Null unless the volume is encrypted: what its data file holds is this
-  // cipher's output, so code that reads or writes the file directly
-  // (snapshots, restores) goes through it.
-  const std::shared_ptr<SectorCipher>& cipher() const { return cipher_; }
-  // Reads `length` bytes at `offset` (4 KiB aligned) of the volume's content
-  // as it is beneath the copy-on-write layer: the data file, decrypted for
-  // an encrypted volume, and for a chunk a lazy restore has not loaded yet,
-  // its content in the source snapshot (the data file still has a hole
-  // there). Past the end of the file: zeros. What a snapshot reads. Blocking;
-  // any thread but an event loop's. Safe for concurrent use.
-  Status ReadStored(uint64_t offset, size_t length, char* buf) const;
-  // Makes every write completed so far durable in the data file (fdatasync).
-  Status SyncData() const;
-  const std::string& id() const { return id_; }
-  // Set when the volume was deleted while attached: users must stop using it.
-  bool deleted() const { return deleted_.load(std::memory_order_acquire); }
-  int attachments() const { return attachments_.load(); }
-
- private:
-  friend class VolumeManager;
-  friend class VolumeAttachment;
-  std::string name_;
-  std::string id_;
-  std::unique_ptr<VolumeMetrics> metrics_;
-  ThrottleLayer* throttle_ = nullptr;  // owned by the device stack
-  std::shared_ptr<ChangeTracker> tracker_;
-  CopyOnWriteLayer* copy_on_write_ = nullptr;  // owned by the device stack
-  HydrationLayer* hydration_ = nullptr;        // owned by the device stack
-  std::shared_ptr<SectorCipher> cipher_;
-  std::shared_ptr<FileDevice> file_;  // the bottom of the stack
-  std::shared_ptr<BlockDevice> device_;
-  std::atomic<bool> deleted_{false};
-  std::atomic<int> attachments_{0};
-};
-
-// One user of a volume. Destroying it detaches.
-class VolumeAttachment {
- public:
-  VolumeAttachment(VolumeManager* manager, std::shared_ptr<Volume> volume);
-  ~VolumeAttachment();
-  VolumeAttachment(const VolumeAttachment&) = delete;
-  VolumeAttachment& operator=(const VolumeAttachment&) = delete;
-  Volume& volume() { return *volume_; }
-
- private:
-  VolumeManager* manager_;
-  std::shared_ptr<Volume> volume_;
-};
+class Catalog;
+class ThrottleScheduler;
 
 struct VolumeInfo {
   VolumeRecord record;

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "ebs/engine/file_util.h"
+#include "keys/sector_cipher.h"
 
 namespace ebs {
 

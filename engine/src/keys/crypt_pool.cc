@@ -1,4 +1,4 @@
-#include "ebs/engine/crypt_pool.h"
+#include "keys/crypt_pool.h"
 
 #include <pthread.h>
 

@@ -1,4 +1,4 @@
-#include "ebs/engine/change_tracker.h"
+#include "layers/change_tracker.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -12,221 +12,28 @@
 #include <future>
 
 #include "ebs/engine/file_util.h"
+#include "layers/change_set_file.h"
 
 namespace ebs {
-namespace {
-
-static_assert(std::endian::native == std::endian::little, "the bitmap file is little-endian");
-
-constexpr uint64_t kHeaderBytes = 4096;  // the bitmap starts on the second page
-constexpr uint64_t kPageBytes = 4096;
-constexpr uint64_t kWordsPerPage = kPageBytes / 8;
-constexpr char kMagic[8] = {'E', 'B', 'S', 'C', 'H', 'A', 'N', 'G'};
-constexpr uint32_t kVersion = 1;
-constexpr uint64_t kFlagCutSet = 1;  // the file is a cut set, not the current set
-constexpr size_t kHeaderFieldBytes = 48;  // checksummed; the checksum follows
-
-uint64_t WordsFor(uint64_t chunks) { return (chunks + 63) / 64; }
-uint64_t PagesFor(uint64_t words) { return (words + kWordsPerPage - 1) / kWordsPerPage; }
-uint64_t FileBytes(uint64_t chunks) { return kHeaderBytes + PagesFor(WordsFor(chunks)) * kPageBytes; }
-uint64_t ChunksFor(uint64_t bytes, uint64_t chunk_size) { return (bytes + chunk_size - 1) / chunk_size; }
-
-// Bits [first, last] (chunk indexes) that fall in word `w`.
-uint64_t MaskFor(uint64_t w, uint64_t first, uint64_t last) {
-  const unsigned lo = w == first / 64 ? first % 64 : 0;
-  const unsigned hi = w == last / 64 ? last % 64 : 63;
-  return (~uint64_t{0} >> (63 - hi)) & (~uint64_t{0} << lo);
-}
-
-// The bits of word `w` that are real chunks (the last word may be partial).
-uint64_t ValidMask(uint64_t w, uint64_t chunk_count) {
-  if ((w + 1) * 64 <= chunk_count) return ~uint64_t{0};
-  if (w * 64 >= chunk_count) return 0;
-  return MaskFor(w, w * 64, chunk_count - 1);
-}
-
-uint64_t Fnv1a(const char* p, size_t n) {
-  uint64_t h = 14695981039346656037ull;
-  for (size_t i = 0; i < n; ++i) {
-    h ^= static_cast<unsigned char>(p[i]);
-    h *= 1099511628211ull;
-  }
-  return h;
-}
-
-// A tracking file's content: the current set or a cut set.
-struct SetFile {
-  uint64_t generation = 0;
-  uint64_t chunk_size = 0;
-  uint64_t chunk_count = 0;
-  uint64_t flags = 0;
-  std::vector<uint64_t> words;
-};
-
-void EncodeHeader(const SetFile& s, char* page) {
-  std::memset(page, 0, kHeaderBytes);
-  std::memcpy(page, kMagic, 8);
-  const uint32_t version = kVersion;
-  const uint32_t header_bytes = kHeaderBytes;
-  std::memcpy(page + 8, &version, 4);
-  std::memcpy(page + 12, &header_bytes, 4);
-  std::memcpy(page + 16, &s.chunk_size, 8);
-  std::memcpy(page + 24, &s.chunk_count, 8);
-  std::memcpy(page + 32, &s.generation, 8);
-  std::memcpy(page + 40, &s.flags, 8);
-  const uint64_t sum = Fnv1a(page, kHeaderFieldBytes);
-  std::memcpy(page + kHeaderFieldBytes, &sum, 8);
-}
-
-Status Damaged(const std::string& path, const std::string& what) {
-  return Status::Error(EBADMSG, "change tracking file " + path + " is damaged: " + what);
-}
-
-Status PreadAll(int fd, void* buf, size_t n, uint64_t off, const std::string& path) {
-  char* p = static_cast<char*>(buf);
-  while (n > 0) {
-    ssize_t r = pread(fd, p, n, static_cast<off_t>(off));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "read " + path);
-    }
-    if (r == 0) return Damaged(path, "truncated");
-    p += r;
-    n -= static_cast<size_t>(r);
-    off += static_cast<uint64_t>(r);
-  }
-  return Status::Ok();
-}
-
-std::string DirOf(const std::string& path) {
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  return dir.empty() ? "." : dir;
-}
-
-Result<SetFile> ReadSetFile(int fd, const std::string& path) {
-  char page[kHeaderBytes];
-  EBS_RETURN_IF_ERROR(PreadAll(fd, page, kHeaderBytes, 0, path));
-  if (std::memcmp(page, kMagic, 8) != 0) return Damaged(path, "bad magic");
-  uint64_t sum;
-  std::memcpy(&sum, page + kHeaderFieldBytes, 8);
-  if (sum != Fnv1a(page, kHeaderFieldBytes)) return Damaged(path, "header checksum mismatch");
-  uint32_t version, header_bytes;
-  std::memcpy(&version, page + 8, 4);
-  std::memcpy(&header_bytes, page + 12, 4);
-  if (version != kVersion) return Damaged(path, "unknown version " + std::to_string(version));
-  if (header_bytes != kHeaderBytes) return Damaged(path, "unexpected header size");
-  SetFile s;
-  std::memcpy(&s.chunk_size, page + 16, 8);
-  std::memcpy(&s.chunk_count, page + 24, 8);
-  std::memcpy(&s.generation, page + 32, 8);
-  std::memcpy(&s.flags, page + 40, 8);
-  if (s.chunk_size == 0 || !std::has_single_bit(s.chunk_size) || s.chunk_size > (uint64_t{1} << 30)) {
-    return Damaged(path, "bad chunk size");
-  }
-  if (s.chunk_count > (uint64_t{1} << 40) || s.chunk_count > (uint64_t{1} << 62) / s.chunk_size) {
-    return Damaged(path, "implausible chunk count");
-  }
-  struct stat st {};
-  if (fstat(fd, &st) != 0) return Status::FromErrno(errno, "stat " + path);
-  if (static_cast<uint64_t>(st.st_size) < FileBytes(s.chunk_count)) return Damaged(path, "truncated bitmap");
-  s.words.resize(WordsFor(s.chunk_count));
-  EBS_RETURN_IF_ERROR(PreadAll(fd, s.words.data(), s.words.size() * 8, kHeaderBytes, path));
-  if (!s.words.empty()) s.words.back() &= ValidMask(s.words.size() - 1, s.chunk_count);
-  return s;
-}
-
-Result<SetFile> ReadSetFile(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status::FromErrno(errno, "open " + path);
-  auto s = ReadSetFile(fd, path);
-  ::close(fd);
-  return s;
-}
-
-// Writes `s` to `path` atomically: a temporary file, synced, then renamed
-// over `path` and the directory synced. Pages of zeros are left as holes.
-Status WriteSetFile(const std::string& path, const SetFile& s) {
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return Status::FromErrno(errno, "create " + tmp);
-  auto write_all = [&]() -> Status {
-    char header[kHeaderBytes];
-    EncodeHeader(s, header);
-    EBS_RETURN_IF_ERROR(PwriteAll(fd, header, kHeaderBytes, 0, tmp));
-    if (ftruncate(fd, static_cast<off_t>(FileBytes(s.chunk_count))) != 0) {
-      return Status::FromErrno(errno, "truncate " + tmp);
-    }
-    std::vector<uint64_t> page(kWordsPerPage);
-    for (uint64_t p = 0; p < PagesFor(s.words.size()); ++p) {
-      const uint64_t begin = p * kWordsPerPage;
-      const uint64_t end = std::min<uint64_t>(begin + kWordsPerPage, s.words.size());
-      if (std::all_of(s.words.begin() + begin, s.words.begin() + end, [](uint64_t w) { return w == 0; })) continue;
-      std::fill(page.begin(), page.end(), 0);
-      std::copy(s.words.begin() + begin, s.words.begin() + end, page.begin());
-      EBS_RETURN_IF_ERROR(PwriteAll(fd, page.data(), kPageBytes, kHeaderBytes + p * kPageBytes, tmp));
-    }
-    if (fdatasync(fd) != 0) return Status::FromErrno(errno, "fdatasync " + tmp);
-    return Status::Ok();
-  };
-  Status st = write_all();
-  ::close(fd);
-  if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) st = Status::FromErrno(errno, "rename " + tmp);
-  if (!st.ok()) {
-    ::unlink(tmp.c_str());
-    return st;
-  }
-  return SyncDirectory(DirOf(path));
-}
-
-// What a file in the tracking file's directory is to the tracker of `base`:
-// `base` itself, a cut set `base.<generation>`, a temporary file
-// (`base.tmp`, `base.<generation>.tmp`: an unfinished atomic write), or not
-// ours.
-enum class FileRole { kOther, kMain, kCut, kTemporary };
-
-FileRole RoleOf(const std::string& base, const std::string& name) {
-  if (name == base) return FileRole::kMain;
-  if (name.size() <= base.size() + 1 || name.compare(0, base.size() + 1, base + ".") != 0) return FileRole::kOther;
-  std::string rest = name.substr(base.size() + 1);
-  auto generation = [](const std::string& s) {
-    return !s.empty() && s.size() <= 20 &&
-           std::all_of(s.begin(), s.end(), [](unsigned char c) { return c >= '0' && c <= '9'; });
-  };
-  if (rest == "tmp") return FileRole::kTemporary;
-  if (rest.size() > 4 && rest.compare(rest.size() - 4, 4, ".tmp") == 0) {
-    return generation(rest.substr(0, rest.size() - 4)) ? FileRole::kTemporary : FileRole::kOther;
-  }
-  return generation(rest) ? FileRole::kCut : FileRole::kOther;
-}
-
-// Calls set_word(w, mask) for the words of a bitmap of `dst_count` chunks of
-// `dst_cs` bytes that must be marked to cover every chunk marked in `src`.
-template <typename F>
-void ForEachCoveringWord(const SetFile& src, uint64_t dst_cs, uint64_t dst_count, F set_word) {
-  if (src.chunk_size == dst_cs) {
-    const uint64_t n = std::min<uint64_t>(src.words.size(), WordsFor(dst_count));
-    for (uint64_t w = 0; w < n; ++w) {
-      const uint64_t mask = src.words[w] & ValidMask(w, dst_count);
-      if (mask != 0) set_word(w, mask);
-    }
-    return;
-  }
-  // Another chunk size: each old chunk marks every new chunk it overlaps.
-  for (uint64_t w = 0; w < src.words.size(); ++w) {
-    for (uint64_t bits = src.words[w]; bits != 0; bits &= bits - 1) {
-      const uint64_t chunk = w * 64 + static_cast<uint64_t>(std::countr_zero(bits));
-      const uint64_t first = chunk * src.chunk_size / dst_cs;
-      if (first >= dst_count) continue;
-      const uint64_t last = std::min((chunk + 1) * src.chunk_size - 1, dst_count * dst_cs - 1) / dst_cs;
-      for (uint64_t dw = first / 64; dw <= last / 64; ++dw) set_word(dw, MaskFor(dw, first, last));
-    }
-  }
-}
-
-// Chunks of `dst_cs` bytes needed to cover `count` chunks of `cs` bytes.
-uint64_t CoveringChunks(uint64_t count, uint64_t cs, uint64_t dst_cs) { return ChunksFor(count * cs, dst_cs); }
-
-}  // namespace
+using change_file::kHeaderBytes;
+using change_file::kPageBytes;
+using change_file::kWordsPerPage;
+using change_file::kFlagCutSet;
+using change_file::WordsFor;
+using change_file::PagesFor;
+using change_file::FileBytes;
+using change_file::ChunksFor;
+using change_file::MaskFor;
+using change_file::ValidMask;
+using change_file::SetFile;
+using change_file::FileRole;
+using change_file::ForEachCoveringWord;
+using change_file::CoveringChunks;
+using change_file::EncodeHeader;
+using change_file::ReadSetFile;
+using change_file::WriteSetFile;
+using change_file::RoleOf;
+using change_file::DirOf;
 
 // --- ChangeSet ------------------------------------------------------------------
 

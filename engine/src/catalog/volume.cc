@@ -1,11 +1,16 @@
-// The parts of an open volume that read and sync its stored bytes outside
-// the request path (snapshots).
+// What an open volume offers besides its request path: the snapshot's cut
+// and reads of its stored bytes.
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
 
-#include "ebs/engine/volume_manager.h"
+#include "ebs/engine/volume.h"
+#include "io/file_device.h"
+#include "keys/sector_cipher.h"
+#include "layers/change_tracker.h"
+#include "layers/copy_on_write_layer.h"
+#include "layers/hydration_layer.h"
 
 namespace ebs {
 namespace {
@@ -57,6 +62,24 @@ Status Volume::ReadStored(uint64_t offset, size_t length, char* buf) const {
     done += n;
   }
   return Status::Ok();
+}
+
+void Volume::FreezeWrites() { copy_on_write_->Freeze(); }
+void Volume::ThawWrites(std::shared_ptr<CopyOutSession> session) { copy_on_write_->Thaw(std::move(session)); }
+void Volume::DetachCopyOut() { copy_on_write_->Detach(); }
+Result<ChangeSet> Volume::CutChanges() { return tracker_->Cut(); }
+Status Volume::CommitCut(uint64_t generation) { return tracker_->Commit(generation); }
+Status Volume::AbortCut(uint64_t generation) { return tracker_->Abort(generation); }
+
+bool Volume::Loading() const { return hydration_ != nullptr && !hydration_->complete(); }
+
+bool Volume::Untouched(uint64_t offset, uint64_t length) const {
+  if (!Loading() || length == 0) return false;
+  const uint64_t cs = hydration_->chunk_size();
+  for (uint64_t c = offset / cs; c <= (offset + length - 1) / cs; ++c) {
+    if (hydration_->Loaded(c)) return false;
+  }
+  return true;
 }
 
 Status Volume::SyncData() const {

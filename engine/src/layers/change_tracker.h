@@ -23,6 +23,8 @@
 // later snapshots read just the marked chunks.
 #pragma once
 
+#include "ebs/engine/change_set.h"
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -36,25 +38,6 @@
 #include "ebs/engine/status.h"
 
 namespace ebs {
-
-inline constexpr uint64_t kDefaultChangeChunkSize = 512 * 1024;
-
-// A set of chunks as a bitmap: chunk i is bit (i % 64) of words[i / 64].
-// Chunk i covers bytes [i * chunk_size, (i + 1) * chunk_size) of the volume.
-struct ChangeSet {
-  uint64_t generation = 0;  // the epoch these changes belong to
-  uint64_t chunk_size = 0;
-  uint64_t chunk_count = 0;  // chunks of the volume when the set was taken
-  std::vector<uint64_t> words;
-
-  bool Contains(uint64_t chunk) const {
-    return chunk / 64 < words.size() && (words[chunk / 64] >> (chunk % 64)) & 1;
-  }
-  uint64_t Count() const;
-  // The marked chunk indexes in ascending order. For a large set prefer
-  // walking `words`: a fully changed 64 TiB volume has 128 M chunks.
-  std::vector<uint64_t> Chunks() const;
-};
 
 // The persistent set of chunks changed since the last cut, for one volume.
 //

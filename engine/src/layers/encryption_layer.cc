@@ -1,6 +1,6 @@
-#include "ebs/engine/encryption_layer.h"
+#include "layers/encryption_layer.h"
 
-#include "ebs/engine/crypt_pool.h"
+#include "keys/crypt_pool.h"
 
 #include <unistd.h>
 

@@ -1,4 +1,3 @@
-#include "ebs/engine/file_util.h"
 #include "ebs/engine/volume_manager.h"
 
 #include <dirent.h>
@@ -14,11 +13,17 @@
 #include <fmt/format.h>
 #include <openssl/crypto.h>
 
-#include "ebs/engine/encryption_layer.h"
-#include "ebs/engine/file_device.h"
+#include "catalog/catalog.h"
+#include "catalog/volume_stack.h"
+#include "ebs/engine/file_util.h"
 #include "ebs/engine/log.h"
-#include "ebs/engine/metrics_layer.h"
 #include "ebs/engine/size.h"
+#include "ebs/engine/time.h"
+#include "io/file_device.h"
+#include "keys/sector_cipher.h"
+#include "layers/change_tracker.h"
+#include "layers/hydration_layer.h"
+#include "layers/throttle_layer.h"
 
 namespace ebs {
 namespace {
@@ -39,70 +44,7 @@ Status MakeDir(const std::string& dir, mode_t mode) {
   return Status::Ok();
 }
 
-nlohmann::json ConfigJson(const VolumeConfig& c) {
-  nlohmann::json j = {{"type", std::string(VolumeTypeName(c.type))},
-                      {"size_bytes", c.size_bytes},
-                      {"size", FormatSize(c.size_bytes)}};
-  j["iops"] = c.iops ? nlohmann::json(c.iops) : nlohmann::json(nullptr);
-  j["throughput_mibps"] = c.throughput_mibps ? nlohmann::json(c.throughput_mibps) : nlohmann::json(nullptr);
-  return j;
-}
-
 }  // namespace
-
-nlohmann::json VolumeInfo::ToJson() const {
-  const VolumeConfig& c = record.config;
-  PerformanceLimits limits = ComputeLimits(c);
-  nlohmann::json j = ConfigJson(c);
-  j["name"] = record.name;
-  j["id"] = record.id;
-  j["state"] = attachments > 0 ? "in-use" : record.state;
-  j["attachments"] = attachments;
-  j["created"] = FormatTime(record.created_at_ms);
-  j["source_snapshot"] = record.source_snapshot.empty() ? nlohmann::json(nullptr)
-                                                        : nlohmann::json(record.source_snapshot);
-  j["encrypted"] = record.encryption.has_value();
-  j["key"] = record.encryption ? nlohmann::json(record.encryption->key_name) : nlohmann::json(nullptr);
-  j["key_id"] = record.encryption ? nlohmann::json(record.encryption->key_id) : nlohmann::json(nullptr);
-  if (!record.initialization_state.empty()) {
-    nlohmann::json init = {{"state", record.initialization_state},
-                           {"mode", "lazy"},
-                           {"rate_mibps", record.initialization_rate_mibps > 0
-                                              ? nlohmann::json(record.initialization_rate_mibps)
-                                              : nlohmann::json(nullptr)}};
-    if (record.initialization_state == "loading") {
-      init["loaded_chunks"] = loaded_chunks;
-      init["total_chunks"] = total_chunks;
-      init["progress_percent"] = total_chunks > 0 ? 100.0 * static_cast<double>(loaded_chunks) /
-                                                        static_cast<double>(total_chunks)
-                                                  : 0.0;
-      init["error"] = initialization_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(initialization_error);
-    } else {
-      init["completed"] = FormatTime(record.initialization_completed_at_ms);
-    }
-    j["initialization"] = init;
-  }
-  j["performance"] = {{"baseline_iops", limits.baseline_iops},
-                      {"burst_iops", limits.burst_iops},
-                      {"baseline_throughput_mibps", limits.baseline_throughput_mibps},
-                      {"burst_throughput_mibps", limits.burst_throughput_mibps},
-                      {"io_credit_bucket", limits.io_credit_bucket},
-                      {"throughput_credit_bucket_mib", limits.throughput_credit_bucket_mib},
-                      {"io_unit_bytes", limits.io_unit_bytes}};
-  nlohmann::json mods = nlohmann::json::array();
-  for (const auto& m : record.modifications) {
-    mods.push_back({{"state", m.state},
-                    {"started", FormatTime(m.started_at_ms)},
-                    {"optimizing_since", FormatTime(m.optimizing_at_ms)},
-                    {"completed", FormatTime(m.completed_at_ms)},
-                    {"from", ConfigJson(m.from)},
-                    {"to", ConfigJson(m.to)}});
-  }
-  j["modifications"] = mods;
-  j["modification_state"] = record.modifications.empty() ? nlohmann::json(nullptr)
-                                                         : nlohmann::json(record.modifications.back().state);
-  return j;
-}
 
 VolumeAttachment::VolumeAttachment(VolumeManager* manager, std::shared_ptr<Volume> volume)
     : manager_(manager), volume_(std::move(volume)) {}
@@ -205,7 +147,7 @@ Status VolumeManager::OpenLoadingVolumes() {
   if (!records.ok()) return records.status();
   Status first = Status::Ok();
   for (const auto& r : *records) {
-    if (r.initialization_state != "loading") continue;
+    if (r.initialization_state != LoadState::kLoading) continue;
     auto v = OpenLocked(r.name);
     if (!v.ok() && first.ok()) first = v.status();
   }
@@ -248,7 +190,7 @@ Status VolumeManager::RemoveInterruptedRestores() {
   auto records = catalog_->List();
   if (!records.ok()) return records.status();
   for (const auto& r : *records) {
-    if (r.state != kVolumeCreating) continue;
+    if (r.state != VolumeState::kCreating) continue;
     LogWarning(fmt::format("volume {}: its restore from snapshot {} did not finish (the process stopped); removed",
                            r.name, r.source_snapshot));
     EBS_RETURN_IF_ERROR(RemoveLocked(r));
@@ -261,7 +203,7 @@ Status VolumeManager::FinishRestore(const std::string& name, const std::string& 
   auto r = catalog_->Get(name);
   if (!r.ok()) return r.status();
   if (r->id != id) return Status::NotFound("volume '" + name + "' was deleted");
-  r->state = kVolumeAvailable;
+  r->state = VolumeState::kAvailable;
   return catalog_->Put(*r);
 }
 
@@ -270,7 +212,7 @@ Result<std::unique_ptr<ImageWriter>> VolumeManager::OpenRestoreWriter(const std:
   auto r = catalog_->Get(name);
   if (!r.ok()) return r.status();
   if (r->id != id) return Status::NotFound("volume '" + name + "' was deleted");
-  if (r->state != kVolumeCreating) return Status::InvalidArgument("volume '" + name + "' is not being restored");
+  if (r->state != VolumeState::kCreating) return Status::InvalidArgument("volume '" + name + "' is not being restored");
   auto cipher = OpenCipher(*r);
   if (!cipher.ok()) return cipher.status();
   const std::string path = DataFilePath(r->id);
@@ -286,18 +228,18 @@ Status VolumeManager::FinishInterruptedModifications() {
   auto records = catalog_->List();
   if (!records.ok()) return records.status();
   for (auto& r : *records) {
-    if (r.modifications.empty() || r.modifications.back().state != "modifying") continue;
+    if (r.modifications.empty() || r.modifications.back().state != ModificationState::kModifying) continue;
     Modification& m = r.modifications.back();
     struct stat st;
     const std::string path = DataFilePath(r.id);
     if (stat(path.c_str(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
     if (static_cast<uint64_t>(st.st_size) < m.to.size_bytes &&
         truncate(path.c_str(), static_cast<off_t>(m.to.size_bytes)) != 0) {
-      m.state = "failed";
+      m.state = ModificationState::kFailed;
       m.completed_at_ms = NowMs();
     } else {
       r.config = m.to;
-      m.state = "optimizing";
+      m.state = ModificationState::kOptimizing;
       m.optimizing_at_ms = NowMs();
       m.optimize_until_ms = m.optimizing_at_ms + options_.optimize_ms;
     }
@@ -311,7 +253,7 @@ VolumeInfo VolumeManager::InfoLocked(VolumeRecord record) {
   VolumeInfo info;
   auto it = open_.find(record.name);
   info.attachments = it == open_.end() ? 0 : it->second->attachments();
-  if (record.initialization_state == "loading") {
+  if (record.initialization_state == LoadState::kLoading) {
     HydrationLayer* h = it == open_.end() ? nullptr : it->second->hydration();
     if (h != nullptr) {
       info.loaded_chunks = h->loaded_chunks();
@@ -330,7 +272,7 @@ VolumeInfo VolumeManager::InfoLocked(VolumeRecord record) {
       }
     }
     if (info.total_chunks > 0 && info.loaded_chunks >= info.total_chunks) {
-      record.initialization_state = "completed";
+      record.initialization_state = LoadState::kCompleted;
       record.initialization_completed_at_ms = NowMs();
       (void)catalog_->Put(record);  // noticed again next time if this fails
     }
@@ -342,8 +284,8 @@ VolumeInfo VolumeManager::InfoLocked(VolumeRecord record) {
 Status VolumeManager::AdvanceModifications(VolumeRecord* record) {
   if (record->modifications.empty()) return Status::Ok();
   Modification& m = record->modifications.back();
-  if (m.state != "optimizing" || NowMs() < m.optimize_until_ms) return Status::Ok();
-  m.state = "completed";
+  if (m.state != ModificationState::kOptimizing || NowMs() < m.optimize_until_ms) return Status::Ok();
+  m.state = ModificationState::kCompleted;
   m.completed_at_ms = std::max(NowMs(), m.optimize_until_ms);
   return catalog_->Put(*record);
 }
@@ -366,11 +308,11 @@ Result<VolumeInfo> VolumeManager::Create(const std::string& name, const VolumePa
   r.id = NewVolumeId();
   r.config = *config;
   r.created_at_ms = NowMs();
-  r.state = options.restoring ? kVolumeCreating : kVolumeAvailable;
+  r.state = options.restoring ? VolumeState::kCreating : VolumeState::kAvailable;
   r.source_snapshot = options.source_snapshot;
   r.last_cut = options.last_cut;
   if (lazy != nullptr) {
-    r.initialization_state = "loading";
+    r.initialization_state = LoadState::kLoading;
     r.initialization_rate_mibps = lazy->rate_mibps;
     r.initialization_chunk_size = lazy->chunk_size;
   }
@@ -480,8 +422,8 @@ Result<VolumeInfo> VolumeManager::Modify(const std::string& name, const VolumePa
   if (!next.ok()) return next.status();
   if (options_.modification_rate_limit && !r->modifications.empty()) {
     const Modification& last = r->modifications.back();
-    if (last.state != "completed" && last.state != "failed") {
-      return Status::Busy("IncorrectModificationState: volume '" + name + "' is still " + last.state +
+    if (last.state != ModificationState::kCompleted && last.state != ModificationState::kFailed) {
+      return Status::Busy("IncorrectModificationState: volume '" + name + "' is still " + std::string(StateName(last.state)) +
                           " from its previous modification; wait until it is completed");
     }
     int64_t day_ago = NowMs() - 24 * 3600 * 1000;
@@ -493,7 +435,7 @@ Result<VolumeInfo> VolumeManager::Modify(const std::string& name, const VolumePa
     }
   }
   Modification m;
-  m.state = "modifying";
+  m.state = ModificationState::kModifying;
   m.started_at_ms = NowMs();
   m.from = r->config;
   m.to = *next;
@@ -513,13 +455,13 @@ Result<VolumeInfo> VolumeManager::Modify(const std::string& name, const VolumePa
   }
   Modification& cur = r->modifications.back();
   if (!applied.ok()) {
-    cur.state = "failed";
+    cur.state = ModificationState::kFailed;
     cur.completed_at_ms = NowMs();
     EBS_RETURN_IF_ERROR(catalog_->Put(*r));
     return applied;
   }
   r->config = *next;
-  cur.state = "optimizing";
+  cur.state = ModificationState::kOptimizing;
   cur.optimizing_at_ms = NowMs();
   cur.optimize_until_ms = cur.optimizing_at_ms + options_.optimize_ms;
   EBS_RETURN_IF_ERROR(catalog_->Put(*r));
@@ -560,79 +502,29 @@ Result<std::shared_ptr<Volume>> VolumeManager::OpenLocked(const std::string& nam
   if (it != open_.end()) return it->second;
   auto r = catalog_->Get(name);
   if (!r.ok()) return r.status();
-  if (r->state == kVolumeCreating) {
+  if (r->state == VolumeState::kCreating) {
     return Status::Busy("IncorrectState: volume '" + name + "' is being restored from snapshot " +
                         r->source_snapshot + "; it can be used once the restore completes");
   }
   EBS_RETURN_IF_ERROR(AdvanceModifications(&*r));
-  auto dev = FileDevice::Open(DataFilePath(r->id), r->config.size_bytes, /*create=*/false);
-  if (!dev.ok()) return dev.status();
-  // The tracking file is made with the volume; if it is lost or damaged,
-  // every chunk counts as changed so the next snapshot misses nothing.
-  ChangeTracker::Options topts;
-  topts.if_missing = ChangeTracker::IfMissing::kCreateAllMarked;
-  const std::string changes = ChangesFilePath(r->id);
-  auto tracker = ChangeTracker::Open(changes, r->config.size_bytes, topts);
-  if (!tracker.ok() && tracker.status().code() == EBADMSG) {
-    LogWarning(fmt::format("volume {}: change tracking file damaged ({}); the next snapshot reads every chunk", name,
-                           tracker.status().message()));
-    EBS_RETURN_IF_ERROR(ChangeTracker::Remove(changes));
-    tracker = ChangeTracker::Open(changes, r->config.size_bytes, topts);
-  }
-  if (!tracker.ok()) return tracker.status();
-  auto vol = std::make_shared<Volume>();
-  vol->name_ = name;
-  vol->id_ = r->id;
-  vol->metrics_ = std::make_unique<VolumeMetrics>(options_.clock->NowNs());
-  vol->tracker_ = *tracker;
-  vol->file_ = *dev;
-  std::shared_ptr<BlockDevice> stack = *dev;
   auto cipher = OpenCipher(*r);
   if (!cipher.ok()) return cipher.status();
-  if (*cipher) {
-    vol->cipher_ = *cipher;
-    stack = std::make_shared<EncryptionLayer>(std::move(stack), *cipher, (*dev)->fd());
-  }
-  stack = std::make_shared<ChangeTrackingLayer>(std::move(stack), *tracker);
-  std::shared_ptr<HydrationLayer> hydration;
-  if (r->initialization_state == "loading") {
-    if (!chunk_sources_) {
-      return Status::Busy("volume '" + name + "' is still loading from snapshot " + r->source_snapshot +
-                                 " and its snapshot store is not open here");
-    }
-    auto source = chunk_sources_(*r);
-    if (!source.ok()) {
-      return Status::Error(source.status().code(), "volume '" + name + "' is loading from snapshot " +
-                                                       r->source_snapshot + ": " + source.status().message());
-    }
-    HydrationLayer::Options hopts;
-    hopts.chunk_size = r->initialization_chunk_size;
-    hopts.rate_mibps = r->initialization_rate_mibps;
-    hopts.cipher = vol->cipher_;
-    auto h = HydrationLayer::Open(std::move(stack), DataFilePath(r->id), LoadedFilePath(r->id), std::move(*source),
-                                  hopts);
-    if (!h.ok()) return h.status();
-    hydration = *h;
-    vol->hydration_ = hydration.get();
-    stack = hydration;
-  }
-  auto cow = std::make_shared<CopyOnWriteLayer>(std::move(stack));
-  vol->copy_on_write_ = cow.get();
-  stack = std::move(cow);
-  for (const FaultSpec& f : options_.faults) {
-    if (f.volume == name) stack = std::make_shared<FaultLayer>(std::move(stack), f);
-  }
-  if (options_.throttle) {
-    if (!scheduler_) scheduler_ = std::make_unique<ThrottleScheduler>(options_.clock);
-    auto throttle = std::make_shared<ThrottleLayer>(stack, ComputeLimits(r->config), scheduler_.get(),
-                                                    vol->metrics_.get(), options_.clock);
-    vol->throttle_ = throttle.get();
-    stack = std::move(throttle);
-    if (!r->modifications.empty()) ApplyLimits(vol.get(), r->modifications.back());
-  }
-  vol->device_ = std::make_shared<MetricsLayer>(std::move(stack), vol->metrics_.get(), options_.clock);
+  if (options_.throttle && !scheduler_) scheduler_ = std::make_unique<ThrottleScheduler>(options_.clock);
+  StackInputs in;
+  in.record = &*r;
+  in.options = &options_;
+  in.data_path = DataFilePath(r->id);
+  in.changes_path = ChangesFilePath(r->id);
+  in.loaded_path = LoadedFilePath(r->id);
+  in.cipher = *cipher;
+  in.chunk_sources = &chunk_sources_;
+  in.scheduler = options_.throttle ? scheduler_.get() : nullptr;
+  auto built = VolumeStackBuilder::Build(in);
+  if (!built.ok()) return built.status();
+  std::shared_ptr<Volume> vol = std::move(*built);
+  if (vol->throttle() != nullptr && !r->modifications.empty()) ApplyLimits(vol.get(), r->modifications.back());
   open_[name] = vol;
-  if (hydration) hydration->StartBackground();
+  VolumeStackBuilder::StartBackground(*vol);
   return vol;
 }
 void VolumeManager::Detach(Volume* volume) {
@@ -643,7 +535,7 @@ void VolumeManager::Detach(Volume* volume) {
 void VolumeManager::ApplyLimits(Volume* volume, const Modification& m) {
   if (volume->throttle_ == nullptr) return;
   PerformanceLimits target = ComputeLimits(m.to);
-  if (m.state != "optimizing") {
+  if (m.state != ModificationState::kOptimizing) {
     volume->throttle_->SetLimits(target);
     return;
   }

@@ -1,4 +1,4 @@
-#include "ebs/engine/sector_cipher.h"
+#include "keys/sector_cipher.h"
 
 #include <gcrypt.h>
 #include <openssl/crypto.h>

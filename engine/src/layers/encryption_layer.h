@@ -22,8 +22,8 @@
 #include <mutex>
 
 #include "ebs/engine/block_device.h"
-#include "ebs/engine/crypt_pool.h"
-#include "ebs/engine/sector_cipher.h"
+#include "keys/crypt_pool.h"
+#include "keys/sector_cipher.h"
 
 namespace ebs {
 

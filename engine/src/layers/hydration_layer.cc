@@ -1,4 +1,4 @@
-#include "ebs/engine/hydration_layer.h"
+#include "layers/hydration_layer.h"
 
 #include <fcntl.h>
 #include <unistd.h>

@@ -1,4 +1,4 @@
-#include "ebs/engine/metrics_layer.h"
+#include "layers/metrics_layer.h"
 
 namespace ebs {
 

@@ -12,7 +12,7 @@
 
 #include <openssl/crypto.h>
 
-#include "ebs/engine/catalog.h"
+#include "ebs/engine/time.h"
 #include "ebs/engine/crypto.h"
 #include "ebs/engine/file_util.h"
 

@@ -1,11 +1,12 @@
-// The volume catalog: one RocksDB database in the data directory holding a
-// record per volume. Writes are synced before they return.
-// Thread-safe: RocksDB serialises concurrent use.
+// What the catalog records of a volume: its configuration, its state, how
+// it came to be (a restore from a snapshot, lazily or not), its
+// modifications and its sealed data key. Stored as JSON (ToJson/FromJson).
 #pragma once
 
-#include <memory>
+#include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -14,15 +15,26 @@
 #include "ebs/engine/status.h"
 #include "ebs/engine/volume_type.h"
 
-namespace rocksdb {
-class DB;
-}
-
 namespace ebs {
+
+// A volume's state as EBS names it ("in-use" is kAvailable with an
+// attachment). kCreating: an eager restore is writing it; nobody may open it.
+enum class VolumeState { kCreating, kAvailable };
+// Elastic Volumes: modifying -> optimizing -> completed, or failed.
+enum class ModificationState { kModifying, kOptimizing, kCompleted, kFailed };
+// A lazy restore's initialization: none (not restored lazily), loading, completed.
+enum class LoadState { kNone, kLoading, kCompleted };
+
+std::string_view StateName(VolumeState s);         // "creating", "available"
+std::string_view StateName(ModificationState s);   // "modifying", "optimizing", "completed", "failed"
+std::string_view StateName(LoadState s);           // "", "loading", "completed"
+Result<VolumeState> ParseVolumeState(std::string_view name);
+Result<ModificationState> ParseModificationState(std::string_view name);
+Result<LoadState> ParseLoadState(std::string_view name);
 
 // One modification of a volume (Elastic Volumes), newest last in the record.
 struct Modification {
-  std::string state;  // modifying -> optimizing -> completed (or failed)
+  ModificationState state = ModificationState::kModifying;
   int64_t started_at_ms = 0;
   int64_t optimizing_at_ms = 0;
   int64_t completed_at_ms = 0;
@@ -31,20 +43,15 @@ struct Modification {
   VolumeConfig to;
 };
 
-inline constexpr char kVolumeAvailable[] = "available";
-inline constexpr char kVolumeCreating[] = "creating";
-
 struct VolumeRecord {
   std::string name;
   std::string id;  // "vol-" + 17 hex digits, names the data file
   VolumeConfig config;
   int64_t created_at_ms = 0;
-  // kVolumeAvailable, or kVolumeCreating while an eager restore writes it.
-  std::string state = "available";
+  VolumeState state = VolumeState::kAvailable;
   std::string source_snapshot;      // empty when not restored from one
-  // Lazy restore from source_snapshot (hydration_layer.h): "" when the
-  // volume was not restored lazily, else "loading" or "completed".
-  std::string initialization_state;
+  // Lazy restore from source_snapshot (engine/src/layers/hydration_layer.h).
+  LoadState initialization_state = LoadState::kNone;
   // The snapshot cut the volume's change tracker counts from (set by the
   // snapshot store; its first snapshot anywhere else reads every chunk).
   std::string last_cut;
@@ -59,26 +66,5 @@ struct VolumeRecord {
   nlohmann::json ToJson() const;
   static Result<VolumeRecord> FromJson(const nlohmann::json& j);
 };
-
-class Catalog {
- public:
-  // Opens or creates the database at `path`. A second opener gets EBUSY.
-  static Result<std::unique_ptr<Catalog>> Open(const std::string& path);
-  ~Catalog();
-
-  Status Put(const VolumeRecord& record);
-  // NotFound (ENOENT) when absent.
-  Result<VolumeRecord> Get(const std::string& name);
-  Result<std::vector<VolumeRecord>> List();
-  Status Delete(const std::string& name);
-
- private:
-  explicit Catalog(rocksdb::DB* db) : db_(db) {}
-  rocksdb::DB* db_;
-};
-
-// ISO 8601 UTC with milliseconds, as AWS prints times.
-std::string FormatTime(int64_t unix_ms);
-int64_t NowMs();
 
 }  // namespace ebs

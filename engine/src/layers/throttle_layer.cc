@@ -1,4 +1,4 @@
-#include "ebs/engine/throttle_layer.h"
+#include "layers/throttle_layer.h"
 
 #include <sys/prctl.h>
 

@@ -5,6 +5,8 @@
 // --inject-fault`.
 #pragma once
 
+#include "ebs/engine/fault_spec.h"
+
 #include <atomic>
 #include <mutex>
 #include <random>
@@ -13,20 +15,6 @@
 #include "ebs/engine/block_device.h"
 
 namespace ebs {
-
-struct FaultSpec {
-  std::string volume;        // which volume
-  int error = EIO;           // errno to fail with
-  double rate = 1.0;         // share of matching requests failed, 0..1
-  bool reads = true;         // which requests match
-  bool writes = true;        // writes, trims and zeroes
-  bool flushes = false;
-  uint64_t seed = 1;
-  std::string trigger_file;  // if set, faults only while this file exists
-
-  // "volume=NAME,error=EIO|ENOSPC|...,rate=0.1,ops=read+write+flush,seed=N,trigger=PATH"
-  static Result<FaultSpec> Parse(const std::string& text);
-};
 
 class FaultLayer final : public DeviceLayer {
  public:

@@ -1,4 +1,4 @@
-#include "ebs/engine/fault_layer.h"
+#include "layers/fault_layer.h"
 
 #include <unistd.h>
 

@@ -1,10 +1,10 @@
-#include "ebs/engine/catalog.h"
+#include "catalog/catalog.h"
 
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
 
-#include <chrono>
-#include <ctime>
+#include <array>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -31,27 +31,49 @@ Result<VolumeConfig> ConfigFromJson(const nlohmann::json& j) {
   return c;
 }
 
+template <typename E, size_t N>
+Result<E> ParseName(std::string_view name, const std::array<std::pair<E, std::string_view>, N>& names,
+                    std::string_view what) {
+  for (const auto& [e, n] : names) {
+    if (n == name) return e;
+  }
+  return Status::IoError("corrupt volume record in catalog: unknown " + std::string(what) + " '" + std::string(name) +
+                         "'");
+}
+
+constexpr std::array<std::pair<VolumeState, std::string_view>, 2> kVolumeStates{
+    {{VolumeState::kCreating, "creating"}, {VolumeState::kAvailable, "available"}}};
+constexpr std::array<std::pair<ModificationState, std::string_view>, 4> kModificationStates{
+    {{ModificationState::kModifying, "modifying"},
+     {ModificationState::kOptimizing, "optimizing"},
+     {ModificationState::kCompleted, "completed"},
+     {ModificationState::kFailed, "failed"}}};
+constexpr std::array<std::pair<LoadState, std::string_view>, 3> kLoadStates{
+    {{LoadState::kNone, ""}, {LoadState::kLoading, "loading"}, {LoadState::kCompleted, "completed"}}};
+
+template <typename E, size_t N>
+std::string_view NameOf(E e, const std::array<std::pair<E, std::string_view>, N>& names) {
+  for (const auto& [v, n] : names) {
+    if (v == e) return n;
+  }
+  return "?";
+}
+
 }  // namespace
 
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
+std::string_view StateName(VolumeState s) { return NameOf(s, kVolumeStates); }
+std::string_view StateName(ModificationState s) { return NameOf(s, kModificationStates); }
+std::string_view StateName(LoadState s) { return NameOf(s, kLoadStates); }
+Result<VolumeState> ParseVolumeState(std::string_view n) { return ParseName(n, kVolumeStates, "volume state"); }
+Result<ModificationState> ParseModificationState(std::string_view n) {
+  return ParseName(n, kModificationStates, "modification state");
 }
-
-std::string FormatTime(int64_t unix_ms) {
-  if (unix_ms == 0) return "";
-  time_t secs = static_cast<time_t>(unix_ms / 1000);
-  struct tm tm {};
-  gmtime_r(&secs, &tm);
-  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", tm.tm_year + 1900, tm.tm_mon + 1,
-                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, unix_ms % 1000);
-}
+Result<LoadState> ParseLoadState(std::string_view n) { return ParseName(n, kLoadStates, "initialization state"); }
 
 nlohmann::json VolumeRecord::ToJson() const {
   nlohmann::json mods = nlohmann::json::array();
   for (const auto& m : modifications) {
-    mods.push_back({{"state", m.state},
+    mods.push_back({{"state", std::string(StateName(m.state))},
                     {"started_at_ms", m.started_at_ms},
                     {"optimizing_at_ms", m.optimizing_at_ms},
                     {"completed_at_ms", m.completed_at_ms},
@@ -63,15 +85,15 @@ nlohmann::json VolumeRecord::ToJson() const {
                       {"id", id},
                       {"config", ConfigToJson(config)},
                       {"created_at_ms", created_at_ms},
-                      {"state", state},
+                      {"state", std::string(StateName(state))},
                       {"source_snapshot", source_snapshot},
                       {"modifications", mods}};
   if (!last_cut.empty()) j["last_cut"] = last_cut;
   if (encryption) {
     j["encryption"] = {{"key", encryption->key_name}, {"key_id", encryption->key_id}, {"data_key", encryption->sealed_hex}};
   }
-  if (!initialization_state.empty()) {
-    j["initialization"] = {{"state", initialization_state},
+  if (initialization_state != LoadState::kNone) {
+    j["initialization"] = {{"state", std::string(StateName(initialization_state))},
                            {"rate_mibps", initialization_rate_mibps},
                            {"chunk_size", initialization_chunk_size},
                            {"completed_at_ms", initialization_completed_at_ms}};
@@ -88,7 +110,9 @@ Result<VolumeRecord> VolumeRecord::FromJson(const nlohmann::json& j) {
     if (!config.ok()) return config.status();
     r.config = *config;
     r.created_at_ms = j.at("created_at_ms").get<int64_t>();
-    r.state = j.at("state").get<std::string>();
+    auto state = ParseVolumeState(j.at("state").get<std::string>());
+    if (!state.ok()) return state.status();
+    r.state = *state;
     r.source_snapshot = j.value("source_snapshot", "");
     r.last_cut = j.value("last_cut", "");
     if (j.contains("encryption")) {
@@ -98,14 +122,18 @@ Result<VolumeRecord> VolumeRecord::FromJson(const nlohmann::json& j) {
     }
     if (j.contains("initialization")) {
       const auto& init = j.at("initialization");
-      r.initialization_state = init.at("state").get<std::string>();
+      auto load = ParseLoadState(init.at("state").get<std::string>());
+      if (!load.ok()) return load.status();
+      r.initialization_state = *load;
       r.initialization_rate_mibps = init.at("rate_mibps").get<double>();
       r.initialization_chunk_size = init.at("chunk_size").get<uint32_t>();
       r.initialization_completed_at_ms = init.at("completed_at_ms").get<int64_t>();
     }
     for (const auto& mj : j.at("modifications")) {
       Modification m;
-      m.state = mj.at("state").get<std::string>();
+      auto ms = ParseModificationState(mj.at("state").get<std::string>());
+      if (!ms.ok()) return ms.status();
+      m.state = *ms;
       m.started_at_ms = mj.at("started_at_ms").get<int64_t>();
       m.optimizing_at_ms = mj.at("optimizing_at_ms").get<int64_t>();
       m.completed_at_ms = mj.at("completed_at_ms").get<int64_t>();

@@ -1,4 +1,4 @@
-#include "ebs/engine/file_device.h"
+#include "io/file_device.h"
 #include "ebs/engine/file_util.h"
 #include "ebs/engine/size.h"
 

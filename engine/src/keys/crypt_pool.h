@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "ebs/engine/event_loop.h"
-#include "ebs/engine/sector_cipher.h"
+#include "keys/sector_cipher.h"
 
 namespace ebs {
 

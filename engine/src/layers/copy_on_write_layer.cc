@@ -1,4 +1,4 @@
-#include "ebs/engine/copy_on_write_layer.h"
+#include "layers/copy_on_write_layer.h"
 
 #include <algorithm>
 

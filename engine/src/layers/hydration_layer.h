@@ -14,6 +14,8 @@
 // chunk is not a change relative to the snapshot the volume came from.
 #pragma once
 
+#include "ebs/engine/chunk_source.h"
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -25,24 +27,11 @@
 #include <vector>
 
 #include "ebs/engine/block_device.h"
-#include "ebs/engine/change_tracker.h"
-#include "ebs/engine/sector_cipher.h"
+#include "layers/change_tracker.h"
+#include "keys/sector_cipher.h"
 #include "ebs/engine/status.h"
 
 namespace ebs {
-
-// Where a lazily restored volume's chunks come from (a snapshot store).
-class ChunkSource {
- public:
-  virtual ~ChunkSource() = default;
-  // The content of chunk `chunk`: its bytes (at most the chunk size), or
-  // empty for a chunk of zeros. Blocking; called from several threads.
-  virtual Status Fetch(uint64_t chunk, std::string* data) = 0;
-  // False when the chunk holds only zeros (nothing to fetch). Fast.
-  virtual bool HasData(uint64_t chunk) const = 0;
-  // What the volume is loaded from, for messages ("snapshot snap-...").
-  virtual std::string Describe() const = 0;
-};
 
 class HydrationLayer final : public DeviceLayer {
  public:
