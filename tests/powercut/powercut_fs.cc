@@ -266,6 +266,9 @@ void OpWrite(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off
   // O_APPEND: at the model's end of file, which the kernel may not know yet.
   const uint64_t at = (HandleOf(fi)->flags & O_APPEND) ? node->cur.size : static_cast<uint64_t>(off);
   if (int e = g_fs->Write(node, at, buf, size)) return (void)fuse_reply_err(req, e);
+  // The kernel passes a write's O_DSYNC/O_SYNC (of the open, or RWF_DSYNC
+  // and RWF_SYNC of this write: how ebs does FUA) for the server to honour.
+  if (fi->flags & O_DSYNC) g_fs->Fsync(node, (fi->flags & O_SYNC) != O_SYNC);
   fuse_reply_write(req, size);
 }
 

@@ -152,14 +152,25 @@ def scenario(M):
     write_file(f"{d}/datasynced", b"D" * 4096)  # overwrite block 0 unsynced
     # Named durably, content never synced: empty.
     write_file(f"{d}/nodata", b"E" * 3000)
+    # A write with RWF_DSYNC (ebs's FUA) is durable when it returns, and so
+    # is every write to a file opened O_DSYNC.
+    fd = os.open(f"{d}/dsync", os.O_CREAT | os.O_WRONLY, 0o644)
+    os.pwritev(fd, [b"W" * 6000], 0, os.RWF_DSYNC)
+    os.pwrite(fd, b"w" * 10, 0)
+    os.close(fd)
+    fd = os.open(f"{d}/osync", os.O_CREAT | os.O_WRONLY | os.O_DSYNC, 0o644)
+    os.pwrite(fd, b"O" * 10, 0)
+    os.close(fd)
     # Content synced, name never synced (the directory is synced before it
     # is created, below): lost.
     sync_dir(d)
     write_file(f"{d}/noname", b"F" * 100, "fsync")
-    want.update({"d/synced": b"A" * 5000, "d/datasynced": b"C" * 8192, "d/nodata": b""})
+    want.update({"d/synced": b"A" * 5000, "d/datasynced": b"C" * 8192, "d/nodata": b"",
+                 "d/dsync": b"W" * 6000, "d/osync": b"O" * 10})
     torn = dict(want)
     torn.update({"d/synced": b"A" * 5000 + bytes(5000) + b"B" * 100,
-                 "d/datasynced": b"D" * 4096 + b"C" * 4096, "d/nodata": b"E" * 3000})
+                 "d/datasynced": b"D" * 4096 + b"C" * 4096, "d/nodata": b"E" * 3000,
+                 "d/dsync": b"w" * 10 + b"W" * 5990})
 
     # Renames: with the directory synced after it, and without.
     r = os.path.join(M, "r")
