@@ -10,10 +10,11 @@
       (exit 3). The journal's lines are fsync'ed in batches, one per round of
       answers, always before the requests that depend on them are sent.
 
-  crash_client.py verify URI [--journal FILE] [--base STATE] [--state-out STATE]
+  crash_client.py verify URI [--journal FILE]... [--base STATE] [--state-out STATE]
                   [--span BYTES] [--check-rest]
       Reads the first SPAN bytes and checks every 4 KiB block against what
-      the journal allows (see below); --check-rest also checks that every byte
+      the journal allows (see below; several journals: of runs one after
+      another on the volume, oldest first, each with its own seed); --check-rest also checks that every byte
       past SPAN reads as zero. Writes the content found to --state-out, the
       base of the next run. Exits 1 and names every bad block on a mismatch.
 
@@ -313,8 +314,15 @@ def cmd_verify(a):
         with open(a.base) as f:
             base = {int(k): tuple(v) for k, v in json.load(f)["blocks"].items()}
     per_block, stats = {}, {}
-    if a.journal:
-        _, per_block, stats = load_journal(a.journal)
+    for path in a.journal or []:
+        # Journals of successive runs, oldest first: each block's history is
+        # theirs in that order; a write is durable by its own run's FUA or
+        # FLUSH (a later run's FLUSH is not counted: conservative).
+        _, run_blocks, run_stats = load_journal(path)
+        for b, hist in run_blocks.items():
+            per_block.setdefault(b, []).extend(hist)
+        for k, n in run_stats.items():
+            stats[k] = stats.get(k, 0) + n
     span = a.span
     if span is None:
         span = max([(b + 1) * BLOCK for b in list(per_block) + list(base)] + [0])
@@ -457,7 +465,7 @@ def main():
     w.add_argument("--max-seconds", type=float, default=60)
     v = sub.add_parser("verify")
     v.add_argument("uri")
-    v.add_argument("--journal")
+    v.add_argument("--journal", action="append")
     v.add_argument("--base")
     v.add_argument("--state-out")
     v.add_argument("--span", type=int)

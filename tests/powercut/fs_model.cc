@@ -502,6 +502,8 @@ void FileSystem::Cut(unsigned keep_percent, uint64_t seed) {
       const BlockRef c = cur == node->cur.blocks.end() ? nullptr : cur->second;
       const BlockRef d = dur == node->dur.blocks.end() ? nullptr : dur->second;
       if (c == d) continue;
+      // Fallocated space and a hole read the same: nothing to lose.
+      if (!IsData(c) && !IsData(d)) continue;
       if (keep()) {
         if (c) {
           node->dur.blocks[idx] = c;
