@@ -121,18 +121,8 @@ Result<std::unique_ptr<DirectoryObjectStore>> DirectoryObjectStore::Open(const s
   if (root.empty()) return Status::InvalidArgument("object store root is empty");
   std::string clean = root;
   while (clean.size() > 1 && clean.back() == '/') clean.pop_back();
-  // mkdir -p, making each new directory durable in its parent.
-  for (size_t pos = 1; pos <= clean.size(); ++pos) {
-    if (pos != clean.size() && clean[pos] != '/') continue;
-    std::string dir = clean.substr(0, pos);
-    if (::mkdir(dir.c_str(), 0700) == 0) {
-      std::string parent = dir.find('/') == std::string::npos ? "." : DirName(dir);
-      if (parent.empty()) parent = "/";
-      EBS_RETURN_IF_ERROR(SyncDirectory(parent));
-    } else if (errno != EEXIST) {
-      return Errno("create object store directory " + dir);
-    }
-  }
+  Status made = MakeDurableDirectories(clean, 0700);
+  if (!made.ok()) return Status::Error(made.code(), "create object store directory: " + made.message());
   struct stat st;
   if (::stat(clean.c_str(), &st) != 0) return Errno("object store " + clean);
   if (!S_ISDIR(st.st_mode)) return Status::Error(ENOTDIR, "object store " + clean + " is not a directory");

@@ -36,14 +36,6 @@ std::string NewVolumeId() {
   return fmt::format("vol-{:01x}{:016x}", high, gen());
 }
 
-Status MakeDir(const std::string& dir, mode_t mode) {
-  if (mkdir(dir.c_str(), mode) != 0 && errno != EEXIST) return Status::FromErrno(errno, "mkdir " + dir);
-  struct stat st {};
-  if (stat(dir.c_str(), &st) != 0) return Status::FromErrno(errno, "stat " + dir);
-  if (!S_ISDIR(st.st_mode)) return Status::InvalidArgument(dir + " exists and is not a directory");
-  return Status::Ok();
-}
-
 }  // namespace
 
 VolumeAttachment::VolumeAttachment(VolumeManager* manager, std::shared_ptr<Volume> volume)
@@ -68,12 +60,16 @@ VolumeManager::~VolumeManager() {
 
 Result<std::unique_ptr<VolumeManager>> VolumeManager::Open(const std::string& data_dir,
                                                            ManagerOptions options) {
-  EBS_RETURN_IF_ERROR(MakeDir(data_dir, 0700));
+  // Every directory made durable in its parent before anything is put in
+  // it: a power cut must not take the catalog or the volume files with a
+  // directory entry that was never synced.
+  EBS_RETURN_IF_ERROR(MakeDurableDirectories(data_dir, 0700));
   // Whoever made the directory (an older ebs, mkdir under umask 022), other
   // users must not reach the volumes, catalog and keys in it: made 0700, or
   // refused.
   EBS_RETURN_IF_ERROR(MakePrivate(data_dir, "data directory"));
-  EBS_RETURN_IF_ERROR(MakeDir(data_dir + "/volumes", 0700));
+  EBS_RETURN_IF_ERROR(MakeDurableDirectories(data_dir + "/volumes", 0700));
+  EBS_RETURN_IF_ERROR(MakeDurableDirectories(data_dir + "/catalog", 0700));  // RocksDB syncs no parent
   std::string lock_path = data_dir + "/LOCK";
   int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) return Status::FromErrno(errno, "open " + lock_path);

@@ -21,6 +21,27 @@ Status SyncDirectory(const std::string& dir) {
   return rc == 0 ? Status::Ok() : Status::FromErrno(err, "fsync " + dir);
 }
 
+Status MakeDurableDirectories(const std::string& path, mode_t mode) {
+  if (path.empty()) return Status::InvalidArgument("directory path is empty");
+  std::string clean = path;
+  while (clean.size() > 1 && clean.back() == '/') clean.pop_back();
+  for (size_t pos = 1; pos <= clean.size(); ++pos) {
+    if (pos != clean.size() && clean[pos] != '/') continue;
+    const std::string dir = clean.substr(0, pos);
+    if (::mkdir(dir.c_str(), mode) == 0) {
+      const size_t slash = dir.rfind('/');
+      const std::string parent = slash == std::string::npos ? "." : slash == 0 ? "/" : dir.substr(0, slash);
+      EBS_RETURN_IF_ERROR(SyncDirectory(parent));
+    } else if (errno != EEXIST) {
+      return Status::FromErrno(errno, "mkdir " + dir);
+    }
+  }
+  struct stat st {};
+  if (::stat(clean.c_str(), &st) != 0) return Status::FromErrno(errno, "stat " + clean);
+  if (!S_ISDIR(st.st_mode)) return Status::Error(ENOTDIR, clean + " exists and is not a directory");
+  return Status::Ok();
+}
+
 Status WriteAll(int fd, std::string_view bytes, const std::string& path) {
   const char* p = bytes.data();
   size_t left = bytes.size();

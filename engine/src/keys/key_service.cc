@@ -54,9 +54,8 @@ std::string KeyService::PathOf(const std::string& name) const { return dir_ + "/
 
 Result<MasterKeyInfo> KeyService::Create(const std::string& name) {
   EBS_RETURN_IF_ERROR(ValidateName("key name", name));
-  std::error_code ec;
-  std::filesystem::create_directories(dir_, ec);
-  if (ec) return Status::Error(ec.value(), "create key directory " + dir_ + ": " + ec.message());
+  Status made = MakeDurableDirectories(dir_, 0700);
+  if (!made.ok()) return Status::Error(made.code(), "create key directory " + dir_ + ": " + made.message());
   ::chmod(dir_.c_str(), 0700);  // keys are readable by their owner only
   auto secret = crypto::RandomBytes(crypto::kKeySize);
   if (!secret.ok()) return secret.status();

@@ -8,12 +8,19 @@
 #include <string>
 #include <string_view>
 
+#include <sys/types.h>
+
 #include "ebs/engine/status.h"
 
 namespace ebs {
 
 // fsyncs a directory, making creations, renames and removals in it durable.
 Status SyncDirectory(const std::string& dir);
+
+// mkdir -p with `mode`, each directory it creates made durable in its parent
+// (a power cut loses no directory a caller went on to fill). An existing
+// non-directory on the path is ENOTDIR.
+Status MakeDurableDirectories(const std::string& path, mode_t mode);
 
 // Writes all of `bytes` to `fd`, retrying short writes and EINTR; errors
 // name `path`. A short write is not an error: the next write says why it
