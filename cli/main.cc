@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   ::umask(077);
   ebs::cli::Context ctx;
   if (const char* env = std::getenv("EBS_DATA_DIR"); env != nullptr && *env != '\0') ctx.data_dir = env;
+  if (const char* env = std::getenv("EBS_STORE"); env != nullptr && *env != '\0') ctx.store = env;
 
   CLI::App app("ebs: EBS-style block volumes and snapshots on one Linux host, served over NBD", "ebs");
   app.require_subcommand(1);
@@ -25,7 +26,7 @@ int main(int argc, char** argv) {
   app.add_option("--data-dir", ctx.data_dir,
                  "data directory: catalog, volume data files, sockets (env EBS_DATA_DIR; default ./ebs-data)");
   app.add_flag("--json", ctx.json, "print one JSON document instead of text");
-  app.add_option("--store", ctx.store, "snapshot store directory (default DATA_DIR/store)");
+  app.add_option("--store", ctx.store, "snapshot store directory (env EBS_STORE; default DATA_DIR/store)");
   app.add_option("--key-dir", ctx.key_dir,
                  "where master keys for encrypted volumes live (default DATA_DIR/keys; a running server uses its own)");
   std::string chunk_size;

@@ -31,6 +31,13 @@
 #       cut inside the snapshot machinery, then gc, then clean);
 #       a new snapshot of v and w restores exactly to the volumes;
 #       the server stops cleanly.
+# Half the seeds put the store on a second file system, cut at the same
+# instant (POWERCUT_SPLIT=1 or 0 forces it either way): there a sync of the
+# store's file system makes nothing of the data directory durable, as on a
+# host with the store on another disk. (On one file system the store's
+# syncfs hid a missing sync of the data file before a cut was forgotten, and
+# a catalog directory never synced into the data directory; both were found
+# this way.)
 # With POWERCUT_KEEP unset, one iteration in three keeps a seeded share of
 # the unsynced blocks at the cut (torn writeback); POWERCUT_KEEP=P forces P%.
 #
@@ -63,13 +70,12 @@ cannot_run() { if [ "${CI:-}" = true ]; then fail "cannot run under CI: $*"; fi;
 export LD_PRELOAD=$SHIM
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
 
-MNT=$T/mnt
-CTL=$T/powercut.sock
-export EBS_DATA_DIR=$MNT/data
+export EBS_DATA_DIR=$T/mnt-data/data
 SOCK=$EBS_DATA_DIR/nbd.sock
 FS_PID=""
 OP_PID=""
 WRITER=""
+HOLDER=""
 
 js() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
 rand() { printf -v "$1" %d $(($2 + RANDOM % ($3 - $2 + 1))); }
@@ -78,31 +84,85 @@ exec {NAP_FD}<> <(:)  # a pipe nobody writes: `read -t` on it is a sleep
 nap() { read -r -t "$1" -u "$NAP_FD" _ || true; }
 pcctl() { "$PCFS" ctl "$CTL" "$@"; }
 
-mount_fs() {
-  mkdir -p "$MNT"
-  : >"$T/fs.log"
-  "$PCFS" "$MNT" --control "$CTL" --capacity-mib 6144 >>"$T/fs.log" 2>&1 &
-  FS_PID=$!
+# The data directory's file system, and in iterations with a separate store
+# (SPLIT) a second one for the snapshot store, as a host with the store on
+# another disk has: then a sync of one (the store's syncfs) makes nothing on
+# the other durable. A cut takes both at one instant (every ebs process is
+# stopped first).
+FS_NAMES=(data store)
+declare -A FS_PIDS=()
+mount_one() {
+  local name=$1 mnt=$T/mnt-$1
+  mkdir -p "$mnt"
+  : >"$T/fs-$name.log"
+  "$PCFS" "$mnt" --control "$T/powercut-$name.sock" --capacity-mib 6144 >>"$T/fs-$name.log" 2>&1 &
+  FS_PIDS[$name]=$!
   for _ in $(seq 1 200); do
-    grep -q "powercut_fs: ready" "$T/fs.log" && break
-    kill -0 "$FS_PID" 2>/dev/null || cannot_run "powercut_fs does not mount here: $(cat "$T/fs.log")"
+    grep -q "powercut_fs: ready" "$T/fs-$name.log" && break
+    kill -0 "${FS_PIDS[$name]}" 2>/dev/null || cannot_run "powercut_fs does not mount here: $(cat "$T/fs-$name.log")"
     nap 0.025
   done
-  grep -q "powercut_fs: ready" "$T/fs.log" || fail "powercut_fs did not mount within 5 s"
-  # A clean boot: the data directory exists, durably.
+  grep -q "powercut_fs: ready" "$T/fs-$name.log" || fail "powercut_fs did not mount within 5 s"
+  FS_PID=${FS_PIDS[$name]}
+}
+# pcctl NAME ARGS...: a command to that file system's control socket.
+pcctl() { local name=$1; shift; "$PCFS" ctl "$T/powercut-$name.sock" "$@"; }
+mount_fs() {
+  mount_one data
+  [ -z "$SPLIT" ] || mount_one store
+  # A clean boot: the directories exist, durably.
   mkdir "$EBS_DATA_DIR"
-  pcctl sync >/dev/null
+  pcctl data sync >/dev/null
+  if [ -n "$SPLIT" ]; then
+    export EBS_STORE=$T/mnt-store/store
+    mkdir "$EBS_STORE"
+    pcctl store sync >/dev/null
+  else
+    export EBS_STORE=$EBS_DATA_DIR/store
+  fi
 }
 unmount_fs() {
-  [ -n "$FS_PID" ] || return 0
-  umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true
-  kill -TERM "$FS_PID" 2>/dev/null || true
-  wait "$FS_PID" 2>/dev/null || true
+  local name
+  for name in "${!FS_PIDS[@]}"; do
+    umount "$T/mnt-$name" 2>/dev/null || umount -l "$T/mnt-$name" 2>/dev/null || true
+    kill -TERM "${FS_PIDS[$name]}" 2>/dev/null || true
+    wait "${FS_PIDS[$name]}" 2>/dev/null || true
+  done
+  FS_PIDS=()
   FS_PID=""
 }
+mounted() { local name; for name in "${!FS_PIDS[@]}"; do echo "$name"; done; }
+
+# hold_v: a client that keeps v open and sends nothing, so that v's last
+# user never closes it (which syncs its file) between the operations: what a
+# burst did not flush then stays in the page cache only, and a snapshot that
+# read it must make it durable before the tracker forgets its chunks.
+hold_v() {
+  rm -f "$T/holder.ready"
+  "$PY" -c 'import nbd, sys, time
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+open(sys.argv[2], "w").close()
+time.sleep(3600)' "$(uri v)" "$T/holder.ready" >"$T/holder.log" 2>&1 &
+  HOLDER=$!
+  for _ in $(seq 1 400); do
+    [ ! -e "$T/holder.ready" ] || return 0
+    kill -0 "$HOLDER" 2>/dev/null || break
+    nap 0.005
+  done
+  powercut_fail "the client holding v open did not connect: $(cat "$T/holder.log")"
+}
+drop_holder() {
+  [ -n "$HOLDER" ] || return 0
+  kill -KILL "$HOLDER" 2>/dev/null || true
+  wait "$HOLDER" 2>/dev/null || true
+  HOLDER=""
+}
+
 # At exit: every process on the mount first (the machine goes down), then it.
 teardown() {
   local p
+  drop_holder
   for p in "$OP_PID" "$SERVER_PID"; do [ -z "$p" ] || kill -KILL "$p" 2>/dev/null || true; done
   [ -z "$SERVER_PID" ] || wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=""
@@ -117,8 +177,9 @@ powercut_fail() {
   keep=$(mktemp -d "/tmp/ebs-powercut-seed$seed.XXXXXX")
   cp -a "$T"/*.json "$T"/*.log "$T"/journal.* "$T"/*.out "$keep"/ 2>/dev/null || true
   if [ -n "$FS_PID" ]; then
-    pcctl stats >"$keep/fs-stats.json" 2>&1 || true
+    for name in $(mounted); do pcctl "$name" stats >"$keep/fs-$name-stats.json" 2>&1 || true; done
     cp -a --sparse=always "$EBS_DATA_DIR" "$keep/data" 2>/dev/null || true
+    [ -z "$SPLIT" ] || cp -a --sparse=always "$EBS_STORE" "$keep/store" 2>/dev/null || true
   fi
   fail "seed $seed (${kname:-?}, cut ${CUT_WHERE:-not yet}${KEEP:+, keep=$KEEP%}): $*
   evidence kept in $keep
@@ -133,11 +194,16 @@ declare -A EST=([snapshot]=120 [delete]=100 [gc]=150 [restore]=300 [lazy]=2000 [
 
 # do_cut WHERE: the power goes now; every ebs process dies with it.
 do_cut() {
-  pcctl cut "keep=$KEEP" "seed=$seed" >"$T/cut.json" || powercut_fail "the cut failed"
+  local p name
+  for p in "$OP_PID" "$SERVER_PID"; do [ -z "$p" ] || kill -STOP "$p" 2>/dev/null || true; done
+  for name in $(mounted); do
+    pcctl "$name" cut "keep=$KEEP" "seed=$seed" >"$T/cut-$name.json" || powercut_fail "the cut of the $name file system failed"
+  done
   CUT_DONE=1
   CUT_WHERE=$1
   [ -z "$OP_PID" ] || [ -z "$OP_EBS" ] || kill -KILL "$OP_PID" 2>/dev/null || true
   [ -z "$SERVER_PID" ] || kill -KILL "$SERVER_PID" 2>/dev/null || true
+  drop_holder
 }
 
 # run_op KIND CMD...: runs CMD in the background; the power is cut when
@@ -261,11 +327,11 @@ garbage() {
   local n0 n
   "$EBS" volume create g --size 1G "${PERF[@]}" >/dev/null
   "${C[@]}" fill "$(uri g)" --seed $((seed + 7)) --span $((4 * SPAN)) --state-out "$T/g.json" >/dev/null
-  n0=$(find "$EBS_DATA_DIR/store/chunks" -type f ! -name '.*' 2>/dev/null | wc -l)
+  n0=$(find "$EBS_STORE/chunks" -type f ! -name '.*' 2>/dev/null | wc -l)
   "$EBS" snapshot create g --json >/dev/null 2>&1 &
   local pid=$!
   for _ in $(seq 1 2000); do
-    n=$(find "$EBS_DATA_DIR/store/chunks" -type f ! -name '.*' 2>/dev/null | wc -l)
+    n=$(find "$EBS_STORE/chunks" -type f ! -name '.*' 2>/dev/null | wc -l)
     [ "$n" -le "$n0" ] || break
     kill -0 "$pid" 2>/dev/null || break
     nap 0.001
@@ -274,7 +340,9 @@ garbage() {
   wait "$SERVER_PID" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   SERVER_PID=""
+  drop_holder
   start_server
+  hold_v
 }
 
 # The next operation of "anytime": any of them, at random.
@@ -435,6 +503,10 @@ for ((i = 0; i < ITERATIONS; i++)); do
   RANDOM=$seed
   t_iter=$SECONDS
   if [ -n "${POWERCUT_KEEP:-}" ]; then KEEP=$POWERCUT_KEEP; elif [ $((seed % 3)) = 2 ]; then rand KEEP 10 90; else KEEP=0; fi
+  # Half the seeds (odd ones in even tens, even ones in odd tens: every
+  # kind gets both): the store on a file system of its own.
+  SPLIT=""
+  case ${POWERCUT_SPLIT:-} in 1) SPLIT=1 ;; 0) ;; *) [ $(((seed + seed / 10) % 2)) = 0 ] || SPLIT=1 ;; esac
   declare -A SNAPSTATE=() RESTORE_SRC=() RESTORE_STATE=()
   CUT_AT="" CUT_DONE="" CUT_WHERE="" OPS_DONE="" PENDING_STATE="" DELETING=""
   ACKED_SNAPS="" ACKED_DELETES="" ACKED_RESTORES="" RESTORED_NOTE="" NCHECKED=0 LAZY_SOURCES=""
@@ -448,6 +520,7 @@ for ((i = 0; i < ITERATIONS; i++)); do
   start_server
   "${C[@]}" fill "$(uri v)" --seed "$seed" --span "$SPAN" --state-out "$T/fill.json" >/dev/null
   cp "$T/fill.json" "$STATE"
+  hold_v
   "${C[@]}" write "$(uri w)" "$T/journal.w" --seed $((seed * 100)) --span "$SPAN" --depth 8 --flush-every 16 \
     --fua-percent 10 --max-seconds 120 >"$T/writer.out" 2>&1 &
   WRITER=$!
@@ -469,6 +542,7 @@ for ((i = 0; i < ITERATIONS; i++)); do
     kill -TERM "$WRITER" 2>/dev/null || true
     wait "$WRITER" 2>/dev/null || true
     WRITER=""
+    drop_holder
     stop_server
   fi
 
@@ -503,13 +577,17 @@ for ((i = 0; i < ITERATIONS; i++)); do
     rc=0; wait "$WRITER" || rc=$?
     [ $rc = 0 ] || powercut_fail "writer on w exited $rc: $(cat "$T/writer.out")"
   fi
-  read -r dropped files dirs kept < <(js 'd["cut_dropped_bytes"], d["cut_dropped_files"], d["cut_dropped_dirs"], d["cut_kept_blocks"]' <"$T/cut.json" | tr -d '(),')
+  dropped=0 files=0 dirs=0 kept=0
+  for name in $(mounted); do
+    read -r a b c d < <(js 'd["cut_dropped_bytes"], d["cut_dropped_files"], d["cut_dropped_dirs"], d["cut_kept_blocks"]' <"$T/cut-$name.json" | tr -d '(),')
+    dropped=$((dropped + a)) files=$((files + b)) dirs=$((dirs + c)) kept=$((kept + d))
+    TOTAL_FSYNCS=$((TOTAL_FSYNCS + $(js 'd["fsyncs"] + d["fdatasyncs"] + d["fsyncdirs"] + d["syncfs"]' <"$T/cut-$name.json")))
+  done
   TOTAL_DROPPED=$((TOTAL_DROPPED + dropped))
-  TOTAL_FSYNCS=$((TOTAL_FSYNCS + $(js 'd["fsyncs"] + d["fdatasyncs"] + d["fsyncdirs"] + d["syncfs"]' <"$T/cut.json")))
 
   # Revive; the catalog opens without a server (the first open after the
   # cut), then the server starts.
-  pcctl revive >/dev/null || powercut_fail "revive failed"
+  for name in $(mounted); do pcctl "$name" revive >/dev/null || powercut_fail "revive of the $name file system failed"; done
   "$EBS" volume list >/dev/null 2>"$T/list.err" || powercut_fail "the catalog does not open after the cut: $(cat "$T/list.err")"
   for vol in v w; do
     "$EBS" volume describe "$vol" >/dev/null 2>&1 || powercut_fail "volume $vol (created before the operations) is gone after the cut"
@@ -541,7 +619,7 @@ $out_w
   unmount_fs
 
   KIND_RUNS[$kname]=$((${KIND_RUNS[$kname]:-0} + 1))
-  pass "seed $seed ($kname, $((SECONDS - t_iter)) s): cut ${CUT_WHERE}, keep=$KEEP%: dropped $dropped unsynced bytes in $files files, entries of $dirs directories$([ "$KEEP" = 0 ] || echo ", kept $kept blocks"); ops:$OPS_DONE; w ${out_w#verify: }; $NCHECKED snapshots of v restore as taken; restored:${RESTORED_NOTE:- none}; $STORE_NOTE; the next snapshot restores equal"
+  pass "seed $seed ($kname$([ -z "$SPLIT" ] || echo ", store on its own file system"), $((SECONDS - t_iter)) s): cut ${CUT_WHERE}, keep=$KEEP%: dropped $dropped unsynced bytes in $files files, entries of $dirs directories$([ "$KEEP" = 0 ] || echo ", kept $kept blocks"); ops:$OPS_DONE; w ${out_w#verify: }; $NCHECKED snapshots of v restore as taken; restored:${RESTORED_NOTE:- none}; $STORE_NOTE; the next snapshot restores equal"
 done
 pass "$ITERATIONS power cuts (seeds $SEED_BASE..$((SEED_BASE + ITERATIONS - 1))) in $((SECONDS - START)) s: $TOTAL_DROPPED unsynced bytes dropped, $TOTAL_FSYNCS syncs seen, $TOTAL_ACKED acknowledged writes to w checked"
 per_kind=""
