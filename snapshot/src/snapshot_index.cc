@@ -1,5 +1,6 @@
 #include "ebs/snapshot/snapshot_index.h"
 
+#include "ebs/engine/rocks_db.h"
 #include "index_internal.h"
 
 namespace ebs::snapshot {
@@ -21,26 +22,12 @@ Result<SnapshotState> ParseSnapshotState(std::string_view name) {
 }
 
 Result<std::unique_ptr<SnapshotIndex>> SnapshotIndex::Open(const std::string& path) {
-  rocksdb::Options options;
-  options.create_if_missing = true;
-  options.max_open_files = 256;
-  options.keep_log_file_num = 2;
-  // Two cores shared with the data path and the upload pipeline.
-  options.max_background_jobs = 1;
-  // Open table files on this thread: the default starts 16 threads at every
-  // open, which a short command pays for again each time it runs.
-  options.max_file_opening_threads = 1;
-  rocksdb::DB* raw = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(options, path, &raw);
-  if (!s.ok()) {
-    if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
-      return Status::Busy("snapshot index " + path + " is open in another process: " + s.ToString());
-    }
-    return Status::IoError("open snapshot index " + path + ": " + s.ToString());
-  }
+  auto db = OpenRocksDb(path, "snapshot index", 256);
+  if (!db.ok()) return db.status();
+  rocksdb::DB* raw = db->release();
   std::unique_ptr<SnapshotIndex> index(new SnapshotIndex(raw));
   std::string format;
-  s = raw->Get(rocksdb::ReadOptions(), kFormatKey, &format);
+  rocksdb::Status s = raw->Get(rocksdb::ReadOptions(), kFormatKey, &format);
   if (s.IsNotFound()) {
     rocksdb::WriteOptions wo;
     wo.sync = true;

@@ -1,5 +1,7 @@
 #include "catalog/catalog.h"
 
+#include "ebs/engine/rocks_db.h"
+
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
 
@@ -153,25 +155,10 @@ Result<VolumeRecord> VolumeRecord::FromJson(const nlohmann::json& j) {
 }
 
 Result<std::unique_ptr<Catalog>> Catalog::Open(const std::string& path) {
-  rocksdb::Options options;
-  options.create_if_missing = true;
-  // The catalog is tiny: keep RocksDB's footprint small.
-  options.max_open_files = 64;
-  options.keep_log_file_num = 2;
-  options.max_background_jobs = 1;
-  // Open table files on this thread: the default starts 16 threads at every
-  // open, which a short command pays for again each time it runs.
-  options.max_file_opening_threads = 1;
-  options.IncreaseParallelism(1);
-  rocksdb::DB* db = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(options, path, &db);
-  if (!s.ok()) {
-    if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
-      return Status::Busy("catalog " + path + " is open in another process: " + s.ToString());
-    }
-    return Status::IoError("open catalog " + path + ": " + s.ToString());
-  }
-  return std::unique_ptr<Catalog>(new Catalog(db));
+  // The catalog is tiny: few table files.
+  auto db = OpenRocksDb(path, "catalog", 64);
+  if (!db.ok()) return db.status();
+  return std::unique_ptr<Catalog>(new Catalog(db->release()));
 }
 
 Catalog::~Catalog() {

@@ -6,6 +6,8 @@
 #include <cstring>
 #include <string>
 
+#include "ebs/engine/byte_order.h"
+
 namespace ebs::nbd {
 
 // Handshake.
@@ -134,48 +136,16 @@ inline constexpr uint32_t kPreferredBlockSize = 4096;
 inline constexpr uint32_t kMaxPayload = 32u << 20;
 inline constexpr uint32_t kMaxOptionLength = 64u << 10;
 
-inline uint16_t Load16(const void* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return __builtin_bswap16(v);
-}
-inline uint32_t Load32(const void* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return __builtin_bswap32(v);
-}
-inline uint64_t Load64(const void* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return __builtin_bswap64(v);
-}
-inline void Store16(void* p, uint16_t v) {
-  v = __builtin_bswap16(v);
-  std::memcpy(p, &v, 2);
-}
-inline void Store32(void* p, uint32_t v) {
-  v = __builtin_bswap32(v);
-  std::memcpy(p, &v, 4);
-}
-inline void Store64(void* p, uint64_t v) {
-  v = __builtin_bswap64(v);
-  std::memcpy(p, &v, 8);
-}
-inline void Append16(std::string* s, uint16_t v) {
-  char b[2];
-  Store16(b, v);
-  s->append(b, 2);
-}
-inline void Append32(std::string* s, uint32_t v) {
-  char b[4];
-  Store32(b, v);
-  s->append(b, 4);
-}
-inline void Append64(std::string* s, uint64_t v) {
-  char b[8];
-  Store64(b, v);
-  s->append(b, 8);
-}
+// Network byte order, as every NBD field is.
+inline uint16_t Load16(const void* p) { return LoadBig<uint16_t>(p); }
+inline uint32_t Load32(const void* p) { return LoadBig<uint32_t>(p); }
+inline uint64_t Load64(const void* p) { return LoadBig<uint64_t>(p); }
+inline void Store16(void* p, uint16_t v) { StoreBig(p, v); }
+inline void Store32(void* p, uint32_t v) { StoreBig(p, v); }
+inline void Store64(void* p, uint64_t v) { StoreBig(p, v); }
+inline void Append16(std::string* s, uint16_t v) { AppendBig(s, v); }
+inline void Append32(std::string* s, uint32_t v) { AppendBig(s, v); }
+inline void Append64(std::string* s, uint64_t v) { AppendBig(s, v); }
 
 // A decoded request header.
 struct RequestHeader {
