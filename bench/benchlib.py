@@ -3,6 +3,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,6 +191,27 @@ TOOL_VERSION = {
 }
 
 
+def ebs_version(ebs):
+    """The version of the tree the benchmarks run: `git describe` when git and
+    a .git are there; else the version CMake stamped into the binary's build
+    directory at configure time (BUILD/ebs-version.txt, for a binary at
+    BUILD/bin/ebs); else "unknown". Never fails: a report without git (a
+    release tarball, a copy of the tree) still says what it measured."""
+    if shutil.which("git") and os.path.exists(os.path.join(ROOT, ".git")):
+        try:
+            out = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
+                                 text=True, timeout=10)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass  # e.g. a tree owned by another user ("dubious ownership"): fall back to the stamp
+    try:
+        with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(ebs))), "ebs-version.txt")) as f:
+            return f.read().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
 def machine_facts(ebs, tools=("nbdkit", "qemu-nbd", "fio")):
     """CPU model, cores, kernel, date, ebs commit and the version of each of
     `tools` (the peers and tools the suite runs). The same facts go into
@@ -205,8 +227,7 @@ def machine_facts(ebs, tools=("nbdkit", "qemu-nbd", "fio")):
         "cpu": cpu,
         "cores": os.cpu_count(),
         "kernel": platform.release(),
-        "ebs": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip() or "unknown",
+        "ebs": ebs_version(ebs),
         **{t: version(TOOL_VERSION[t]) for t in tools},
     }
 
