@@ -4,78 +4,16 @@
 #include <gtest/gtest.h>
 
 #include "ebs/nbd/protocol.h"
+#include "nbd_handshake_fixtures.h"
 
 namespace ebs::nbd {
 namespace {
 
-// A directory of fixed exports: the handshake's only collaborator.
-class FixedDirectory : public ExportDirectory {
- public:
-  std::vector<ExportInfo> List() override { return exports; }
-  std::optional<ExportInfo> Find(const std::string& name) override {
-    for (auto& e : exports) {
-      if (e.name == name || (name.empty() && e.name == "vol0")) return e;
-    }
-    return std::nullopt;
-  }
-  Result<ExportInfo> Open(const std::string& name) override {
-    ++opened;
-    auto e = Find(name);
-    if (!e) return Status::NotFound("no export " + name);
-    return *e;
-  }
-  std::vector<ExportInfo> exports = {{"vol0", "gp3 1 GiB", 1 << 30, false}, {"db", "io2", 4ull << 30, false}};
-  int opened = 0;
-};
-
-struct OptReply {
-  uint32_t option;
-  uint32_t type;
-  std::string data;
-};
-
-// Splits server output into option replies.
-std::vector<OptReply> ParseReplies(const std::string& out) {
-  std::vector<OptReply> r;
-  size_t pos = 0;
-  while (pos + 20 <= out.size()) {
-    EXPECT_EQ(kOptReplyMagic, Load64(out.data() + pos));
-    uint32_t len = Load32(out.data() + pos + 16);
-    r.push_back({Load32(out.data() + pos + 8), Load32(out.data() + pos + 12), out.substr(pos + 20, len)});
-    pos += 20 + len;
-  }
-  EXPECT_EQ(pos, out.size());
-  return r;
-}
-
-std::string Option(uint32_t opt, const std::string& data) {
-  std::string s;
-  Append64(&s, kIHaveOpt);
-  Append32(&s, opt);
-  Append32(&s, static_cast<uint32_t>(data.size()));
-  return s + data;
-}
-
-std::string InfoRequest(const std::string& name, std::vector<uint16_t> infos) {
-  std::string s;
-  Append32(&s, static_cast<uint32_t>(name.size()));
-  s += name;
-  Append16(&s, static_cast<uint16_t>(infos.size()));
-  for (auto i : infos) Append16(&s, i);
-  return s;
-}
-
-std::string MetaRequest(const std::string& name, std::vector<std::string> queries) {
-  std::string s;
-  Append32(&s, static_cast<uint32_t>(name.size()));
-  s += name;
-  Append32(&s, static_cast<uint32_t>(queries.size()));
-  for (auto& q : queries) {
-    Append32(&s, static_cast<uint32_t>(q.size()));
-    s += q;
-  }
-  return s;
-}
+using fixtures::FixedDirectory;
+using fixtures::InfoRequest;
+using fixtures::MetaRequest;
+using fixtures::Option;
+using fixtures::ParseReplies;
 
 class HandshakeTest : public ::testing::Test {
  protected:
@@ -97,7 +35,7 @@ class HandshakeTest : public ::testing::Test {
     Append32(&s, flags);
     Feed(s);
   }
-  FixedDirectory dir_;
+  FixedDirectory dir_{{{"vol0", "gp3 1 GiB", 1 << 30, false}, {"db", "io2", 4ull << 30, false}}};
   Handshake hs_{&dir_};
   std::string out_;
 };

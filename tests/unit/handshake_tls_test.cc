@@ -8,78 +8,16 @@
 #include "ebs/nbd/handshake.h"
 #include "ebs/nbd/protocol.h"
 #include "ebs/nbd/tls.h"
+#include "nbd_handshake_fixtures.h"
 #include "test_util.h"
 
 namespace ebs::nbd {
 namespace {
 
-// Counts what the handshake asked for: with TLS required and not started,
-// nothing about the exports may be looked up at all.
-class CountingDirectory : public ExportDirectory {
- public:
-  std::vector<ExportInfo> List() override {
-    ++lookups;
-    return exports;
-  }
-  std::optional<ExportInfo> Find(const std::string& name) override {
-    ++lookups;
-    for (auto& e : exports) {
-      if (e.name == name || (name.empty() && e.name == "vol0")) return e;
-    }
-    return std::nullopt;
-  }
-  Result<ExportInfo> Open(const std::string& name) override {
-    auto e = Find(name);
-    if (!e) return Status::NotFound("no export " + name);
-    return *e;
-  }
-  std::vector<ExportInfo> exports = {{"vol0", "gp3 1 GiB", 1 << 30, false}, {"secret", "io2", 4ull << 30, false}};
-  int lookups = 0;
-};
-
-struct OptReply {
-  uint32_t option;
-  uint32_t type;
-  std::string data;
-};
-
-std::vector<OptReply> ParseReplies(const std::string& out) {
-  std::vector<OptReply> r;
-  size_t pos = 0;
-  while (pos + 20 <= out.size()) {
-    EXPECT_EQ(kOptReplyMagic, Load64(out.data() + pos));
-    uint32_t len = Load32(out.data() + pos + 16);
-    r.push_back({Load32(out.data() + pos + 8), Load32(out.data() + pos + 12), out.substr(pos + 20, len)});
-    pos += 20 + len;
-  }
-  EXPECT_EQ(pos, out.size());
-  return r;
-}
-
-std::string Option(uint32_t opt, const std::string& data = "") {
-  std::string s;
-  Append64(&s, kIHaveOpt);
-  Append32(&s, opt);
-  Append32(&s, static_cast<uint32_t>(data.size()));
-  return s + data;
-}
-
-std::string InfoRequest(const std::string& name) {
-  std::string s;
-  Append32(&s, static_cast<uint32_t>(name.size()));
-  s += name;
-  Append16(&s, 0);
-  return s;
-}
-
-std::string MetaRequest(const std::string& name, const std::string& query) {
-  std::string s;
-  Append32(&s, static_cast<uint32_t>(name.size()));
-  s += name;
-  Append32(&s, 1);
-  Append32(&s, static_cast<uint32_t>(query.size()));
-  return s + query;
-}
+using fixtures::InfoRequest;
+using fixtures::MetaRequest;
+using fixtures::Option;
+using fixtures::ParseReplies;
 
 class TlsHandshakeTest : public ::testing::Test {
  protected:
@@ -106,7 +44,9 @@ class TlsHandshakeTest : public ::testing::Test {
     EXPECT_EQ(Handshake::State::kOptions, hs_->state());
     out_.clear();
   }
-  CountingDirectory dir_;
+  // With TLS required and not started, nothing about the exports may be
+  // looked up at all (dir_.lookups).
+  fixtures::FixedDirectory dir_{{{"vol0", "gp3 1 GiB", 1 << 30, false}, {"secret", "io2", 4ull << 30, false}}};
   std::unique_ptr<Handshake> hs_;
   std::string out_;
 };
@@ -124,8 +64,8 @@ TEST_F(TlsHandshakeTest, OffRefusesStartTlsAsUnsupported) {
 TEST_F(TlsHandshakeTest, RequireRefusesEveryOptionButStartTlsWithTlsReqdAndRevealsNothing) {
   Begin(TlsMode::kRequire);
   Feed(Option(kOptList) + Option(kOptInfo, InfoRequest("secret")) + Option(kOptGo, InfoRequest("secret")) +
-       Option(kOptStructuredReply) + Option(kOptListMetaContext, MetaRequest("secret", kBaseAllocation)) +
-       Option(kOptSetMetaContext, MetaRequest("secret", kBaseAllocation)) + Option(kOptExtendedHeaders) +
+       Option(kOptStructuredReply) + Option(kOptListMetaContext, MetaRequest("secret", {kBaseAllocation})) +
+       Option(kOptSetMetaContext, MetaRequest("secret", {kBaseAllocation})) + Option(kOptExtendedHeaders) +
        Option(99, "whatever"));
   auto r = ParseReplies(out_);
   ASSERT_EQ(8u, r.size());
@@ -239,7 +179,7 @@ TEST_F(TlsHandshakeTest, NothingNegotiatedInTheClearSurvivesStartTls) {
   // CVE-2021-3716 (nbdkit): a man in the middle must not be able to choose
   // structured replies or meta contexts for the TLS session.
   Begin(TlsMode::kOn);
-  Feed(Option(kOptStructuredReply) + Option(kOptSetMetaContext, MetaRequest("vol0", kBaseAllocation)));
+  Feed(Option(kOptStructuredReply) + Option(kOptSetMetaContext, MetaRequest("vol0", {kBaseAllocation})));
   ASSERT_EQ(3u, ParseReplies(out_).size());
   out_.clear();
   UpgradeToTls();
