@@ -50,8 +50,8 @@ class ObjectPins {
  private:
   std::mutex mu_;
   std::condition_variable cv_;
-  std::unordered_set<ContentHash, ContentHashHasher> putting_;  // GUARDED_BY(mu_)
-  std::unordered_map<ContentHash, int, ContentHashHasher> pinned_;  // GUARDED_BY(mu_)
+  std::unordered_set<ContentHash, ContentHashHasher> putting_;  // under mu_
+  std::unordered_map<ContentHash, int, ContentHashHasher> pinned_;  // under mu_
 };
 
 struct StoreContext {

@@ -13,7 +13,7 @@ std::mutex& SinkMutex() {
 }
 
 LogSink& Sink() {
-  static LogSink sink;  // GUARDED_BY(SinkMutex())
+  static LogSink sink;  // under SinkMutex()
   return sink;
 }
 

@@ -35,7 +35,7 @@ class CryptPool {
   struct Piece {
     Job* job = nullptr;
     uint64_t begin = 0, end = 0;  // byte range within the job
-    Piece* prev = nullptr;        // the pool's queue, GUARDED_BY(mu_)
+    Piece* prev = nullptr;        // the pool's queue, under mu_
     Piece* next = nullptr;
     bool queued = false;
   };
@@ -80,9 +80,9 @@ class CryptPool {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  Piece* head_ = nullptr;  // GUARDED_BY(mu_)
-  Piece* tail_ = nullptr;  // GUARDED_BY(mu_)
-  bool stop_ = false;      // GUARDED_BY(mu_)
+  Piece* head_ = nullptr;  // under mu_
+  Piece* tail_ = nullptr;  // under mu_
+  bool stop_ = false;      // under mu_
   std::vector<std::thread> helpers_;
 };
 

@@ -61,7 +61,7 @@ class SectorCipher {
 
   const std::string key_;
   mutable std::mutex mu_;
-  mutable std::vector<gcry_cipher_handle*> free_;  // GUARDED_BY(mu_)
+  mutable std::vector<gcry_cipher_handle*> free_;  // under mu_
 };
 
 }  // namespace ebs

@@ -190,29 +190,29 @@ class ChangeTracker {
   // and kept until destruction so it never dangles). Written only with
   // io_mu_ and mu_ held; read anywhere.
   std::atomic<DurableBits*> durable_{nullptr};
-  std::vector<std::unique_ptr<DurableBits>> durable_arrays_;  // GUARDED_BY(mu_)
+  std::vector<std::unique_ptr<DurableBits>> durable_arrays_;  // under mu_
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
   // Invariants: durable_ ⊆ bits_; every bit of bits_ not in durable_ lies in
   // a dirty page or in the pages of the persist in progress.
-  std::vector<uint64_t> bits_;        // GUARDED_BY(mu_): marks requested (in memory)
-  uint64_t chunk_count_ = 0;          // GUARDED_BY(mu_)
-  uint64_t generation_ = 1;           // GUARDED_BY(mu_)
-  std::vector<uint8_t> page_dirty_;   // GUARDED_BY(mu_)
-  std::vector<uint32_t> dirty_pages_; // GUARDED_BY(mu_)
-  bool header_dirty_ = false;         // GUARDED_BY(mu_)
+  std::vector<uint64_t> bits_;        // under mu_: marks requested (in memory)
+  uint64_t chunk_count_ = 0;          // under mu_
+  uint64_t generation_ = 1;           // under mu_
+  std::vector<uint8_t> page_dirty_;   // under mu_
+  std::vector<uint32_t> dirty_pages_; // under mu_
+  bool header_dirty_ = false;         // under mu_
   // Persists are numbered; a queued request waits for persist `done` (the
   // first to start after it was queued) or an earlier one that covered it.
-  uint64_t started_seq_ = 0;    // GUARDED_BY(mu_)
-  uint64_t wanted_seq_ = 0;     // GUARDED_BY(mu_): highest persist a waiter needs
-  IoRequest* waiters_head_ = nullptr;  // GUARDED_BY(mu_): FIFO through link
-  IoRequest* waiters_tail_ = nullptr;  // GUARDED_BY(mu_)
-  bool idle_ = false;           // GUARDED_BY(mu_): the thread waits on cv_
-  bool stop_ = false;           // GUARDED_BY(mu_)
-  bool hold_persists_ = false;  // GUARDED_BY(mu_)
-  int fail_persists_ = 0;       // GUARDED_BY(mu_): TEST_FailPersists
-  Stats stats_;                 // GUARDED_BY(mu_)
+  uint64_t started_seq_ = 0;    // under mu_
+  uint64_t wanted_seq_ = 0;     // under mu_: highest persist a waiter needs
+  IoRequest* waiters_head_ = nullptr;  // under mu_: FIFO through link
+  IoRequest* waiters_tail_ = nullptr;  // under mu_
+  bool idle_ = false;           // under mu_: the thread waits on cv_
+  bool stop_ = false;           // under mu_
+  bool hold_persists_ = false;  // under mu_
+  int fail_persists_ = 0;       // under mu_: TEST_FailPersists
+  Stats stats_;                 // under mu_
   std::thread thread_;
 };
 

@@ -75,14 +75,14 @@ class CopyOnWriteLayer final : public DeviceLayer {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::shared_ptr<CopyOutSession> session_;  // GUARDED_BY(mu_)
-  IoRequest* held_head_ = nullptr;           // GUARDED_BY(mu_): frozen requests, FIFO via link
-  IoRequest* held_tail_ = nullptr;           // GUARDED_BY(mu_)
-  size_t held_ = 0;                          // GUARDED_BY(mu_)
-  IoRequest* copy_head_ = nullptr;           // GUARDED_BY(mu_): waiting for a copy-out
-  IoRequest* copy_tail_ = nullptr;           // GUARDED_BY(mu_)
-  size_t copying_ = 0;                       // GUARDED_BY(mu_): queued or being copied out
-  bool stop_ = false;                        // GUARDED_BY(mu_)
+  std::shared_ptr<CopyOutSession> session_;  // under mu_
+  IoRequest* held_head_ = nullptr;           // under mu_: frozen requests, FIFO via link
+  IoRequest* held_tail_ = nullptr;           // under mu_
+  size_t held_ = 0;                          // under mu_
+  IoRequest* copy_head_ = nullptr;           // under mu_: waiting for a copy-out
+  IoRequest* copy_tail_ = nullptr;           // under mu_
+  size_t copying_ = 0;                       // under mu_: queued or being copied out
+  bool stop_ = false;                        // under mu_
   std::thread copier_;                       // runs while a session is attached
 };
 

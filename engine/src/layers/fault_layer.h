@@ -27,7 +27,7 @@ class FaultLayer final : public DeviceLayer {
 
   const FaultSpec spec_;
   std::mutex mu_;
-  std::mt19937_64 rng_;  // GUARDED_BY(mu_)
+  std::mt19937_64 rng_;  // under mu_
   std::atomic<uint64_t> injected_{0};
 };
 

@@ -101,11 +101,11 @@ class HydrationLayer final : public DeviceLayer {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::unordered_set<uint64_t> loading_;  // GUARDED_BY(mu_)
-  IoRequest* head_ = nullptr;             // GUARDED_BY(mu_): requests waiting for chunks
-  IoRequest* tail_ = nullptr;             // GUARDED_BY(mu_)
-  Status error_ = Status::Ok();           // GUARDED_BY(mu_)
-  bool stop_ = false;                     // GUARDED_BY(mu_)
+  std::unordered_set<uint64_t> loading_;  // under mu_
+  IoRequest* head_ = nullptr;             // under mu_: requests waiting for chunks
+  IoRequest* tail_ = nullptr;             // under mu_
+  Status error_ = Status::Ok();           // under mu_
+  bool stop_ = false;                     // under mu_
   std::thread requests_;
   std::thread background_;
 };

@@ -37,9 +37,9 @@ class ThrottleScheduler {
   const Clock* const clock_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::unordered_map<ThrottleLayer*, int64_t> due_;  // GUARDED_BY(mu_)
-  ThrottleLayer* pumping_ = nullptr;                 // GUARDED_BY(mu_)
-  bool stop_ = false;                                // GUARDED_BY(mu_)
+  std::unordered_map<ThrottleLayer*, int64_t> due_;  // under mu_
+  ThrottleLayer* pumping_ = nullptr;                 // under mu_
+  bool stop_ = false;                                // under mu_
   std::thread thread_;
 };
 
@@ -84,12 +84,12 @@ class ThrottleLayer final : public DeviceLayer {
   VolumeMetrics* const metrics_;
   const Clock* const clock_;
   std::mutex mu_;
-  PerformanceModel model_;                  // GUARDED_BY(mu_)
-  std::optional<PerformanceLimits> later_;  // GUARDED_BY(mu_)
-  int64_t switch_at_ns_ = 0;                // GUARDED_BY(mu_)
-  IoRequest* head_ = nullptr;               // GUARDED_BY(mu_): waiting requests, FIFO via link
-  IoRequest* tail_ = nullptr;               // GUARDED_BY(mu_)
-  size_t waiting_ = 0;                      // GUARDED_BY(mu_)
+  PerformanceModel model_;                  // under mu_
+  std::optional<PerformanceLimits> later_;  // under mu_
+  int64_t switch_at_ns_ = 0;                // under mu_
+  IoRequest* head_ = nullptr;               // under mu_: waiting requests, FIFO via link
+  IoRequest* tail_ = nullptr;               // under mu_
+  size_t waiting_ = 0;                      // under mu_
 };
 
 }  // namespace ebs

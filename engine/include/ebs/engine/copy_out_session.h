@@ -75,8 +75,8 @@ class CopyOutSession {
   std::atomic<uint64_t> by_writes_{0};
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  size_t done_ = 0;                // GUARDED_BY(mu_)
-  Status failure_ = Status::Ok();  // GUARDED_BY(mu_)
+  size_t done_ = 0;                // under mu_
+  Status failure_ = Status::Ok();  // under mu_
 };
 
 }  // namespace ebs

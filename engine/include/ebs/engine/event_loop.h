@@ -107,7 +107,7 @@ class EventLoop {
   std::atomic<bool> stop_{false};
   uint64_t inflight_ = 0;
   std::mutex mu_;
-  std::vector<std::function<void()>> posted_;  // GUARDED_BY(mu_)
+  std::vector<std::function<void()>> posted_;  // under mu_
   std::vector<std::function<void()>> running_;
 };
 

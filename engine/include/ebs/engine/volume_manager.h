@@ -165,11 +165,11 @@ class VolumeManager {
   const int lock_fd_;
   const ManagerOptions options_;
   std::mutex mu_;
-  std::unique_ptr<ThrottleScheduler> scheduler_;         // GUARDED_BY(mu_); started on first attach
-  std::unique_ptr<Catalog> catalog_;                     // GUARDED_BY(mu_)
+  std::unique_ptr<ThrottleScheduler> scheduler_;         // under mu_; started on first attach
+  std::unique_ptr<Catalog> catalog_;                     // under mu_
   std::unique_ptr<KeyService> keys_;
-  std::map<std::string, std::shared_ptr<Volume>> open_;  // GUARDED_BY(mu_)
-  ChunkSourceFactory chunk_sources_;                     // GUARDED_BY(mu_)
+  std::map<std::string, std::shared_ptr<Volume>> open_;  // under mu_
+  ChunkSourceFactory chunk_sources_;                     // under mu_
 };
 
 }  // namespace ebs

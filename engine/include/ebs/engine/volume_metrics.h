@@ -73,12 +73,12 @@ class VolumeMetrics {
   std::atomic<uint64_t> in_flight_{0};
   mutable std::atomic<int64_t> next_note_ns_;
   mutable std::mutex notes_mu_;
-  mutable std::array<Note, kNotes> notes_{};  // GUARDED_BY(notes_mu_)
-  mutable int notes_count_ = 0;                // GUARDED_BY(notes_mu_)
+  mutable std::array<Note, kNotes> notes_{};  // under notes_mu_
+  mutable int notes_count_ = 0;                // under notes_mu_
   mutable std::mutex idle_mu_;
-  bool idle_ = true;             // GUARDED_BY(idle_mu_)
-  int64_t idle_since_ns_;        // GUARDED_BY(idle_mu_)
-  uint64_t idle_ns_ = 0;         // GUARDED_BY(idle_mu_)
+  bool idle_ = true;             // under idle_mu_
+  int64_t idle_since_ns_;        // under idle_mu_
+  uint64_t idle_ns_ = 0;         // under idle_mu_
 };
 
 }  // namespace ebs

@@ -23,7 +23,7 @@ class MemoryObjectStore final : public ObjectStore {
 
  private:
   mutable std::mutex mu_;
-  std::map<std::string, std::string, std::less<>> objects_;  // GUARDED_BY(mu_)
+  std::map<std::string, std::string, std::less<>> objects_;  // under mu_
 };
 
 }  // namespace ebs::snapshot
