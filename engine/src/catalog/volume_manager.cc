@@ -539,15 +539,8 @@ void VolumeManager::ApplyLimits(Volume* volume, const Modification& m) {
     volume->throttle_->SetLimits(target);
     return;
   }
-  // While optimizing, never below the old configuration.
-  PerformanceLimits old = ComputeLimits(m.from);
-  PerformanceLimits best = target;
-  best.baseline_iops = std::max(old.baseline_iops, target.baseline_iops);
-  best.burst_iops = std::max(old.burst_iops, target.burst_iops);
-  best.baseline_throughput_mibps = std::max(old.baseline_throughput_mibps, target.baseline_throughput_mibps);
-  best.burst_throughput_mibps = std::max(old.burst_throughput_mibps, target.burst_throughput_mibps);
   int64_t remaining_ns = std::max<int64_t>(0, m.optimize_until_ms - NowMs()) * 1'000'000;
-  volume->throttle_->SetLimits(best, target, options_.clock->NowNs() + remaining_ns);
+  volume->throttle_->SetLimits(OptimizingLimits(m.from, m.to), target, options_.clock->NowNs() + remaining_ns);
 }
 
 nlohmann::json VolumeManager::StatsLocked(const VolumeRecord& record) {
