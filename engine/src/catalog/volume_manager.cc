@@ -585,7 +585,13 @@ nlohmann::json VolumeManager::StatsLocked(const VolumeRecord& record) {
   } else {
     j["Throttle"] = {{"enabled", v ? false : options_.throttle}};
   }
-  if (limits.io_credit_bucket > 0 || limits.throughput_credit_bucket_mib > 0) j["BurstBalance"] = burst_balance;
+  // CloudWatch reports BurstBalance for gp2, st1 and sc1 only (using_cloudwatch_ebs);
+  // standard's credits are ours, not a metric. A gp2 of 1,000 GiB and more has no bucket.
+  const VolumeType type = record.config.type;
+  if ((type == VolumeType::kGp2 || type == VolumeType::kSt1 || type == VolumeType::kSc1) &&
+      (limits.io_credit_bucket > 0 || limits.throughput_credit_bucket_mib > 0)) {
+    j["BurstBalance"] = burst_balance;
+  }
   // CloudWatch's period figures over the last minute: IOPS delivered (as
   // counted I/Os) as a share of the IOPS limit. CloudWatch reports it for
   // provisioned-IOPS types; we report it for every type, against its current
