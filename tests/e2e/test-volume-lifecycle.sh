@@ -67,6 +67,21 @@ if ebs volume modify live --size 1G >/dev/null 2>&1; then fail "shrinking succee
 [ "$(nbdinfo --size "$(uri live)")" -eq $((2 * G)) ] || fail "refused shrink changed the size"
 pass "grown volume: new connections see the new size, data kept, new space usable"
 
+# --- type change defaults (ModifyVolume), while serving --------------------------
+# gp2 -> gp3 with no options keeps the gp2 volume's performance when it is
+# higher than gp3's 3,000/125 (2,000 GiB: 6,000 IOPS, 250 MiB/s); a change to
+# io1 with no --iops gets 3,000.
+describe() { ebs volume describe "$1" --json | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(d["type"], d["iops"], d["throughput_mibps"])'; }
+ebs volume create big --type gp2 --size 2000G >/dev/null || fail "create a 2000 GiB gp2"
+[ "$(nbdinfo --size "$(uri big)")" -eq $((2000 * G)) ] || fail "big is not served"
+ebs volume modify big --type gp3 >/dev/null || fail "gp2 -> gp3 with no options"
+[ "$(describe big)" = "gp3 6000 250" ] || fail "gp2 2000 GiB -> gp3: $(describe big), want gp3 6000 250"
+ebs volume create small --type gp2 --size 100G >/dev/null
+ebs volume modify small --type io1 >/dev/null || fail "gp2 -> io1 with no --iops refused"
+[ "$(describe small)" = "io1 3000 None" ] || fail "gp2 -> io1: $(describe small), want io1 3000"
+ebs volume delete big --force >/dev/null && ebs volume delete small --force >/dev/null || fail "delete big, small"
+pass "type change defaults: gp2 2000 GiB -> gp3 6000/250, gp2 -> io1 3000"
+
 # --- delete with open connections ----------------------------------------------------
 hold live busy;  BUSY_PID=$HOLD_PID BUSY=$HOLD_STATUS
 hold live idle;  IDLE_PID=$HOLD_PID IDLE=$HOLD_STATUS

@@ -81,6 +81,70 @@ TEST(AccountingTest, HddCountsOneMiBUnits) {
   EXPECT_DOUBLE_EQ(4, total) << "each random small I/O is one 1 MiB unit";
 }
 
+// st1/sc1 (hdd-vols): each counted I/O spends a full 1 MiB of throughput,
+// whatever its size; I/Os merged into one spend nothing more.
+TEST(AccountingTest, St1Sc1ChargeAFullMiBPerCountedIo) {
+  PerformanceModel m(LimitsOf(VolumeType::kSc1, 125), 0);
+  EXPECT_EQ(kMiB, m.Account(3 * kMiB, 4 * kKiB).bytes) << "random 4 KiB";
+  EXPECT_EQ(kMiB, m.Account(9 * kMiB, 64 * kKiB).bytes) << "random 64 KiB";
+  EXPECT_EQ(kMiB, m.Account(20 * kMiB, kMiB).bytes) << "1 MiB";
+  EXPECT_EQ(2 * kMiB, m.Account(40 * kMiB, 2 * kMiB).bytes) << "2 MiB counts two";
+  uint64_t total = 0;
+  for (int i = 0; i < 32; ++i) total += m.Account(100 * kMiB + i * 64 * kKiB, 64 * kKiB).bytes;
+  EXPECT_EQ(2 * kMiB, total) << "32 sequential 64 KiB I/Os merge into two 1 MiB blocks";
+  // Not for the other types: standard and the SSD types charge the bytes moved.
+  PerformanceModel standard(LimitsOf(VolumeType::kStandard, 100), 0);
+  EXPECT_EQ(4 * kKiB, standard.Account(3 * kMiB, 4 * kKiB).bytes);
+  PerformanceModel gp3(LimitsOf(VolumeType::kGp3, 100), 0);
+  EXPECT_EQ(4 * kKiB, gp3.Account(3 * kMiB, 4 * kKiB).bytes);
+}
+
+// A 125 GiB sc1 bursts at 80 MiB/s per TiB = 9.77 MiB/s: about 10 random
+// I/Os a second of any size up to 1 MiB; sequential I/O gets its bytes.
+TEST(ThrottleModelTest, Sc1SmallRandomIoGetsAbout10Iops) {
+  const double burst = 80.0 * 125 / 1024;
+  for (uint64_t size : {4 * kKiB, 64 * kKiB, kMiB}) {
+    PerformanceModel m(LimitsOf(VolumeType::kSc1, 125), 0);
+    int64_t now = 0;
+    uint64_t n = 0;
+    Delivered d = Drive(m, now, 60, size, [&] { return (n++ * 7919 % 100000) * 3 * kMiB % (125 * kGiB); });
+    EXPECT_NEAR(burst, d.ops / 60, 0.2) << size << "-byte random I/O";
+  }
+  PerformanceModel m(LimitsOf(VolumeType::kSc1, 125), 0);
+  int64_t now = 0;
+  uint64_t off = 0;
+  Delivered d = Drive(m, now, 60, 64 * kKiB, [&] { return (off += 64 * kKiB); });
+  EXPECT_NEAR(burst, d.bytes / kMiB / 60, 0.2) << "sequential 64 KiB merge into 1 MiB blocks";
+}
+
+// A 1 TiB st1 doing 4 KiB random reads: 250 IOPS on its burst, the credits
+// spent at 250 - 40 MiB/s run out after 1 TiB / 210 MiB/s = 4,993 s, then 40
+// IOPS; at 20 IOPS (half the baseline's MiB) the bucket fills again.
+TEST(ThrottleModelTest, St1CreditsDrainAndRefillUnderSmallRandomIo) {
+  PerformanceModel m(LimitsOf(VolumeType::kSt1, 1024), 0);
+  int64_t now = 0;
+  uint64_t n = 0;
+  auto random = [&] { return (n++ * 104729 % 100000) * 7 * kMiB % kTiB; };
+  Delivered d = Drive(m, now, 100, 4 * kKiB, random);
+  EXPECT_NEAR(250, d.ops / 100, 2);
+  Drive(m, now, 4800, 4 * kKiB, random);  // 4,900 s in all
+  EXPECT_GT(m.BurstBalancePercent(now), 0) << "still bursting before 4,993 s";
+  Drive(m, now, 200, 4 * kKiB, random);
+  EXPECT_LT(m.BurstBalancePercent(now), 0.5);
+  d = Drive(m, now, 100, 4 * kKiB, random);
+  EXPECT_NEAR(40, d.ops / 100, 1) << "the baseline's 40 MiB/s is 40 small I/Os";
+  // 20 random 4 KiB reads a second spend 20 MiB/s of credit; 40 accrue.
+  const double before = m.throughput_credits_bytes(now);
+  for (int i = 0; i < 20 * 1000; ++i) {
+    now += kSec / 20;
+    IoCost c = m.Account(random(), 4 * kKiB);
+    ASSERT_EQ(0, m.WaitNs(c, now)) << "below the baseline nothing waits";
+    m.Consume(c, now);
+  }
+  // (An emptied bucket reads 0 but may hold a debt of a few MiB.)
+  EXPECT_NEAR(20.0 * 1000 * kMiB, m.throughput_credits_bytes(now) - before, 10 * kMiB);
+}
+
 TEST(ThrottleModelTest, Gp3DeliversProvisionedIops) {
   PerformanceModel m(LimitsOf(VolumeType::kGp3, 100), 0);
   int64_t now = 0;
@@ -219,13 +283,15 @@ TEST(ThrottleModelTest, EveryTypeAtItsSizeEdgesDeliversItsLimits) {
   // 1 MiB sequential counts 4 I/Os on SSD types (256 KiB units), so io1 and
   // io2 at the low edge are held by IOPS, not throughput; standard (magnetic)
   // counts 1 MiB units, so its 300 IOPS burst leaves its 90 MiB/s the limit.
+  // st1/sc1 charge each small random I/O a full MiB: at 125 GiB their burst
+  // throughput, not their IOPS cap, limits 4 KiB random I/O.
   const Row rows[] = {
       {VolumeType::kGp2, 1, 0, 3000, 128},          {VolumeType::kGp2, 16384, 0, 16000, 250},
       {VolumeType::kGp3, 1, 0, 3000, 125},          {VolumeType::kGp3, 65536, 80000, 80000, 2000},
       {VolumeType::kIo1, 4, 200, 200, 50},          {VolumeType::kIo1, 16384, 64000, 64000, 1000},
       {VolumeType::kIo2, 4, 4000, 4000, 1000},      {VolumeType::kIo2, 65536, 256000, 256000, 4000},
-      {VolumeType::kSt1, 125, 0, 500, 250.0 * 125 / 1024},  {VolumeType::kSt1, 16384, 0, 500, 500},
-      {VolumeType::kSc1, 125, 0, 250, 80.0 * 125 / 1024},   {VolumeType::kSc1, 16384, 0, 250, 250},
+      {VolumeType::kSt1, 125, 0, 250.0 * 125 / 1024, 250.0 * 125 / 1024},  {VolumeType::kSt1, 16384, 0, 500, 500},
+      {VolumeType::kSc1, 125, 0, 80.0 * 125 / 1024, 80.0 * 125 / 1024},    {VolumeType::kSc1, 16384, 0, 250, 250},
       {VolumeType::kStandard, 1, 0, 300, 90},       {VolumeType::kStandard, 1024, 0, 300, 90},
   };
   for (const Row& r : rows) {

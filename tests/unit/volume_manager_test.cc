@@ -373,3 +373,35 @@ TEST(VolumeManagerTest, ModificationInterruptedByACrashIsFinishedOnOpen) {
 
 }  // namespace
 }  // namespace ebs
+
+namespace ebs {
+namespace {
+
+// BurstBalance is a CloudWatch metric of gp2, st1 and sc1 only.
+TEST(VolumeManagerTest, BurstBalanceOnlyForGp2St1Sc1) {
+  testing::TempDir dir;
+  auto m = VolumeManager::Open(dir.path());
+  ASSERT_TRUE(m.ok());
+  struct Case {
+    const char* name;
+    VolumeType type;
+    uint64_t gib;
+    bool reported;
+  };
+  for (const Case& c : {Case{"g2", VolumeType::kGp2, 10, true}, Case{"s1", VolumeType::kSt1, 125, true},
+                        Case{"c1", VolumeType::kSc1, 125, true}, Case{"std", VolumeType::kStandard, 10, false},
+                        Case{"g3", VolumeType::kGp3, 10, false}}) {
+    VolumeParams p;
+    p.type = c.type;
+    p.size_bytes = c.gib * kGiB;
+    ASSERT_TRUE((*m)->Create(c.name, p).ok()) << c.name;
+    auto att = (*m)->Attach(c.name);
+    ASSERT_TRUE(att.ok());
+    auto stats = (*m)->Stats(c.name);
+    ASSERT_TRUE(stats.ok());
+    EXPECT_EQ(c.reported, stats->contains("BurstBalance")) << c.name;
+  }
+}
+
+}  // namespace
+}  // namespace ebs

@@ -290,8 +290,10 @@ TEST(ValidateModifyTest, ChangeIopsAndThroughputInPlace) {
                 "throughput is not supported for io2");
 }
 
-TEST(ValidateModifyTest, Gp3ToIo1CarriesIopsAndValidates) {
-  ExpectModified(Config(T::kGp3, 60 * G, 3000, 125), Modify(T::kIo1), Config(T::kIo1, 60 * G, 3000));
+// ModifyVolume's defaults: a type change to io1, io2 or gp3 without IOPS
+// gives 3,000 (not the old value); throughput 125 unless gp3 stays gp3.
+TEST(ValidateModifyTest, TypeChangeToIo1Io2Gp3Defaults3000Iops) {
+  ExpectModified(Config(T::kGp3, 60 * G, 6000, 500), Modify(T::kIo1), Config(T::kIo1, 60 * G, 3000));
   // 3000 IOPS on 10 GiB breaks io1's 50/GiB: refused rather than silently lowered.
   ExpectRefused(Config(T::kGp3, 10 * G, 3000, 125), Modify(T::kIo1),
                 "iops 3000 exceeds 50 IOPS per GiB for a 10 GiB io1 volume");
@@ -300,10 +302,43 @@ TEST(ValidateModifyTest, Gp3ToIo1CarriesIopsAndValidates) {
                  Config(T::kIo1, 60 * G, 3000));
   ExpectModified(Config(T::kGp3, 10 * G, 3000, 125), Modify(T::kIo1, std::nullopt, 500),
                  Config(T::kIo1, 10 * G, 500));
+  ExpectModified(Config(T::kIo1, 100 * G, 5000), Modify(T::kIo2), Config(T::kIo2, 100 * G, 3000));
+  ExpectModified(Config(T::kIo2, 100 * G, 100), Modify(T::kIo1), Config(T::kIo1, 100 * G, 3000));
+  // From types without IOPS, too (no longer refused).
+  ExpectModified(Config(T::kGp2, 100 * G), Modify(T::kIo1), Config(T::kIo1, 100 * G, 3000));
+  ExpectModified(Config(T::kSt1, 500 * G), Modify(T::kIo2), Config(T::kIo2, 500 * G, 3000));
+  ExpectModified(Config(T::kStandard, 100 * G), Modify(T::kGp3), Config(T::kGp3, 100 * G, 3000, 125));
+  ExpectModified(Config(T::kGp2, 100 * G), Modify(T::kIo1, std::nullopt, 5000),
+                 Config(T::kIo1, 100 * G, 5000));
+  // The type unchanged: IOPS kept.
+  ExpectModified(Config(T::kIo1, 100 * G, 5000), Modify(std::nullopt, 200 * G), Config(T::kIo1, 200 * G, 5000));
 }
 
-TEST(ValidateModifyTest, Gp2ToGp3GetsDefaults) {
-  ExpectModified(Config(T::kGp2, 100 * G), Modify(T::kGp3), Config(T::kGp3, 100 * G, 3000, 125));
+TEST(ValidateModifyTest, ProvisionedToGp3Gets3000And125) {
+  ExpectModified(Config(T::kIo1, 100 * G, 5000), Modify(T::kGp3), Config(T::kGp3, 100 * G, 3000, 125));
+  ExpectModified(Config(T::kIo1, 100 * G, 200), Modify(T::kGp3), Config(T::kGp3, 100 * G, 3000, 125));
+  ExpectModified(Config(T::kIo2, 200 * G, 100000), Modify(T::kGp3), Config(T::kGp3, 200 * G, 3000, 125));
+  // Explicit iops wins.
+  ExpectModified(Config(T::kIo2, 200 * G, 100000), Modify(T::kGp3, std::nullopt, 80000),
+                 Config(T::kGp3, 200 * G, 80000, 125));
+  // gp3 stays gp3: throughput kept.
+  ExpectModified(Config(T::kGp3, 100 * G, 8000, 500), Modify(std::nullopt, std::nullopt, 6000),
+                 Config(T::kGp3, 100 * G, 6000, 500));
+}
+
+// gp2 -> gp3 without IOPS/throughput: the higher of the gp2 volume's
+// equivalent (baseline IOPS; 128 MiB/s up to 170 GiB, 250 above) and 3000/125.
+TEST(ValidateModifyTest, Gp2ToGp3KeepsGp2PerformanceWhenHigher) {
+  ExpectModified(Config(T::kGp2, 100 * G), Modify(T::kGp3), Config(T::kGp3, 100 * G, 3000, 128));
+  ExpectModified(Config(T::kGp2, 170 * G), Modify(T::kGp3), Config(T::kGp3, 170 * G, 3000, 128));
+  ExpectModified(Config(T::kGp2, 200 * G), Modify(T::kGp3), Config(T::kGp3, 200 * G, 3000, 250));
+  ExpectModified(Config(T::kGp2, 2000 * G), Modify(T::kGp3), Config(T::kGp3, 2000 * G, 6000, 250));
+  ExpectModified(Config(T::kGp2, 16 * kTiB), Modify(T::kGp3), Config(T::kGp3, 16 * kTiB, 16000, 250));
+  // Given values win, each on its own.
+  ExpectModified(Config(T::kGp2, 2000 * G), Modify(T::kGp3, std::nullopt, 4000),
+                 Config(T::kGp3, 2000 * G, 4000, 250));
+  ExpectModified(Config(T::kGp2, 2000 * G), Modify(T::kGp3, std::nullopt, kNone, 125),
+                 Config(T::kGp3, 2000 * G, 6000, 125));
   ExpectModified(Config(T::kGp2, 100 * G), Modify(T::kGp3, std::nullopt, 6000, 500),
                  Config(T::kGp3, 100 * G, 6000, 500));
 }
@@ -312,28 +347,6 @@ TEST(ValidateModifyTest, Gp3ToGp2ClearsIopsAndThroughput) {
   ExpectModified(Config(T::kGp3, 100 * G, 6000, 500), Modify(T::kGp2), Config(T::kGp2, 100 * G));
   ExpectRefused(Config(T::kGp3, 100 * G, 6000, 500), Modify(T::kGp2, std::nullopt, 6000),
                 "iops is not supported for gp2");
-}
-
-TEST(ValidateModifyTest, ProvisionedToGp3KeepsIopsOnlyWhenValidForGp3) {
-  // In gp3's range at this size: kept.
-  ExpectModified(Config(T::kIo1, 100 * G, 5000), Modify(T::kGp3), Config(T::kGp3, 100 * G, 5000, 125));
-  // Below gp3's included 3000: default.
-  ExpectModified(Config(T::kIo1, 100 * G, 200), Modify(T::kGp3), Config(T::kGp3, 100 * G, 3000, 125));
-  // Above gp3's 80,000 maximum: default, not clamped.
-  ExpectModified(Config(T::kIo2, 200 * G, 100000), Modify(T::kGp3), Config(T::kGp3, 200 * G, 3000, 125));
-  // Beyond gp3's 500/GiB at this size: default.
-  ExpectModified(Config(T::kIo2, 10 * G, 10000), Modify(T::kGp3), Config(T::kGp3, 10 * G, 3000, 125));
-  // Explicit iops wins.
-  ExpectModified(Config(T::kIo2, 200 * G, 100000), Modify(T::kGp3, std::nullopt, 80000),
-                 Config(T::kGp3, 200 * G, 80000, 125));
-}
-
-TEST(ValidateModifyTest, ToProvisionedFromTypeWithoutIopsNeedsIops) {
-  ExpectRefused(Config(T::kGp2, 100 * G), Modify(T::kIo1), "iops must be specified for io1 volumes");
-  ExpectRefused(Config(T::kSt1, 500 * G), Modify(T::kIo2), "iops must be specified for io2 volumes");
-  ExpectModified(Config(T::kGp2, 100 * G), Modify(T::kIo1, std::nullopt, 5000),
-                 Config(T::kIo1, 100 * G, 5000));
-  ExpectModified(Config(T::kIo1, 100 * G, 5000), Modify(T::kIo2), Config(T::kIo2, 100 * G, 5000));
 }
 
 TEST(ValidateModifyTest, TypeChangeRespectsNewSizeRange) {

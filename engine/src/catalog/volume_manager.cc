@@ -535,15 +535,8 @@ void VolumeManager::ApplyLimits(Volume* volume, const Modification& m) {
     volume->throttle_->SetLimits(target);
     return;
   }
-  // While optimizing, never below the old configuration.
-  PerformanceLimits old = ComputeLimits(m.from);
-  PerformanceLimits best = target;
-  best.baseline_iops = std::max(old.baseline_iops, target.baseline_iops);
-  best.burst_iops = std::max(old.burst_iops, target.burst_iops);
-  best.baseline_throughput_mibps = std::max(old.baseline_throughput_mibps, target.baseline_throughput_mibps);
-  best.burst_throughput_mibps = std::max(old.burst_throughput_mibps, target.burst_throughput_mibps);
   int64_t remaining_ns = std::max<int64_t>(0, m.optimize_until_ms - NowMs()) * 1'000'000;
-  volume->throttle_->SetLimits(best, target, options_.clock->NowNs() + remaining_ns);
+  volume->throttle_->SetLimits(OptimizingLimits(m.from, m.to), target, options_.clock->NowNs() + remaining_ns);
 }
 
 nlohmann::json VolumeManager::StatsLocked(const VolumeRecord& record) {
@@ -588,7 +581,13 @@ nlohmann::json VolumeManager::StatsLocked(const VolumeRecord& record) {
   } else {
     j["Throttle"] = {{"enabled", v ? false : options_.throttle}};
   }
-  if (limits.io_credit_bucket > 0 || limits.throughput_credit_bucket_mib > 0) j["BurstBalance"] = burst_balance;
+  // CloudWatch reports BurstBalance for gp2, st1 and sc1 only (using_cloudwatch_ebs);
+  // standard's credits are ours, not a metric. A gp2 of 1,000 GiB and more has no bucket.
+  const VolumeType type = record.config.type;
+  if ((type == VolumeType::kGp2 || type == VolumeType::kSt1 || type == VolumeType::kSc1) &&
+      (limits.io_credit_bucket > 0 || limits.throughput_credit_bucket_mib > 0)) {
+    j["BurstBalance"] = burst_balance;
+  }
   // CloudWatch's period figures over the last minute: IOPS delivered (as
   // counted I/Os) as a share of the IOPS limit. CloudWatch reports it for
   // provisioned-IOPS types; we report it for every type, against its current

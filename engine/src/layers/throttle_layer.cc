@@ -138,7 +138,7 @@ void ThrottleLayer::Submit(EventLoop& loop, IoRequest* req) {
     if (head_ != nullptr || wake != 0) {
       // Behind others, or over the limit: wait in line.
       req->loop = &loop;
-      req->LayerState<Queued>(layer_index()) = {cost.ios, now};
+      req->LayerState<Queued>(layer_index()) = {cost.ios, cost.bytes, now};
       req->link = nullptr;
       if (tail_ != nullptr) {
         tail_->link = req;
@@ -166,7 +166,8 @@ int64_t ThrottleLayer::Pump(int64_t now_ns) {
     std::lock_guard<std::mutex> lock(mu_);
     MaybeSwitch(now_ns);
     while (head_ != nullptr) {
-      IoCost cost{head_->LayerState<Queued>(layer_index()).cost_ios, head_->length};
+      const auto& q = head_->LayerState<Queued>(layer_index());
+      IoCost cost{q.cost_ios, q.cost_bytes};
       int64_t wait = model_.WaitNs(cost, now_ns);
       if (wait > 0) {
         again = now_ns + std::max(wait, kMinWaitNs);

@@ -76,6 +76,7 @@ class ThrottleLayer final : public DeviceLayer {
   // Per request while it waits in line (IoRequest::LayerState).
   struct Queued {
     double cost_ios;
+    uint64_t cost_bytes;
     int64_t queued_ns;
   };
   void MaybeSwitch(int64_t now_ns);  // REQUIRES: mu_

@@ -54,12 +54,15 @@ void PerformanceModel::Advance(int64_t now_ns) {
   if (now_ns <= last_ns_) return;
   const double dt = static_cast<double>(now_ns - last_ns_) / kNsPerSec;
   last_ns_ = now_ns;
-  // Credits accrue at the baseline rate, up to the bucket size.
+  // Credits accrue at the baseline rate (the new type's, while optimizing), up to the bucket size.
   if (limits_.io_credit_bucket > 0) {
-    io_credits_ = std::min(io_credits_ + limits_.baseline_iops * dt, static_cast<double>(limits_.io_credit_bucket));
+    const double refill = limits_.io_credit_refill_iops > 0 ? limits_.io_credit_refill_iops : limits_.baseline_iops;
+    io_credits_ = std::min(io_credits_ + refill * dt, static_cast<double>(limits_.io_credit_bucket));
   }
   if (limits_.throughput_credit_bucket_mib > 0) {
-    tp_credits_bytes_ = std::min(tp_credits_bytes_ + limits_.baseline_throughput_mibps * kMiB * dt,
+    const double refill = limits_.throughput_credit_refill_mibps > 0 ? limits_.throughput_credit_refill_mibps
+                                                                     : limits_.baseline_throughput_mibps;
+    tp_credits_bytes_ = std::min(tp_credits_bytes_ + refill * kMiB * dt,
                                  static_cast<double>(limits_.throughput_credit_bucket_mib) * kMiB);
   }
   iops_tokens_ = std::min(iops_tokens_ + IopsRate() * dt, IopsRate() * kBucketDepthNs / kNsPerSec);
@@ -76,16 +79,21 @@ IoCost PerformanceModel::Account(uint64_t offset, uint64_t length) {
   if (length >= unit) {
     cost.ios = std::ceil(static_cast<double>(length) / static_cast<double>(unit));
     merged_bytes_ = unit;  // a full unit: the next sequential I/O starts a new one
-    return cost;
-  }
-  const bool mergeable = !ssd || length >= kMergeMinBytes;
-  if (mergeable && sequential && merged_bytes_ + length <= unit) {
-    merged_bytes_ += length;  // part of the I/O already counted
-    cost.ios = 0;
   } else {
-    merged_bytes_ = mergeable ? length : unit;
-    cost.ios = 1;
+    const bool mergeable = !ssd || length >= kMergeMinBytes;
+    if (mergeable && sequential && merged_bytes_ + length <= unit) {
+      merged_bytes_ += length;  // part of the I/O already counted
+      cost.ios = 0;
+    } else {
+      merged_bytes_ = mergeable ? length : unit;
+      cost.ios = 1;
+    }
   }
+  // st1/sc1 (hdd-vols): every counted I/O spends a full 1 MiB of throughput and
+  // of throughput credit, whatever its size; the I/Os merged into it spend
+  // nothing more. A run of sequential small I/Os thus costs its bytes (one
+  // MiB per MiB), a random 4 KiB read 256 times its bytes.
+  if (limits_.charge_whole_units) cost.bytes = static_cast<uint64_t>(cost.ios) * unit;
   return cost;
 }
 

@@ -31,6 +31,8 @@ constexpr std::array<TypeRules, 7> kRules = {{
 // gp3 includes this much at no extra provisioning; above it the ratio rules apply.
 constexpr uint32_t kGp3DefaultIops = 3000;
 constexpr uint32_t kGp3DefaultThroughput = 125;
+// IOPS a type change to io1, io2 or gp3 gets when none are given (ModifyVolume).
+constexpr uint32_t kModifyDefaultIops = 3000;
 constexpr uint32_t kGp3MaxThroughput = 2000;
 // gp3 throughput above the included 125 MiB/s needs 4 IOPS per MiB/s (0.25 MiB/s per IOPS).
 constexpr uint32_t kGp3IopsPerMibps = 4;
@@ -228,43 +230,32 @@ Result<VolumeConfig> ValidateModify(const VolumeConfig& current, const VolumePar
                         " is smaller than the current " + SizeText(current.size_bytes));
   }
 
-  // IOPS not given: carry over the user's earlier choice where the new type
-  // takes IOPS, otherwise fall back to the new type's default.
-  // - To io1/io2 (from gp3/io1/io2): carried over and validated; a value
-  //   that does not fit (e.g. 3000 on a 10 GiB io1) is refused rather than
-  //   adjusted, since these types are billed per IOPS and have no default.
-  // - To gp3 from io1/io2: carried over only if it is valid for gp3 at the
-  //   new size; otherwise gp3's included 3000. We never invent a value in
-  //   between (e.g. clamp 200,000 to 80,000): the result is either what the
-  //   user asked for before or what gp3 gives for free, and --iops overrides.
-  // - From a type without IOPS (gp2/st1/sc1/standard): io1/io2 require
-  //   --iops; gp3 gets 3000.
+  // Defaults for what is not given (the ModifyVolume API reference; gp2 to
+  // gp3 in the user guide's "ebs-modify-volume"):
+  // - IOPS: kept while the type stays; changing the type to io1, io2 or gp3
+  //   gives 3,000, except gp2 -> gp3, which gets the higher of the gp2
+  //   volume's baseline IOPS and 3,000. A 3,000 that does not fit the size
+  //   (a 10 GiB io1 allows 500) is refused as AWS refuses it.
+  // - Throughput (gp3 only): kept gp3 -> gp3, else 125, except gp2 -> gp3,
+  //   which gets the higher of the gp2 volume's throughput (128 MiB/s up to
+  //   170 GiB, 250 above) and 125.
+  const bool type_changes = type != current.type;
+  const bool gp2_to_gp3 = current.type == VolumeType::kGp2 && type == VolumeType::kGp3;
+  const PerformanceLimits gp2 = gp2_to_gp3 ? ComputeLimits(current) : PerformanceLimits{};
   if (params.iops) {
     next.iops = *params.iops;
   } else if (AcceptsIops(type)) {
-    const bool had_iops = AcceptsIops(current.type);
-    if (type == VolumeType::kGp3) {
-      next.iops = kGp3DefaultIops;
-      if (had_iops && CheckSize(type, next.size_bytes).ok() &&
-          CheckIops(type, next.size_bytes, current.iops).ok()) {
-        next.iops = current.iops;
-      }
-    } else {
-      if (!had_iops) {
-        EBS_RETURN_IF_ERROR(CheckSize(type, next.size_bytes));
-        return IopsRequired(type);
-      }
-      next.iops = current.iops;
-    }
+    next.iops = type_changes ? kModifyDefaultIops : current.iops;
+    if (gp2_to_gp3) next.iops = std::max(kModifyDefaultIops, gp2.baseline_iops);
   }
-
-  // Throughput only exists on gp3: kept within gp3, 125 when entering gp3,
-  // cleared when leaving it.
   if (params.throughput_mibps) {
     next.throughput_mibps = *params.throughput_mibps;
   } else if (type == VolumeType::kGp3) {
-    next.throughput_mibps =
-        current.type == VolumeType::kGp3 ? current.throughput_mibps : kGp3DefaultThroughput;
+    next.throughput_mibps = type_changes ? kGp3DefaultThroughput : current.throughput_mibps;
+    if (gp2_to_gp3) {
+      next.throughput_mibps =
+          std::max(kGp3DefaultThroughput, static_cast<uint32_t>(gp2.burst_throughput_mibps));
+    }
   }
 
   if (next == current) {
@@ -332,6 +323,7 @@ PerformanceLimits ComputeLimits(const VolumeConfig& config) {
       limits.burst_throughput_mibps = std::min((st1 ? 250.0 : 80.0) * tib, cap);
       // 1 TiB of credit per TiB of size: the bucket holds the volume's size.
       limits.throughput_credit_bucket_mib = config.size_bytes / kMiB;
+      limits.charge_whole_units = true;
       break;
     }
     case VolumeType::kStandard:
@@ -346,6 +338,18 @@ PerformanceLimits ComputeLimits(const VolumeConfig& config) {
       break;
   }
   return limits;
+}
+
+PerformanceLimits OptimizingLimits(const VolumeConfig& from, const VolumeConfig& to) {
+  const PerformanceLimits old = ComputeLimits(from);
+  PerformanceLimits best = ComputeLimits(to);
+  best.io_credit_refill_iops = best.baseline_iops;
+  best.throughput_credit_refill_mibps = best.baseline_throughput_mibps;
+  best.baseline_iops = std::max(old.baseline_iops, best.baseline_iops);
+  best.burst_iops = std::max(old.burst_iops, best.burst_iops);
+  best.baseline_throughput_mibps = std::max(old.baseline_throughput_mibps, best.baseline_throughput_mibps);
+  best.burst_throughput_mibps = std::max(old.burst_throughput_mibps, best.burst_throughput_mibps);
+  return best;
 }
 
 }  // namespace ebs

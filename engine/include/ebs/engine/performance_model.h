@@ -15,7 +15,9 @@ namespace ebs {
 // What one request costs against the limits.
 struct IoCost {
   double ios = 0;      // counted I/O operations (EBS accounting); 0 when merged into the previous
-  uint64_t bytes = 0;  // bytes transferred
+  // Bytes charged against the throughput limit and credits: those
+  // transferred on SSD types; on HDD types 1 MiB per counted I/O.
+  uint64_t bytes = 0;
 };
 
 class PerformanceModel {

@@ -49,9 +49,10 @@ struct VolumeParams {
 Result<VolumeConfig> ValidateCreate(const VolumeParams& params);
 
 // Validates a modification of `current`: size only grows, the result must be a
-// valid configuration of its (possibly new) type. Parameters not given carry
-// over where the new type accepts them and take the new type's defaults where
-// it does not. Refuses a modification that changes nothing.
+// valid configuration of its (possibly new) type. Parameters not given keep
+// their value while the type stays; a type change to io1, io2 or gp3 gets
+// 3,000 IOPS and (gp3) 125 MiB/s, gp2 -> gp3 the higher of those and the gp2
+// volume's own (ModifyVolume). Refuses a modification that changes nothing.
 Result<VolumeConfig> ValidateModify(const VolumeConfig& current, const VolumeParams& params);
 
 // The performance a configuration delivers (the model the throttle enforces).
@@ -63,7 +64,21 @@ struct PerformanceLimits {
   uint64_t io_credit_bucket = 0;         // gp2: 5,400,000 I/O credits; 0 otherwise
   uint64_t throughput_credit_bucket_mib = 0;  // st1/sc1: 1 TiB of credit per TiB of size (in MiB)
   uint32_t io_unit_bytes = 0;            // 256 KiB for SSD types, 1 MiB for HDD types
+  // st1/sc1: each counted I/O spends a whole unit (1 MiB) of throughput and
+  // throughput credit, whatever its size; otherwise the bytes transferred.
+  bool charge_whole_units = false;
+  // The rates the credit buckets refill at; 0: the baseline. Only the limits
+  // of an optimizing modification set them (its rates may exceed the new
+  // type's baseline, its credits still earn at that baseline).
+  double io_credit_refill_iops = 0;
+  double throughput_credit_refill_mibps = 0;
 };
 PerformanceLimits ComputeLimits(const VolumeConfig& config);
+
+// The limits while a modification from `from` to `to` is optimizing: each
+// rate the better of the two (performance never drops below the old
+// configuration), accounted and credited as `to` (its I/O unit, its credit
+// buckets, refilled at its own baseline).
+PerformanceLimits OptimizingLimits(const VolumeConfig& from, const VolumeConfig& to);
 
 }  // namespace ebs
