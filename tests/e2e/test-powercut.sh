@@ -194,8 +194,11 @@ declare -A EST=([snapshot]=120 [delete]=100 [gc]=150 [restore]=300 [lazy]=2000 [
 
 # do_cut WHERE: the power goes now; every ebs process dies with it.
 do_cut() {
-  local p name
-  for p in "$OP_PID" "$SERVER_PID"; do [ -z "$p" ] || kill -STOP "$p" 2>/dev/null || true; done
+  local name
+  # Every ebs process stops at once (a client is not stopped: it only sees
+  # the server go).
+  [ -z "$OP_PID" ] || [ -z "$OP_EBS" ] || kill -STOP "$OP_PID" 2>/dev/null || true
+  [ -z "$SERVER_PID" ] || kill -STOP "$SERVER_PID" 2>/dev/null || true
   for name in $(mounted); do
     pcctl "$name" cut "keep=$KEEP" "seed=$seed" >"$T/cut-$name.json" || powercut_fail "the cut of the $name file system failed"
   done
