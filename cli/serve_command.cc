@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <map>
 #include <thread>
 
 #include <CLI/CLI.hpp>
@@ -40,6 +41,10 @@ struct ServeArgs {
   bool tls_verify_peer = false;
   std::vector<std::string> exports_tcp;   // empty: every volume
   std::vector<std::string> exports_unix;  // empty: every volume
+  bool allow_insecure_tcp = false;
+  std::vector<std::string> tls_allow;  // IDENTITY=VOL[,VOL...]
+  size_t max_connections = nbd::ServerOptions::kDefaultMaxConnections;
+  double handshake_timeout = 10;
 };
 
 // --tls and its credentials, checked before anything is opened or bound.
@@ -78,6 +83,29 @@ Result<std::optional<std::vector<std::string>>> ExportList(const std::string& fl
   return std::optional<std::vector<std::string>>(names);
 }
 
+// --tls-allow IDENTITY=VOL[,VOL...], repeatable; an identity given twice
+// gets the union.
+Status ParseTlsAllow(const std::vector<std::string>& specs, std::map<std::string, std::vector<std::string>>* out) {
+  for (const auto& spec : specs) {
+    size_t eq = spec.find('=');
+    if (eq == 0 || eq == std::string::npos || eq + 1 == spec.size()) {
+      return Status::InvalidArgument("--tls-allow '" + spec + "': expected IDENTITY=VOLUME[,VOLUME...]");
+    }
+    std::vector<std::string>& names = (*out)[spec.substr(0, eq)];
+    size_t pos = eq + 1;
+    while (pos <= spec.size()) {
+      size_t end = spec.find(',', pos);
+      if (end == std::string::npos) end = spec.size();
+      std::string name = spec.substr(pos, end - pos);
+      Status st = VolumeManager::ValidateName(name);
+      if (!st.ok()) return Status::InvalidArgument("--tls-allow '" + spec + "': " + st.message());
+      names.push_back(name);
+      pos = end + 1;
+    }
+  }
+  return Status::Ok();
+}
+
 int Serve(const Context& ctx, const ServeArgs& a) {
   // Signals are taken synchronously by this thread; every thread started
   // below inherits the mask.
@@ -99,6 +127,10 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   if (!unix_exports.ok()) return Fail(unix_exports.status());
   opts.tcp_exports = *tcp_exports;
   opts.unix_exports = *unix_exports;
+  if (Status st = ParseTlsAllow(a.tls_allow, &opts.tls_allow); !st.ok()) return Fail(st);
+  opts.allow_insecure_tcp = a.allow_insecure_tcp;
+  opts.max_connections = a.max_connections;
+  opts.handshake_timeout_ms = static_cast<int>(a.handshake_timeout * 1000);
 
   ManagerOptions mopts = ManagerOptionsFor(ctx);
   mopts.throttle = !a.no_throttle;
@@ -136,7 +168,8 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   auto control = ControlServer::Start(ctx.data_dir + "/control.sock", &registry);
   if (!control.ok()) return Fail(control.status());
 
-  opts.tcp_listen = a.listen.empty() ? std::vector<std::string>{"127.0.0.1:10809"} : a.listen;
+  // No TCP unless asked for: the Unix socket (0600) lets in this user only.
+  opts.tcp_listen = a.listen;
   if (opts.tcp_listen.size() == 1 && opts.tcp_listen[0] == "none") opts.tcp_listen.clear();
   opts.unix_socket = a.socket.empty() ? ctx.data_dir + "/nbd.sock" : a.socket;
   if (opts.unix_socket == "none") opts.unix_socket.clear();
@@ -155,6 +188,7 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   size_t count = volumes.ok() ? volumes->size() : 0;
   fmt::print("ebs: serving {} volume(s) from {} on {} event loop(s)\n", count, ctx.data_dir, nloops);
   for (const auto& addr : (*server)->addresses()) fmt::print("ebs: listening on {}\n", addr);
+  for (const auto& w : (*server)->warnings()) fmt::print("ebs: warning: {}\n", w);
   if (exporter) fmt::print("ebs: metrics on http://{}/metrics\n", exporter->address());
   if (!a.faults.empty()) fmt::print("ebs: FAULT INJECTION is on for testing: {}\n", fmt::join(a.faults, "; "));
   if (a.no_throttle) fmt::print("ebs: throttling is OFF (--no-throttle): volumes run unlimited\n");
@@ -194,8 +228,15 @@ int Serve(const Context& ctx, const ServeArgs& a) {
                example, opts.unix_socket);
   }
   if (opts.tls != nbd::TlsMode::kRequire) {
+    bool tcp = false;
     for (const auto& addr : (*server)->addresses()) {
-      if (addr.rfind("unix:", 0) != 0) fmt::print("ebs: over TCP: nbdinfo nbd://{}/{}\n", addr, example);
+      if (addr.rfind("unix:", 0) == 0) continue;
+      tcp = true;
+      fmt::print("ebs: over TCP: nbdinfo nbd://{}/{}\n", addr, example);
+    }
+    if (!tcp) {
+      fmt::print("ebs: no TCP listener; for clients on other hosts: psktool -u alice -p keys.psk, then\n"
+                 "              ebs serve --listen 0.0.0.0:10809 --tls require --tls-psk keys.psk\n");
     }
   }
   fmt::print("ebs: ready (Ctrl-C or SIGTERM to stop)\n");
@@ -222,10 +263,27 @@ int Serve(const Context& ctx, const ServeArgs& a) {
 
 void AddServeCommand(CLI::App* app, Context* ctx, std::function<int()>* action) {
   auto a = std::make_shared<ServeArgs>();
-  auto* serve = app->add_subcommand("serve", "export every volume over NBD (TCP and a Unix socket)");
+  auto* serve = app->add_subcommand("serve", "export every volume over NBD (a Unix socket; TCP with --listen)");
   serve->add_option("--listen", a->listen,
-                    "TCP address HOST:PORT (repeatable; default 127.0.0.1:10809; 'none' for no TCP). "
-                    "Anything beyond loopback must be given explicitly");
+                    "also serve TCP on HOST:PORT (repeatable; default: none, the Unix socket only). Loopback "
+                    "without TLS is open to every local user (a warning says so); beyond loopback it needs "
+                    "--tls require with --tls-psk or --tls-verify-peer, or --allow-insecure-tcp")
+      ->type_name("HOST:PORT");
+  serve->add_flag("--allow-insecure-tcp", a->allow_insecure_tcp,
+                  "serve TCP beyond loopback without client authentication (a trusted network only)");
+  serve->add_option("--tls-allow", a->tls_allow,
+                    "with --tls require: the TLS client IDENTITY (PSK user name or certificate CN) may open only "
+                    "these volumes; once given, identities not named open none (repeatable)")
+      ->type_name("IDENTITY=VOL[,VOL...]");
+  serve->add_option("--max-connections", a->max_connections,
+                    "connections served at once; more are closed as soon as they are accepted")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{1} << 20));
+  serve->add_option("--handshake-timeout", a->handshake_timeout,
+                    "seconds a client may take to choose an export (TLS handshake included) before it is "
+                    "disconnected; 0: no limit")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 86400.0));
   serve->add_option("--socket", a->socket, "Unix socket path (default DATA_DIR/nbd.sock, mode 0600; 'none' for none)");
   serve->add_option("--threads", a->threads, "event-loop threads (default: one per core)");
   serve->add_option("--busy-poll-us", a->busy_poll_us,

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Writes the seed corpus of nbd_stream_fuzzer: valid client streams for the
-main paths (list, info, go with structured replies and base:allocation,
-export-name, every command, STARTTLS and the start of a TLS handshake).
+"""Writes the seed corpora of nbd_stream_fuzzer (corpus/: valid client streams
+for the main paths: list, info, go with structured replies and
+base:allocation, export-name, every command, STARTTLS and the start of a TLS
+handshake, an option flood, a block status storm) and handshake_fuzzer
+(handshake-corpus/: a budget byte, then a client stream).
 Run from this folder: ./make_seeds.py"""
 import os
 import struct
@@ -55,8 +57,22 @@ seeds = {
     "unknown_options": FLAGS + opt(99, b"xx") + opt(11) + opt(4, b"vol0") + opt(5, b"x") + opt(2),
     # The server offers TLS: what follows STARTTLS goes to the TLS handshake.
     "starttls": FLAGS + opt(3) + opt(5) + client_hello(),
+    # A client that floods options (the server stops reading, then closes
+    # after 4,096), and one that pipelines block status over a range.
+    "list_flood": FLAGS + opt(3) * 5000,
+    "block_status_storm": GO_STRUCTURED + b"".join(cmd(7, 0, 64 << 20, 0, i) for i in range(128)) + cmd(2),
 }
-os.makedirs("corpus", exist_ok=True)
-for name, data in seeds.items():
-    with open(os.path.join("corpus", name), "wb") as f:
-        f.write(data)
+# handshake_fuzzer: the first byte picks the reply budget (odd: TLS offered).
+handshake_seeds = {
+    "list_flood": b"\x00" + FLAGS + opt(3) * 300,
+    "too_many_options": b"\x10" + FLAGS + opt(99) * 4100,
+    "info_go": b"\x03" + FLAGS + opt(8) + opt(6, info_req("vol0", [0, 1, 2, 3])) + opt(6, info_req("nope")) +
+               opt(10, meta_req("vol0", ["base:allocation"])) + opt(7, info_req("db", [1, 2, 3])),
+    "oversized": b"\x01" + FLAGS + struct.pack(">QII", IHAVEOPT, 3, 70000) + b"x" * 70000 + opt(3),
+    "starttls": b"\x05" + FLAGS + opt(3) + opt(5) + client_hello(),
+}
+for folder, items in (("corpus", seeds), ("handshake-corpus", handshake_seeds)):
+    os.makedirs(folder, exist_ok=True)
+    for name, data in items.items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)

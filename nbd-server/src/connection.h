@@ -28,6 +28,32 @@ class ExportFilter;
 class Server;
 struct LoopState;
 
+// What one connection may hold (docs/nbd.md, "Limits").
+inline constexpr size_t kSlots = 128;  // requests in flight
+inline constexpr size_t kRecvBuffer = 256 * 1024;
+// A WRITE payload at least this large is received straight into its buffer.
+inline constexpr size_t kDirectRecvThreshold = 64 * 1024;
+// Slot buffers are kept for reuse up to this many bytes per connection;
+// beyond it a released slot gives its buffer back.
+inline constexpr size_t kMaxRetainedBytes = 64u << 20;
+// Read and write payloads and block status replies in flight per
+// connection: past this, requests wait in the socket (at least one is always
+// taken, whatever its size).
+inline constexpr uint64_t kMaxInflightBytes = 64u << 20;
+// Handshake replies not yet sent: past this the connection stops reading
+// options until the client has read some.
+inline constexpr size_t kMaxHandshakeBacklog = 64 * 1024;
+// Extents in one BLOCK_STATUS reply (a reply may cover less than asked; the
+// client asks again for the rest).
+inline constexpr size_t kMaxExtentsPerReply = 1024;
+// What a BLOCK_STATUS request counts toward kMaxInflightBytes: its extent
+// list and its reply at their largest.
+inline constexpr uint64_t kBlockStatusCharge = kMaxExtentsPerReply * (sizeof(Extent) + 8) + 4;
+// TLS: ciphertext read per recv, and plaintext encrypted ahead of the socket
+// (the ciphertext waiting to be sent stays around this size).
+inline constexpr size_t kTlsRecvBuffer = 256 * 1024;
+inline constexpr size_t kTlsOutHighWater = 2u << 20;
+
 class Connection final : public ExportDirectory {
  public:
   // `exports` (owned by the server) limits what this connection may see.
@@ -49,6 +75,9 @@ class Connection final : public ExportDirectory {
   void EndDrainAfter(int64_t now_ns, int64_t max_ns);
   // The volume was deleted underneath: close.
   bool VolumeGone() const;
+  // A connection still in the handshake `max_ns` after it was accepted (an
+  // idle or slow client) is closed. May delete this.
+  void EndHandshakeAfter(int64_t now_ns, int64_t max_ns);
 
   // ExportDirectory (handshake).
   std::vector<ExportInfo> List() override;
@@ -70,7 +99,7 @@ class Connection final : public ExportDirectory {
     const char* data = nullptr;  // payload sent after the reply header
     size_t data_len = 0;
     std::vector<char> extra;     // block status payload
-    std::vector<Extent> extents; // block status query, kept for the next one
+    std::vector<Extent> extents; // block status query; a large one is freed once sent
     Slot* next_free = nullptr;
     uint64_t charge = 0;  // bytes counted in inflight_bytes_
   };
@@ -84,6 +113,11 @@ class Connection final : public ExportDirectory {
     void OnComplete(int res, uint32_t) override { c->OnSend(res); }
   };
 
+  // The export is visible to this connection: its listener exports it and,
+  // with --tls-allow, its TLS identity may open it.
+  bool Allowed(const std::string& name) const;
+  // Handshake bytes not yet sent (replies, and their ciphertext under TLS).
+  size_t HandshakeBacklog() const;
   void PostRecv();
   void OnRecv(int res);
   void OnSend(int res);
@@ -101,6 +135,8 @@ class Connection final : public ExportDirectory {
   void ReplyError(Slot* s, uint32_t error);
   void Enqueue(Slot* s);
   void FlushSends();
+  // Sends what is left of hs_sending_, if anything; true if it did.
+  bool SendHandshakeBytes();
   // The socket cannot take our replies: drop them and close.
   void SendFailed();
   // Makes room at rbuf_[rend_]: compacts, grows during the handshake. False
@@ -133,6 +169,8 @@ class Connection final : public ExportDirectory {
   std::string hs_sending_;  // handshake bytes in flight: not touched until sent
   size_t hs_sending_off_ = 0;
   bool transmission_ = false;
+  int64_t accepted_ns_ = 0;
+  std::string tls_identity_;  // the peer's PSK user name or certificate CN, once TLS runs
 
   std::unique_ptr<VolumeAttachment> attachment_;
 

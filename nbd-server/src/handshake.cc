@@ -40,9 +40,11 @@ void Handshake::ReplyError(std::string* out, uint32_t option, uint32_t type, con
   Reply(out, option, type, message);
 }
 
-size_t Handshake::Consume(const char* data, size_t len, std::string* out) {
+size_t Handshake::Consume(const char* data, size_t len, std::string* out, size_t out_budget) {
   size_t used = 0;
+  const size_t out_start = out->size();
   while (state_ == State::kClientFlags || state_ == State::kOptions) {
+    if (out->size() - out_start >= out_budget) break;  // the client must read first
     const char* p = data + used;
     size_t avail = len - used;
     if (state_ == State::kClientFlags) {
@@ -82,6 +84,11 @@ size_t Handshake::Consume(const char* data, size_t len, std::string* out) {
     }
     uint32_t option = Load32(p + 8);
     uint32_t olen = Load32(p + 12);
+    if (olen <= kMaxOptionLength && avail < kOptionHeaderSize + olen) break;  // the rest is still coming
+    if (++options_ > kMaxOptions) {
+      Close("more than " + std::to_string(kMaxOptions) + " options in one handshake");
+      break;
+    }
     if (olen > kMaxOptionLength) {
       if (option == kOptExportName) {  // no error reply exists for it
         Close("export name too long");
@@ -92,7 +99,6 @@ size_t Handshake::Consume(const char* data, size_t len, std::string* out) {
       discard_option_ = option;
       continue;
     }
-    if (avail < kOptionHeaderSize + olen) break;
     used += kOptionHeaderSize + olen;
     HandleOption(option, p + kOptionHeaderSize, olen, out);
   }

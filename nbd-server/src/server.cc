@@ -13,8 +13,11 @@
 #include <cstring>
 #include <thread>
 
+#include <fmt/format.h>
+
 #include "connection.h"
 #include "ebs/engine/clock.h"
+#include "ebs/engine/log.h"
 #include "loop_state.h"
 
 namespace ebs::nbd {
@@ -24,11 +27,24 @@ ExportFilter::ExportFilter(const std::optional<std::vector<std::string>>& names)
 }
 
 struct Server::Listener : IoCompletion {
+  // Out of file descriptors (or kernel memory), accept fails at once and
+  // would be retried at once: the listener waits this long instead.
+  static constexpr int64_t kBackoffNs = 100'000'000;
+  struct Backoff : IoCompletion {
+    Listener* listener = nullptr;
+    __kernel_timespec ts{0, kBackoffNs};
+    void OnComplete(int, uint32_t) override {
+      if (!listener->server->stopping_.load()) listener->Arm();
+    }
+  };
+
   Server* server = nullptr;
   int fd = -1;
   bool tcp = false;
   const ExportFilter* exports = nullptr;  // owned by the server
   std::string unix_path;
+  Backoff backoff;
+  bool warned_exhausted = false;
   void Arm() {
     io_uring_sqe* sqe = server->loops_[0]->GetSqe(this);
     io_uring_prep_accept(sqe, fd, nullptr, nullptr, SOCK_CLOEXEC);
@@ -38,8 +54,19 @@ struct Server::Listener : IoCompletion {
       if (res >= 0) ::close(res);
       return;
     }
-    if (res >= 0) server->Accepted(this, res);
-    Arm();  // also after EMFILE and friends: the next accept may succeed
+    if (res >= 0) {
+      server->Accepted(this, res);
+    } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
+      if (!warned_exhausted) {
+        warned_exhausted = true;
+        LogWarning(std::string("cannot accept connections: ") + std::strerror(-res) +
+                   "; retrying every 100 ms (raise ulimit -n, or lower --max-connections)");
+      }
+      backoff.listener = this;
+      io_uring_prep_timeout(server->loops_[0]->GetSqe(&backoff), &backoff.ts, 0, 0);
+      return;
+    }
+    Arm();  // also after ECONNABORTED and friends: the next accept may succeed
   }
   ~Listener() override {
     if (fd >= 0) ::close(fd);
@@ -61,6 +88,9 @@ void LoopState::Tick::OnComplete(int, uint32_t) {
   }
   all.assign(state->connections.begin(), state->connections.end());
   for (Connection* c : all) c->EndDrainAfter(now, kMaxDrainNs);
+  const int64_t handshake_ns = int64_t{state->server->options().handshake_timeout_ms} * 1'000'000;
+  all.assign(state->connections.begin(), state->connections.end());
+  for (Connection* c : all) c->EndHandshakeAfter(now, handshake_ns);
   // Stopping, the loop keeps ticking until its last connection has ended.
   if (!state->stopping || !state->connections.empty()) Arm();
 }
@@ -88,7 +118,20 @@ Result<std::pair<std::string, std::string>> SplitHostPort(const std::string& spe
   return std::make_pair(host, port);
 }
 
-Result<int> ListenTcp(const std::string& spec, std::string* bound) {
+bool IsLoopback(const sockaddr_storage& ss) {
+  if (ss.ss_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(&ss);
+    return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+  }
+  if (ss.ss_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+    if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr)) return true;
+    return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127;
+  }
+  return false;
+}
+
+Result<int> ListenTcp(const std::string& spec, std::string* bound, bool* loopback) {
   auto hp = SplitHostPort(spec);
   if (!hp.ok()) return hp.status();
   addrinfo hints{};
@@ -119,6 +162,7 @@ Result<int> ListenTcp(const std::string& spec, std::string* bound) {
     getnameinfo(reinterpret_cast<sockaddr*>(&ss), len, host, sizeof(host), serv, sizeof(serv),
                 NI_NUMERICHOST | NI_NUMERICSERV);
     *bound = ss.ss_family == AF_INET6 ? "[" + std::string(host) + "]:" + serv : std::string(host) + ":" + serv;
+    *loopback = IsLoopback(ss);
     freeaddrinfo(res);
     return fd;
   }
@@ -175,10 +219,34 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options, Volu
   }
   s->tcp_exports_ = ExportFilter(options.tcp_exports);
   s->unix_exports_ = ExportFilter(options.unix_exports);
+  if (!options.tls_allow.empty() && options.tls != TlsMode::kRequire) {
+    return Status::InvalidArgument("--tls-allow limits TLS clients to some exports: it needs --tls require");
+  }
+  for (const auto& [identity, names] : options.tls_allow) {
+    s->tls_allow_[identity].insert(names.begin(), names.end());
+  }
+  // Clients that must prove who they are before they see anything.
+  const bool authenticated = options.tls == TlsMode::kRequire && options.tls_credentials != nullptr &&
+                             options.tls_credentials->authenticates_clients();
   for (const auto& spec : options.tcp_listen) {
     std::string bound;
-    auto fd = ListenTcp(spec, &bound);
+    bool loopback = false;
+    auto fd = ListenTcp(spec, &bound, &loopback);
     if (!fd.ok()) return fd.status();
+    if (!authenticated && !loopback && !options.allow_insecure_tcp) {
+      ::close(*fd);
+      return Status::Error(EACCES,
+          "refusing to serve TCP on " + bound +
+          " without authentication: anyone who can reach it could read and write every volume. Use "
+          "--tls require with --tls-psk FILE (or --tls-certs DIR --tls-verify-peer), listen on loopback, or "
+          "give --allow-insecure-tcp if the network is trusted");
+    }
+    if (!authenticated) {
+      s->warnings_.push_back("TCP " + bound + " takes clients without authentication: " +
+                             (loopback ? "every local user" : "anyone who can reach it") +
+                             " can read and write the volumes it exports (--tls require with --tls-psk "
+                             "authenticates them; the Unix socket is open to this user only)");
+    }
     auto l = std::make_unique<Listener>();
     l->server = s.get();
     l->fd = *fd;
@@ -217,7 +285,23 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options, Volu
   return s;
 }
 
+bool Server::TlsAllows(bool tls, const std::string& identity, const std::string& name) const {
+  if (tls_allow_.empty()) return true;
+  if (!tls || identity.empty()) return false;
+  auto it = tls_allow_.find(identity);
+  return it != tls_allow_.end() && it->second.count(name) > 0;
+}
+
 void Server::Accepted(Listener* l, int fd) {
+  if (connections_.load() >= static_cast<int>(options_.max_connections)) {
+    ::close(fd);  // at once: a refused client costs nothing while it waits
+    const int64_t now = SteadyClock::Default()->NowNs();
+    int64_t last = last_refusal_log_ns_.load();
+    if (now - last >= 10'000'000'000 && last_refusal_log_ns_.compare_exchange_strong(last, now)) {
+      LogWarning(fmt::format("refusing connections: {} open, the most --max-connections allows", options_.max_connections));
+    }
+    return;
+  }
   if (l->tcp) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));

@@ -278,6 +278,8 @@ Result<std::shared_ptr<const TlsCredentials>> TlsCredentials::Load(const TlsConf
   return std::shared_ptr<const TlsCredentials>(std::move(creds));
 }
 
+bool TlsCredentials::authenticates_clients() const { return impl_->verify_peer || impl_->x509 == nullptr; }
+
 // --- TlsSession ----------------------------------------------------------------
 
 Result<std::unique_ptr<TlsSession>> TlsSession::Create(std::shared_ptr<const TlsCredentials> credentials,
@@ -305,6 +307,29 @@ Result<std::unique_ptr<TlsSession>> TlsSession::Create(std::shared_ptr<const Tls
   // idle connection, like a stalled plain handshake.
   gnutls_handshake_set_timeout(s->session_, 0);
   return s;
+}
+
+std::string TlsSession::peer_identity() const {
+  if (!done_) return "";
+  if (gnutls_auth_get_type(session_) == GNUTLS_CRD_PSK) {
+    const char* user = gnutls_psk_server_get_username(session_);
+    return user != nullptr ? user : "";
+  }
+  // A certificate counts only when it was required and checked.
+  if (!credentials_->impl_->verify_peer) return "";
+  unsigned n = 0;
+  const gnutls_datum_t* chain = gnutls_certificate_get_peers(session_, &n);
+  if (chain == nullptr || n == 0) return "";
+  gnutls_x509_crt_t crt = nullptr;
+  if (gnutls_x509_crt_init(&crt) < 0) return "";
+  std::string cn;
+  if (gnutls_x509_crt_import(crt, &chain[0], GNUTLS_X509_FMT_DER) >= 0) {
+    char buf[256];
+    size_t len = sizeof(buf);
+    if (gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, buf, &len) >= 0) cn.assign(buf, len);
+  }
+  gnutls_x509_crt_deinit(crt);
+  return cn;
 }
 
 TlsSession::~TlsSession() {

@@ -53,7 +53,7 @@ Result<std::vector<uint64_t>> AllocatedChunks(int fd, uint64_t size, uint32_t ch
 // restored volume's chunks not loaded yet count by the source's map).
 Result<std::vector<uint64_t>> AllocatedChunks(BlockDevice& device, uint64_t size, uint32_t chunk_size) {
   std::vector<Extent> extents;
-  EBS_RETURN_IF_ERROR(device.Map(0, size, &extents));
+  EBS_RETURN_IF_ERROR(device.Map(0, size, &extents, BlockDevice::kAllExtents));
   std::vector<uint64_t> out;
   for (const auto& e : extents) {
     if (e.hole || e.length == 0) continue;

@@ -653,7 +653,7 @@ TEST_F(ChangeTrackerTest, PersistFailureFailsTheRequestAndLeavesDataUntouched) {
   ASSERT_EQ(0, RunIo(*loop_a_, *file_, IoKind::kRead, far, 4096, out.data()));
   EXPECT_EQ(std::vector<char>(4096, 0), out) << "the data file must be untouched";
   std::vector<Extent> ext;
-  ASSERT_TRUE(file_->Map(far, 8192, &ext).ok());
+  ASSERT_TRUE(file_->Map(far, 8192, &ext, BlockDevice::kAllExtents).ok());
   EXPECT_TRUE(ext.size() == 1 && ext[0].hole);
   EXPECT_FALSE(tracker_->Marked().Contains(40000));
   // A chunk whose mark is durable needs no persist: still writable.

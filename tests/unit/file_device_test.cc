@@ -170,7 +170,7 @@ TEST_F(FileDeviceTest, MapReportsHolesAndData) {
   std::vector<char> buf(1 << 20, 'x');
   ASSERT_EQ(0, RunIo(*loop_, **dev, IoKind::kWrite, 4 << 20, 1 << 20, buf.data()));
   std::vector<Extent> ext;
-  ASSERT_TRUE((*dev)->Map(0, 16 << 20, &ext).ok());
+  ASSERT_TRUE((*dev)->Map(0, 16 << 20, &ext, BlockDevice::kAllExtents).ok());
   ASSERT_EQ(3u, ext.size());
   EXPECT_TRUE(ext[0].hole);
   EXPECT_EQ(0u, ext[0].offset);
@@ -181,9 +181,33 @@ TEST_F(FileDeviceTest, MapReportsHolesAndData) {
   // After a trim the range is a hole again.
   ASSERT_EQ(0, RunIo(*loop_, **dev, IoKind::kTrim, 4 << 20, 1 << 20));
   ext.clear();
-  ASSERT_TRUE((*dev)->Map(0, 16 << 20, &ext).ok());
+  ASSERT_TRUE((*dev)->Map(0, 16 << 20, &ext, BlockDevice::kAllExtents).ok());
   ASSERT_EQ(1u, ext.size());
   EXPECT_TRUE(ext[0].hole);
+}
+
+TEST_F(FileDeviceTest, MapStopsAtMaxExtentsWithACoveredPrefix) {
+  TempDir dir;
+  auto dev = FileDevice::Open(dir.path() + "/v.img", 16 << 20, true);
+  ASSERT_TRUE(dev.ok());
+  // 4 KiB of data every 64 KiB: 512 extents in the first 16 MiB.
+  std::vector<char> buf(4096, 'x');
+  for (uint64_t off = 0; off < (16u << 20); off += 64 << 10) {
+    ASSERT_EQ(0, RunIo(*loop_, **dev, IoKind::kWrite, off, 4096, buf.data()));
+  }
+  std::vector<Extent> all;
+  ASSERT_TRUE((*dev)->Map(0, 16 << 20, &all, BlockDevice::kAllExtents).ok());
+  ASSERT_EQ(512u, all.size());
+  for (size_t max : {size_t{1}, size_t{2}, size_t{7}, size_t{511}}) {
+    std::vector<Extent> some{{0, 0, false}};  // appended after what is there
+    ASSERT_TRUE((*dev)->Map(0, 16 << 20, &some, max).ok());
+    ASSERT_EQ(max + 1, some.size()) << max;
+    for (size_t i = 0; i < max; ++i) {
+      EXPECT_EQ(all[i].offset, some[i + 1].offset);
+      EXPECT_EQ(all[i].length, some[i + 1].length);
+      EXPECT_EQ(all[i].hole, some[i + 1].hole);
+    }
+  }
 }
 
 TEST_F(FileDeviceTest, OutOfRangeRequestsAreRefusedAndChangeNothing) {

@@ -189,6 +189,51 @@ TEST_F(HandshakeTest, PartialMessagesWaitForMoreBytes) {
   EXPECT_EQ(3u, ParseReplies(out_).size());
 }
 
+TEST_F(HandshakeTest, ReplyBudgetStopsConsumingUntilTheClientReads) {
+  ClientFlags(kClientFixedNewstyle | kClientNoZeroes);
+  std::string lists;
+  for (int i = 0; i < 1000; ++i) lists += Option(kOptList, "");
+  // Each LIST answers 3 replies (two exports and the ACK).
+  const size_t one = [&] {
+    std::string o;
+    Handshake probe(&dir_);
+    probe.Start(&o);
+    std::string flags;
+    Append32(&flags, kClientFixedNewstyle | kClientNoZeroes);
+    std::string in = flags + Option(kOptList, "");
+    o.clear();
+    probe.Consume(in.data(), in.size(), &o);
+    return o.size();
+  }();
+  const size_t budget = 10 * one + 1;
+  size_t used = hs_.Consume(lists.data(), lists.size(), &out_, budget);
+  // Stops after the option that reached the budget: 11 answered, the rest left.
+  EXPECT_EQ(11u * 16, used);
+  EXPECT_EQ(11 * one, out_.size());
+  EXPECT_EQ(Handshake::State::kOptions, hs_.state());
+  // Nothing more while the budget is spent; the rest once the client read.
+  EXPECT_EQ(0u, hs_.Consume(lists.data() + used, lists.size() - used, &out_, 0));
+  out_.clear();
+  EXPECT_EQ(lists.size() - used, hs_.Consume(lists.data() + used, lists.size() - used, &out_));
+  EXPECT_EQ(3u * (1000 - 11), ParseReplies(out_).size());
+}
+
+TEST_F(HandshakeTest, TooManyOptionsClose) {
+  ClientFlags(kClientFixedNewstyle | kClientNoZeroes);
+  std::string opts;
+  for (size_t i = 0; i < Handshake::kMaxOptions; ++i) opts += Option(99, "");
+  Feed(opts);
+  EXPECT_EQ(Handshake::State::kOptions, hs_.state());
+  EXPECT_EQ(Handshake::kMaxOptions, ParseReplies(out_).size());
+  // A partial option does not count until it is whole.
+  std::string last = Option(kOptList, "");
+  EXPECT_EQ(0u, hs_.Consume(last.data(), 10, &out_));
+  EXPECT_EQ(Handshake::State::kOptions, hs_.state());
+  hs_.Consume(last.data(), last.size(), &out_);
+  EXPECT_EQ(Handshake::State::kClosed, hs_.state());
+  EXPECT_NE(std::string::npos, hs_.close_reason().find("options"));
+}
+
 TEST_F(HandshakeTest, AbortAcksAndCloses) {
   ClientFlags(kClientFixedNewstyle | kClientNoZeroes);
   Feed(Option(kOptAbort, ""));

@@ -117,7 +117,7 @@ TEST_F(HydrationLayerTest, ReadsAndPartialWritesLoadFirstAndLoadedChunksSurviveR
 TEST_F(HydrationLayerTest, MapDescribesChunksNotLoadedFromTheSource) {
   auto h = Open();
   std::vector<Extent> map;
-  ASSERT_TRUE(h->Map(0, 12 * kChunk, &map).ok());
+  ASSERT_TRUE(h->Map(0, 12 * kChunk, &map, BlockDevice::kAllExtents).ok());
   // hole [0,1), data [1,2), hole [2,5), data [5,6), hole [6,9), data [9,10), hole [10,12)
   std::vector<std::tuple<uint64_t, uint64_t, bool>> want = {
       {0, 1, true}, {1, 2, false}, {2, 5, true}, {5, 6, false}, {6, 9, true}, {9, 10, false}, {10, 12, true}};
@@ -126,6 +126,33 @@ TEST_F(HydrationLayerTest, MapDescribesChunksNotLoadedFromTheSource) {
     EXPECT_EQ(std::get<0>(want[i]) * kChunk, map[i].offset) << i;
     EXPECT_EQ((std::get<1>(want[i]) - std::get<0>(want[i])) * kChunk, map[i].length) << i;
     EXPECT_EQ(std::get<2>(want[i]), map[i].hole) << i;
+  }
+}
+
+TEST_F(HydrationLayerTest, MapStopsAtMaxExtentsWithACoveredPrefix) {
+  auto h = Open();
+  // Chunk 5 loaded with a write in its middle: the layer below maps it as
+  // data, hole, data, hole.
+  std::string w(1000, 'w');
+  ASSERT_EQ(0, testing::RunIo(*loop_, *h, IoKind::kWrite, 5 * kChunk + 10, w.size(), w.data()));
+  std::vector<Extent> all;
+  ASSERT_TRUE(h->Map(0, 12 * kChunk, &all, BlockDevice::kAllExtents).ok());
+  ASSERT_GT(all.size(), 6u);
+  for (size_t max = 1; max < all.size(); ++max) {
+    std::vector<Extent> some;
+    ASSERT_TRUE(h->Map(0, 12 * kChunk, &some, max).ok());
+    ASSERT_LE(some.size(), max) << max;
+    ASSERT_FALSE(some.empty());
+    // A prefix of the full map: the same extents, the last one possibly shorter.
+    for (size_t i = 0; i + 1 < some.size(); ++i) {
+      EXPECT_EQ(all[i].offset, some[i].offset) << max << " " << i;
+      EXPECT_EQ(all[i].length, some[i].length) << max << " " << i;
+      EXPECT_EQ(all[i].hole, some[i].hole) << max << " " << i;
+    }
+    const Extent& last = some.back();
+    EXPECT_EQ(all[some.size() - 1].offset, last.offset) << max;
+    EXPECT_EQ(all[some.size() - 1].hole, last.hole) << max;
+    EXPECT_LE(last.length, all[some.size() - 1].length) << max;
   }
 }
 

@@ -50,7 +50,7 @@ class CountingDevice final : public BlockDevice {
     below.fetch_add(1);
     loop.Post([req] { req->Finish(0); });
   }
-  Status Map(uint64_t, uint64_t, std::vector<Extent>*) override { return Status::Ok(); }
+  Status Map(uint64_t, uint64_t, std::vector<Extent>*, size_t) override { return Status::Ok(); }
   Status Resize(uint64_t) override { return Status::Ok(); }
 
   std::vector<int> windows;  // requests per 100 ms window from origin

@@ -210,17 +210,18 @@ void FileDevice::Continue(IoRequest* req, int res) {
   req->Finish(0);
 }
 
-Status FileDevice::Map(uint64_t offset, uint64_t length, std::vector<Extent>* out) {
-  uint64_t end = offset + length;
+Status FileDevice::Map(uint64_t offset, uint64_t length, std::vector<Extent>* out, size_t max_extents) {
+  const uint64_t end = offset + length;
+  const size_t limit = max_extents > SIZE_MAX - out->size() ? SIZE_MAX : out->size() + max_extents;
   uint64_t pos = offset;
-  while (pos < end) {
+  while (pos < end && out->size() < limit) {
     off_t data = lseek(fd_, static_cast<off_t>(pos), SEEK_DATA);
     if (data < 0 && errno != ENXIO) return Status::FromErrno(errno, "lseek SEEK_DATA");
     uint64_t data_start = data < 0 ? end : std::min<uint64_t>(static_cast<uint64_t>(data), end);
     if (data_start > pos) {
       out->push_back({pos, data_start - pos, true});
       pos = data_start;
-      if (pos >= end) break;
+      if (pos >= end || out->size() >= limit) break;
     }
     off_t hole = lseek(fd_, static_cast<off_t>(pos), SEEK_HOLE);
     if (hole < 0) return Status::FromErrno(errno, "lseek SEEK_HOLE");

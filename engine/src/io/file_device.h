@@ -16,7 +16,7 @@ class FileDevice final : public BlockDevice {
 
   uint64_t size() const override { return size_.load(std::memory_order_acquire); }
   void Submit(EventLoop& loop, IoRequest* req) override;
-  Status Map(uint64_t offset, uint64_t length, std::vector<Extent>* out) override;
+  Status Map(uint64_t offset, uint64_t length, std::vector<Extent>* out, size_t max_extents) override;
   Status Resize(uint64_t new_size) override;
   int fd() const { return fd_; }
 

@@ -117,10 +117,11 @@ void HydrationLayer::Submit(EventLoop& loop, IoRequest* req) {
 
 Status HydrationLayer::Resize(uint64_t new_size) { return next_->Resize(new_size); }
 
-Status HydrationLayer::Map(uint64_t offset, uint64_t length, std::vector<Extent>* out) {
+Status HydrationLayer::Map(uint64_t offset, uint64_t length, std::vector<Extent>* out, size_t max_extents) {
   if (complete_.load(std::memory_order_acquire) || RangeLoaded(offset, length)) {
-    return next_->Map(offset, length, out);
+    return next_->Map(offset, length, out, max_extents);
   }
+  const size_t first = out->size();
   auto append = [out](uint64_t off, uint64_t len, bool hole) {
     if (!out->empty() && out->back().hole == hole && out->back().offset + out->back().length == off) {
       out->back().length += len;
@@ -131,13 +132,22 @@ Status HydrationLayer::Map(uint64_t offset, uint64_t length, std::vector<Extent>
   const uint64_t end = offset + length;
   uint64_t pos = offset;
   std::vector<Extent> part;
-  while (pos < end) {
+  while (pos < end && out->size() - first < max_extents) {
     const uint64_t chunk = pos >> shift_;
     const uint64_t chunk_end = std::min(end, (chunk + 1) << shift_);
     if (Loaded(chunk)) {
       part.clear();
-      EBS_RETURN_IF_ERROR(next_->Map(pos, chunk_end - pos, &part));
-      for (const auto& e : part) append(e.offset, e.length, e.hole);
+      // One more than still fits: the first may merge into the last appended.
+      const size_t room = max_extents - (out->size() - first);
+      EBS_RETURN_IF_ERROR(next_->Map(pos, chunk_end - pos, &part, room == SIZE_MAX ? room : room + 1));
+      for (const auto& e : part) {
+        append(e.offset, e.length, e.hole);
+        if (out->size() - first > max_extents) {  // the extra one did not merge
+          out->pop_back();
+          return Status::Ok();
+        }
+      }
+      if (!part.empty() && part.back().offset + part.back().length < chunk_end) break;  // the layer below stopped
     } else {
       append(pos, chunk_end - pos, !source_->HasData(chunk));
     }

@@ -55,7 +55,7 @@ class HydrationLayer final : public DeviceLayer {
   Status Resize(uint64_t new_size) override;
   // Chunks not loaded yet are described by the snapshot (data or a hole),
   // not by the data file, where they are still holes.
-  Status Map(uint64_t offset, uint64_t length, std::vector<Extent>* out) override;
+  Status Map(uint64_t offset, uint64_t length, std::vector<Extent>* out, size_t max_extents) override;
 
   // Starts background loading. Separate from Open so the owner can finish
   // wiring first.

@@ -105,9 +105,12 @@ class BlockDevice {
   // lies within size(). The callback runs later on the same thread (never
   // inside Submit).
   virtual void Submit(EventLoop& loop, IoRequest* req) = 0;
-  // Appends extents describing [offset, offset+length) in order. Synchronous:
-  // it asks the file system, not the disk.
-  virtual Status Map(uint64_t offset, uint64_t length, std::vector<Extent>* out) = 0;
+  // Appends extents describing [offset, offset+length) in order, at most
+  // `max_extents` of them (kAllExtents: no limit): when it stops there, the
+  // last one appended ends before offset+length. Synchronous: it asks the
+  // file system, not the disk.
+  static constexpr size_t kAllExtents = SIZE_MAX;
+  virtual Status Map(uint64_t offset, uint64_t length, std::vector<Extent>* out, size_t max_extents) = 0;
   // Changes the size (grow only); safe while requests run.
   virtual Status Resize(uint64_t new_size) = 0;
 
@@ -125,8 +128,8 @@ class DeviceLayer : public BlockDevice {
   }
   uint64_t size() const override { return next_->size(); }
   void Submit(EventLoop& loop, IoRequest* req) override { next_->Submit(loop, req); }
-  Status Map(uint64_t offset, uint64_t length, std::vector<Extent>* out) override {
-    return next_->Map(offset, length, out);
+  Status Map(uint64_t offset, uint64_t length, std::vector<Extent>* out, size_t max_extents) override {
+    return next_->Map(offset, length, out, max_extents);
   }
   Status Resize(uint64_t new_size) override { return next_->Resize(new_size); }
 

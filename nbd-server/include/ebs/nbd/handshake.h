@@ -3,6 +3,7 @@
 // the same code. Not thread-safe (one per connection).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -50,9 +51,17 @@ class Handshake {
 
   // Appends the server greeting to `out`.
   void Start(std::string* out);
+  // A handshake may send at most this many options; the next one closes it.
+  // (nbdinfo --list sends a few per export.)
+  static constexpr size_t kMaxOptions = 4096;
+
   // Consumes whole messages from data[0, len) and appends replies to `out`.
   // Returns the bytes consumed; stop feeding once state() leaves kOptions.
-  size_t Consume(const char* data, size_t len, std::string* out);
+  // Stops before the next message once the replies appended reach
+  // `out_budget` bytes: a client that sends options without reading the
+  // replies then waits (the caller stops receiving) instead of growing `out`.
+  // One message's replies may pass the budget (a LIST of every export).
+  size_t Consume(const char* data, size_t len, std::string* out, size_t out_budget = SIZE_MAX);
   State state() const { return state_; }
   // REQUIRES: state() == kStartTls. Option haggling restarts inside TLS;
   // what was negotiated in the clear (structured replies, meta contexts) is
@@ -94,6 +103,7 @@ class Handshake {
   std::string meta_export_;
   bool block_size_requested_ = false;
   ExportInfo export_;
+  size_t options_ = 0;  // options received, STARTTLS's restart included
   // Bytes of an oversized option still to skip, and that option's code.
   uint64_t discard_ = 0;
   uint32_t discard_option_ = 0;

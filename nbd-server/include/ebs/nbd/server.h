@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -30,6 +31,23 @@ struct ServerOptions {
   // TLS on every listener. Anything but kOff needs tls_credentials.
   TlsMode tls = TlsMode::kOff;
   std::shared_ptr<const TlsCredentials> tls_credentials;
+  // A TCP listener beyond loopback needs tls == kRequire with credentials
+  // that authenticate every client (PSK, or verify_peer), unless this is
+  // set. On loopback without that, Start() warns: every local user can
+  // connect.
+  bool allow_insecure_tcp = false;
+  // Per-identity authorization: a TLS client whose PSK user name or
+  // certificate CN is a key here sees and opens only the volumes listed;
+  // an identity not listed, or a client without TLS, sees none. Empty:
+  // every client may open every export its listener serves. Needs kRequire.
+  std::map<std::string, std::vector<std::string>> tls_allow;
+  // Connections open at once; one more is closed as soon as it is accepted.
+  size_t max_connections = kDefaultMaxConnections;
+  // A connection that has not chosen an export this long after it was
+  // accepted is closed. 0: no limit.
+  int handshake_timeout_ms = 10'000;
+
+  static constexpr size_t kDefaultMaxConnections = 256;
 };
 
 // The volumes one listener exports.
@@ -64,6 +82,13 @@ class Server {
 
   // Addresses actually bound (port 0 resolved), for logs and tests.
   const std::vector<std::string>& addresses() const { return addresses_; }
+  // What the operator should know about this configuration (TCP open to
+  // every local user, ...), for the log.
+  const std::vector<std::string>& warnings() const { return warnings_; }
+
+  // --tls-allow: may a client (over TLS or not, proven `identity`) see and
+  // open export `name`?
+  bool TlsAllows(bool tls, const std::string& identity, const std::string& name) const;
 
   VolumeManager* volumes() { return volumes_; }
   const ServerOptions& options() const { return options_; }
@@ -83,7 +108,10 @@ class Server {
   std::vector<std::unique_ptr<LoopState>> loop_states_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::vector<std::string> addresses_;
+  std::vector<std::string> warnings_;
+  std::map<std::string, std::unordered_set<std::string>> tls_allow_;
   std::atomic<size_t> next_loop_{0};
+  std::atomic<int64_t> last_refusal_log_ns_{0};
   std::atomic<int> connections_{0};
   std::atomic<bool> stopping_{false};
 };

@@ -48,6 +48,10 @@ class TlsCredentials {
   // Things worth telling the operator that do not stop the server (a key
   // file readable by other users, ...).
   const std::vector<std::string>& warnings() const { return warnings_; }
+  // Every client that completes a TLS handshake has proven who it is: by a
+  // pre-shared key, or by a client certificate checked against the CA
+  // (verify_peer). False when a certificate-only client needs no credential.
+  bool authenticates_clients() const;
 
   struct Impl;  // GnuTLS objects; defined in tls.cc
 
@@ -100,6 +104,10 @@ class TlsSession {
   void Bye();
 
   const std::string& error() const { return error_; }
+  // Who the peer proved to be, once the handshake is done: its PSK user
+  // name, or the common name (CN) of its verified client certificate.
+  // Empty when it proved nothing.
+  std::string peer_identity() const;
 
  private:
   TlsSession() = default;
