@@ -264,6 +264,8 @@ bool Connection::ProcessHandshake() {
 
 void Connection::StartTransmission() {
   transmission_ = true;
+  int sndbuf = kTransmissionSendBuffer;
+  setsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
   structured_ = handshake_.structured_replies();
   base_allocation_ = handshake_.base_allocation();
   enforce_alignment_ = handshake_.block_size_negotiated();

@@ -43,6 +43,12 @@ inline constexpr uint64_t kMaxInflightBytes = 64u << 20;
 // Handshake replies not yet sent: past this the connection stops reading
 // options until the client has read some.
 inline constexpr size_t kMaxHandshakeBacklog = 64 * 1024;
+// The socket's send buffer (SO_SNDBUF; the kernel doubles it) during the
+// handshake, and from transmission on: room for a few large replies, so a
+// 1 MiB read reply goes out in one send instead of several partial ones,
+// each costing a wake-up (the kernel caps it at net.core.wmem_max).
+inline constexpr int kHandshakeSendBuffer = 64 * 1024;
+inline constexpr int kTransmissionSendBuffer = 4 << 20;
 // Extents in one BLOCK_STATUS reply (a reply may cover less than asked; the
 // client asks again for the rest).
 inline constexpr size_t kMaxExtentsPerReply = 1024;

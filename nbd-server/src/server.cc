@@ -306,10 +306,10 @@ void Server::Accepted(Listener* l, int fd) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   }
-  // Room for a few large replies in the socket: a 1 MiB read reply then
-  // goes out in one send instead of several partial ones, each costing a
-  // wake-up. The kernel caps it at net.core.wmem_max.
-  int sndbuf = 4 << 20;
+  // Small until the client has chosen an export (Connection raises it
+  // then): a client that sends options and never reads parks no more than
+  // this of replies in the kernel, beyond the server's own bound.
+  int sndbuf = kHandshakeSendBuffer;
   setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
   connections_.fetch_add(1);
   LoopState* ls = loop_states_[next_loop_.fetch_add(1) % loop_states_.size()].get();
