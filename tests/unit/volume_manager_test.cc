@@ -154,8 +154,8 @@ TEST(VolumeManagerTest, ModifyGrowsAndRecordsStates) {
   VolumeParams to_io1;
   to_io1.type = VolumeType::kIo1;
   r = (*m)->Modify("v", to_io1);
-  ASSERT_FALSE(r.ok()) << "6000 IOPS exceed 50 per GiB on 20 GiB io1";
-  EXPECT_THAT(r.status().message(), HasSubstr("50 IOPS per GiB"));
+  ASSERT_FALSE(r.ok()) << "the default 3000 IOPS exceed 50 per GiB on 20 GiB io1";
+  EXPECT_THAT(r.status().message(), HasSubstr("Iops to volume size ratio of 150.000000 is too high; maximum is 50"));
   to_io1.iops = 1000;
   r = (*m)->Modify("v", to_io1);
   ASSERT_TRUE(r.ok()) << r.status().message();
