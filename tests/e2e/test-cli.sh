@@ -40,10 +40,17 @@ expect_error() {  # expect_error PATTERN CMD...
   [ $rc -ne 0 ] || fail "'$*' succeeded"
   echo "$err" | grep -q -- "$pattern" || fail "'$*' said '$err', expected '$pattern'"
 }
-expect_error "50 IOPS per GiB" "$EBS" volume create bad --type io1 --size 10G --iops 3000
-expect_error "InvalidParameterCombination" "$EBS" volume create bad --type gp2 --size 10G --iops 300
-expect_error "throughput" "$EBS" volume create bad --type io2 --size 10G --iops 1000 --throughput 200
-expect_error "size" "$EBS" volume create bad --type st1 --size 100G
+# EC2's own wording (code and message), then ebs's hint.
+expect_error "InvalidParameterValue: Iops to volume size ratio of 300.000000 is too high; maximum is 50 (a 10 GiB io1" \
+  "$EBS" volume create bad --type io1 --size 10G --iops 3000
+expect_error "InvalidParameterCombination: The parameter iops is not supported for gp2 volumes." \
+  "$EBS" volume create bad --type gp2 --size 10G --iops 300
+expect_error "InvalidParameterCombination: throughput can only be specified for volumeType gp3." \
+  "$EBS" volume create bad --type io2 --size 10G --iops 1000 --throughput 200
+expect_error "InvalidParameterValue: The volume size is invalid for st1 volumes: 100 GiB." \
+  "$EBS" volume create bad --type st1 --size 100G
+expect_error "InvalidParameterValue: Throughput (MiBps) to iops ratio of 0.333333 is too high" \
+  "$EBS" volume create bad --type gp3 --size 100G --throughput 1000
 expect_error "size" "$EBS" volume create bad --size 12XB
 expect_error "name" "$EBS" volume create ../etc --size 1G
 expect_error "already exists" "$EBS" volume create web --size 1G

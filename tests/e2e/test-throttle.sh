@@ -141,7 +141,8 @@ pass "volume stats: $reads reads, $writes writes, as fio counted"
 m=$(curl -sf "$METRICS") || fail "GET $METRICS failed"
 echo "$m" | grep -q "^ebs_volume_read_ops_total{volume=\"fast\",type=\"gp3\"} $reads\$" || fail "metrics read ops"
 echo "$m" | grep -q "^ebs_volume_write_ops_total{volume=\"fast\",type=\"gp3\"} $writes\$" || fail "metrics write ops"
-echo "$m" | grep -q '^ebs_volume_iops_exceeded_check{volume="g",type="io2"} 1$' || fail "g exceeded its IOPS"
+echo "$m" | grep -q '^ebs_volume_iops_exceeded_check{volume="g",type="io2"} 0$' \
+  || fail "g: 14 s held back on IOPS is not consistently (the check needs 30 of the last 60 s)"
 echo "$m" | grep -q '^# TYPE ebs_volume_read_ops_total counter$' || fail "metric types"
 echo "$m" | grep -q '^ebs_volume_latency_microseconds{volume="fast",quantile="0.999"} [0-9.e+]*$' \
   || fail "latency quantiles as fractions"
@@ -156,10 +157,18 @@ check() {
   pass "$3"
 }
 check g 'd["ThrottledRequests"] > 100 and d["ThrottledTime"] > 1' "g: time and requests held by the throttle"
-check g 'd["VolumeThroughputExceededCheck"] == 1' "g: the 1M run hit the throughput limit within the last minute"
+# The exceeded checks need the workload held back in 30 of the last 60
+# one-second windows: g's 14 s live run at its limits was held back, but not
+# consistently. (The sc1 run below is held back for 33 s.)
+check g '8 <= d["Throttle"]["iops_limited_seconds"] < 30 and d["VolumeIOPSExceededCheck"] == 0' \
+  "g: the live run was held back on IOPS for under half the minute: check 0"
 check g '1 < d["VolumeQueueLength"] < 40' "g: queue length over the last minute (QD32 runs, throttled)"
-check g '5 < d["VolumeThroughputPercentage"] < 105 and 0 < d["PeriodSeconds"] <= 61.5' \
-  "g: IOPS delivered over the last minute as a share of the limit"
+check g '99 < d["VolumeThroughputPercentage"] <= 100 and 0 < d["PeriodSeconds"] <= 61.5' \
+  "g (io2): idle or held at its limit the whole minute: 100% of provisioned IOPS delivered"
+check g 'd["VolumeConsumedReadWriteOps"] > d["VolumeReadOps"] + d["VolumeWriteOps"]' \
+  "g (io2): VolumeConsumedReadWriteOps counts each 1 MiB read as 4"
+check fast '"VolumeThroughputPercentage" not in d and "VolumeConsumedReadWriteOps" not in d' \
+  "fast: gp3 has no VolumeThroughputPercentage or VolumeConsumedReadWriteOps (io1/io2 only)"
 check fast '0 < d["VolumeIdleTime"] < d["ElapsedTime"] and d["VolumeTotalReadTime"] > 0 and d["VolumeQueueLength"] > 0' \
   "fast: idle time, read time and queue length"
 check fast '"BurstBalance" not in d' "fast: gp3 has no burst bucket"
@@ -173,12 +182,15 @@ pass "BurstBalance in /metrics"
 
 # Small random I/O on HDD (hdd-vols): each 4 KiB random read spends a full
 # 1 MiB of throughput, so a 125 GiB sc1 (9.8 MiB/s burst) gives about 10 IOPS.
+# The run lasts 33 s: held back on throughput for more than half the minute.
 "$EBS" volume create cold --type sc1 --size 125G >/dev/null
-fio_run cold "$(uri cold)" --rw=randread --bs=4k --iodepth=8 --runtime=4 --time_based
+fio_run cold "$(uri cold)" --rw=randread --bs=4k --iodepth=8 --runtime=33 --time_based
 cold_iops=$(jq_py "$T/cold.json" 'round(j["jobs"][0]["read"]["iops"], 1)')
 "$PY" -c "import sys; sys.exit(0 if 5 <= float(sys.argv[1]) <= 12 else 1)" "$cold_iops" \
   || fail "sc1 125 GiB 4K random read: $cold_iops IOPS, expected about 10 (at most 12)"
 pass "sc1 125 GiB 4K random read: $cold_iops IOPS (1 MiB of throughput each; about 10)"
+check cold 'd["VolumeThroughputExceededCheck"] == 1 and d["VolumeIOPSExceededCheck"] == 0 and d["Throttle"]["throughput_limited_seconds"] >= 30' \
+  "cold: held back on throughput for 33 s: VolumeThroughputExceededCheck 1"
 stop_server
 
 # Modification states while serving: with --optimizing-seconds, describe

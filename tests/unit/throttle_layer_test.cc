@@ -144,7 +144,9 @@ TEST_F(ThrottleLayerTest, RequestsOverTheLimitWaitInOrderAndSucceed) {
   ASSERT_EQ(900u, order.size());
   auto s = metrics.Read(SteadyClock::Default()->NowNs());
   EXPECT_GT(s.throttled_requests, 300u);
-  EXPECT_TRUE(s.iops_exceeded_last_minute);
+  // Held back for a fraction of a second: marked, but not "consistently".
+  EXPECT_GE(s.iops_exceeded_seconds, 1);
+  EXPECT_FALSE(s.iops_exceeded_last_minute);
   EXPECT_DOUBLE_EQ(900, s.consumed_ops);
 }
 

@@ -154,8 +154,8 @@ TEST(VolumeManagerTest, ModifyGrowsAndRecordsStates) {
   VolumeParams to_io1;
   to_io1.type = VolumeType::kIo1;
   r = (*m)->Modify("v", to_io1);
-  ASSERT_FALSE(r.ok()) << "6000 IOPS exceed 50 per GiB on 20 GiB io1";
-  EXPECT_THAT(r.status().message(), HasSubstr("50 IOPS per GiB"));
+  ASSERT_FALSE(r.ok()) << "the default 3000 IOPS exceed 50 per GiB on 20 GiB io1";
+  EXPECT_THAT(r.status().message(), HasSubstr("Iops to volume size ratio of 150.000000 is too high; maximum is 50"));
   to_io1.iops = 1000;
   r = (*m)->Modify("v", to_io1);
   ASSERT_TRUE(r.ok()) << r.status().message();
@@ -400,6 +400,54 @@ TEST(VolumeManagerTest, BurstBalanceOnlyForGp2St1Sc1) {
     auto stats = (*m)->Stats(c.name);
     ASSERT_TRUE(stats.ok());
     EXPECT_EQ(c.reported, stats->contains("BurstBalance")) << c.name;
+  }
+}
+
+}  // namespace
+}  // namespace ebs
+
+namespace ebs {
+namespace {
+
+// CloudWatch's type rules (using_cloudwatch_ebs): VolumeConsumedReadWriteOps
+// and VolumeThroughputPercentage for io1/io2 only (100% on an idle volume),
+// the exceeded checks for every type but standard.
+TEST(VolumeManagerTest, CloudWatchMetricsReportedForTheirTypes) {
+  testing::TempDir dir;
+  auto m = VolumeManager::Open(dir.path());
+  ASSERT_TRUE(m.ok());
+  struct Case {
+    const char* name;
+    VolumeType type;
+    uint64_t gib;
+    uint32_t iops;
+    bool provisioned_iops;
+    bool exceeded_checks;
+  };
+  for (const Case& c : {Case{"i1", VolumeType::kIo1, 100, 1000, true, true},
+                        Case{"i2", VolumeType::kIo2, 100, 1000, true, true},
+                        Case{"g2", VolumeType::kGp2, 10, 0, false, true},
+                        Case{"g3", VolumeType::kGp3, 10, 0, false, true},
+                        Case{"s1", VolumeType::kSt1, 125, 0, false, true},
+                        Case{"c1", VolumeType::kSc1, 125, 0, false, true},
+                        Case{"std", VolumeType::kStandard, 10, 0, false, false}}) {
+    VolumeParams p;
+    p.type = c.type;
+    p.size_bytes = c.gib * kGiB;
+    if (c.iops) p.iops = c.iops;
+    ASSERT_TRUE((*m)->Create(c.name, p).ok()) << c.name;
+    auto att = (*m)->Attach(c.name);
+    ASSERT_TRUE(att.ok());
+    auto stats = (*m)->Stats(c.name);
+    ASSERT_TRUE(stats.ok());
+    EXPECT_EQ(c.provisioned_iops, stats->contains("VolumeThroughputPercentage")) << c.name;
+    EXPECT_EQ(c.provisioned_iops, stats->contains("VolumeConsumedReadWriteOps")) << c.name;
+    EXPECT_EQ(c.exceeded_checks, stats->contains("VolumeIOPSExceededCheck")) << c.name;
+    EXPECT_EQ(c.exceeded_checks, stats->contains("VolumeThroughputExceededCheck")) << c.name;
+    if (c.provisioned_iops) {
+      EXPECT_EQ(100, (*stats)["VolumeThroughputPercentage"].get<double>()) << c.name << ": idle is 100%";
+    }
+    EXPECT_TRUE((*stats)["Throttle"].contains("iops_limited_seconds")) << c.name;
   }
 }
 

@@ -52,107 +52,109 @@ std::vector<CreateCase> CreateCases() {
   return {
       // gp2
       Ok("gp2_min_size", Params(T::kGp2, 1 * G), Config(T::kGp2, 1 * G)),
-      Bad("gp2_below_min_size", Params(T::kGp2, 0), "below the 1 GiB minimum for gp2"),
+      Bad("gp2_below_min_size", Params(T::kGp2, 0), "The volume size is invalid for gp2 volumes: 0 GiB. gp2 volumes must be at least 1 GiB"),
       Ok("gp2_max_size", Params(T::kGp2, 16 * TB), Config(T::kGp2, 16 * TB)),
       Bad("gp2_above_max_size", Params(T::kGp2, 16 * TB + G),
-          "size 16385 GiB is above the 16 TiB maximum for gp2"),
-      Bad("gp2_20tib", Params(T::kGp2, 20 * TB), "size 20 TiB is above the 16 TiB maximum for gp2"),
+          "Volume of 16385GiB is too large for volume type gp2; maximum is 16384GiB. (gp2 takes 1 GiB to 16 TiB)"),
+      Bad("gp2_20tib", Params(T::kGp2, 20 * TB), "Volume of 20480GiB is too large for volume type gp2; maximum is 16384GiB."),
       Bad("gp2_partial_gib", Params(T::kGp2, G + 1), "1073741825 bytes is not a whole number of GiB"),
       Bad("gp2_iops", Params(T::kGp2, 100 * G, 3000),
-          "InvalidParameterCombination: iops is not supported for gp2"),
+          "InvalidParameterCombination: The parameter iops is not supported for gp2 volumes."),
       Bad("gp2_throughput", Params(T::kGp2, 100 * G, kNone, 125),
-          "InvalidParameterCombination: throughput is not supported for gp2"),
+          "InvalidParameterCombination: throughput can only be specified for volumeType gp3. (gp2 does not"),
 
       // gp3
       Ok("gp3_min_size_defaults", Params(T::kGp3, 1 * G), Config(T::kGp3, 1 * G, 3000, 125)),
-      Bad("gp3_below_min_size", Params(T::kGp3, 0), "below the 1 GiB minimum for gp3"),
+      Bad("gp3_below_min_size", Params(T::kGp3, 0), "gp3 volumes must be at least 1 GiB in size."),
       Ok("gp3_max_size", Params(T::kGp3, 64 * TB), Config(T::kGp3, 64 * TB, 3000, 125)),
-      Bad("gp3_above_max_size", Params(T::kGp3, 64 * TB + G), "above the 64 TiB maximum for gp3"),
+      Bad("gp3_above_max_size", Params(T::kGp3, 64 * TB + G), "too large for volume type gp3; maximum is 65536GiB."),
       Ok("gp3_min_iops", Params(T::kGp3, 1 * G, 3000), Config(T::kGp3, 1 * G, 3000, 125)),
       Bad("gp3_below_min_iops", Params(T::kGp3, 100 * G, 2999),
-          "iops 2999 is below the 3000 minimum for gp3"),
+          "Volume iops of 2999 is too low; minimum is 3000. (gp3 takes 3000 to 80000 IOPS)"),
       Ok("gp3_max_iops_at_exact_ratio", Params(T::kGp3, 160 * G, 80000),
          Config(T::kGp3, 160 * G, 80000, 125)),
       Bad("gp3_above_max_iops", Params(T::kGp3, 1000 * G, 80001),
-          "iops 80001 is above the 80000 maximum for gp3"),
+          "Volume iops of 80001 is too high; maximum is 80000."),
       Bad("gp3_max_iops_one_gib_short", Params(T::kGp3, 159 * G, 80000),
-          "iops 80000 exceeds 500 IOPS per GiB for a 159 GiB gp3 volume (at most 79500)"),
+          "Iops to volume size ratio of 503.144654 is too high; maximum is 500 (a 159 GiB gp3 volume takes at most 79500 IOPS)"),
       Ok("gp3_ratio_exact", Params(T::kGp3, 7 * G, 3500), Config(T::kGp3, 7 * G, 3500, 125)),
-      Bad("gp3_ratio_past", Params(T::kGp3, 7 * G, 3501), "exceeds 500 IOPS per GiB"),
+      Bad("gp3_ratio_past", Params(T::kGp3, 7 * G, 3501), "ratio of 500.142857 is too high; maximum is 500"),
       Bad("gp3_small_volume_above_included", Params(T::kGp3, 1 * G, 3001),
-          "iops 3001 exceeds 500 IOPS per GiB for a 1 GiB gp3 volume (at most 3000)"),
+          "Iops to volume size ratio of 3001.000000 is too high; maximum is 500 (a 1 GiB gp3 volume takes at most 3000 IOPS)"),
       Ok("gp3_min_throughput", Params(T::kGp3, 1 * G, kNone, 125),
          Config(T::kGp3, 1 * G, 3000, 125)),
       Bad("gp3_below_min_throughput", Params(T::kGp3, 1 * G, kNone, 124),
-          "throughput 124 MiB/s is below the 125 MiB/s minimum for gp3"),
+          "Volume throughput of 124 is too low; minimum is 125. (gp3 takes 125 to 2000 MiB/s)"),
       Ok("gp3_max_throughput", Params(T::kGp3, 100 * G, 8000, 2000),
          Config(T::kGp3, 100 * G, 8000, 2000)),
       Bad("gp3_above_max_throughput", Params(T::kGp3, 1000 * G, 80000, 2001),
-          "throughput 2001 MiB/s is above the 2000 MiB/s maximum for gp3"),
+          "Volume throughput of 2001 is too high; maximum is 2000."),
       Ok("gp3_throughput_ratio_exact", Params(T::kGp3, 10 * G, 3000, 750),
          Config(T::kGp3, 10 * G, 3000, 750)),
       Bad("gp3_throughput_ratio_past", Params(T::kGp3, 10 * G, 3000, 751),
-          "throughput 751 MiB/s exceeds 0.25 MiB/s per provisioned IOPS for a gp3 volume with "
-          "3000 IOPS (at most 750 MiB/s)"),
+          "Throughput (MiBps) to iops ratio of 0.250333 is too high; maximum is 0.250000 MiBps per iops "
+          "(a gp3 volume with 3000 IOPS takes at most 750 MiB/s)"),
       Bad("gp3_max_throughput_needs_8000_iops", Params(T::kGp3, 100 * G, 7999, 2000),
-          "exceeds 0.25 MiB/s per provisioned IOPS"),
+          "Throughput (MiBps) to iops ratio of 0.250031 is too high"),
 
       // io1
       Ok("io1_min_size_min_iops", Params(T::kIo1, 4 * G, 100), Config(T::kIo1, 4 * G, 100)),
-      Bad("io1_below_min_size", Params(T::kIo1, 3 * G, 100), "size 3 GiB is below the 4 GiB minimum for io1"),
+      Bad("io1_below_min_size", Params(T::kIo1, 3 * G, 100), "The volume size is invalid for io1 volumes: 3 GiB. io1 volumes must be at least 4 GiB in size. "
+          "Please specify a volume size above the minimum limit. (io1 takes 4 GiB to 16 TiB)"),
       Ok("io1_max_size", Params(T::kIo1, 16 * TB, 64000), Config(T::kIo1, 16 * TB, 64000)),
-      Bad("io1_above_max_size", Params(T::kIo1, 16 * TB + G, 100), "above the 16 TiB maximum for io1"),
+      Bad("io1_above_max_size", Params(T::kIo1, 16 * TB + G, 100), "too large for volume type io1; maximum is 16384GiB."),
       Bad("io1_iops_missing", Params(T::kIo1, 100 * G),
-          "InvalidParameterCombination: iops must be specified for io1 volumes"),
-      Bad("io1_below_min_iops", Params(T::kIo1, 100 * G, 99), "iops 99 is below the 100 minimum for io1"),
+          "InvalidParameterCombination: The parameter iops must be specified for io1 volumes. (io1 takes 100 to 64000 IOPS)"),
+      Bad("io1_below_min_iops", Params(T::kIo1, 100 * G, 99), "Volume iops of 99 is too low; minimum is 100."),
       Ok("io1_max_iops_at_exact_ratio", Params(T::kIo1, 1280 * G, 64000),
          Config(T::kIo1, 1280 * G, 64000)),
-      Bad("io1_above_max_iops", Params(T::kIo1, 16 * TB, 64001), "above the 64000 maximum for io1"),
-      Bad("io1_max_iops_one_gib_short", Params(T::kIo1, 1279 * G, 64000), "exceeds 50 IOPS per GiB"),
+      Bad("io1_above_max_iops", Params(T::kIo1, 16 * TB, 64001), "Volume iops of 64001 is too high; maximum is 64000."),
+      Bad("io1_max_iops_one_gib_short", Params(T::kIo1, 1279 * G, 64000), "ratio of 50.039093 is too high; maximum is 50"),
       Ok("io1_ratio_exact", Params(T::kIo1, 10 * G, 500), Config(T::kIo1, 10 * G, 500)),
       Bad("io1_ratio_past", Params(T::kIo1, 10 * G, 501),
-          "iops 501 exceeds 50 IOPS per GiB for a 10 GiB io1 volume (at most 500)"),
-      Bad("io1_throughput", Params(T::kIo1, 100 * G, 1000, 200), "throughput is not supported for io1"),
+          "Iops to volume size ratio of 50.100000 is too high; maximum is 50 (a 10 GiB io1 volume takes at most 500 IOPS)"),
+      Bad("io1_throughput", Params(T::kIo1, 100 * G, 1000, 200), "throughput can only be specified for volumeType gp3."),
 
       // io2
       Ok("io2_min_size_min_iops", Params(T::kIo2, 4 * G, 100), Config(T::kIo2, 4 * G, 100)),
-      Bad("io2_below_min_size", Params(T::kIo2, 3 * G, 100), "below the 4 GiB minimum for io2"),
+      Bad("io2_below_min_size", Params(T::kIo2, 3 * G, 100), "io2 volumes must be at least 4 GiB in size."),
       Ok("io2_max_size", Params(T::kIo2, 64 * TB, 256000), Config(T::kIo2, 64 * TB, 256000)),
-      Bad("io2_above_max_size", Params(T::kIo2, 64 * TB + G, 100), "above the 64 TiB maximum for io2"),
-      Bad("io2_iops_missing", Params(T::kIo2, 100 * G), "iops must be specified for io2 volumes"),
-      Bad("io2_below_min_iops", Params(T::kIo2, 100 * G, 99), "below the 100 minimum for io2"),
+      Bad("io2_above_max_size", Params(T::kIo2, 64 * TB + G, 100), "too large for volume type io2; maximum is 65536GiB."),
+      Bad("io2_iops_missing", Params(T::kIo2, 100 * G), "The parameter iops must be specified for io2 volumes."),
+      Bad("io2_below_min_iops", Params(T::kIo2, 100 * G, 99), "Volume iops of 99 is too low; minimum is 100. (io2 takes 100 to 256000 IOPS)"),
       Ok("io2_max_iops_at_exact_ratio", Params(T::kIo2, 256 * G, 256000),
          Config(T::kIo2, 256 * G, 256000)),
-      Bad("io2_above_max_iops", Params(T::kIo2, 64 * TB, 256001), "above the 256000 maximum for io2"),
+      Bad("io2_above_max_iops", Params(T::kIo2, 64 * TB, 256001), "Volume iops of 256001 is too high; maximum is 256000."),
       Bad("io2_ratio_past", Params(T::kIo2, 255 * G, 256000),
-          "exceeds 1000 IOPS per GiB for a 255 GiB io2 volume (at most 255000)"),
-      Bad("io2_throughput", Params(T::kIo2, 100 * G, 1000, 200), "throughput is not supported for io2"),
+          "Iops to volume size ratio of 1003.921569 is too high; maximum is 1000 (a 255 GiB io2 volume takes at "
+          "most 255000 IOPS)"),
+      Bad("io2_throughput", Params(T::kIo2, 100 * G, 1000, 200), "throughput can only be specified for volumeType gp3. (io2 does not take"),
 
       // st1
       Ok("st1_min_size", Params(T::kSt1, 125 * G), Config(T::kSt1, 125 * G)),
-      Bad("st1_below_min_size", Params(T::kSt1, 124 * G), "below the 125 GiB minimum for st1"),
+      Bad("st1_below_min_size", Params(T::kSt1, 124 * G), "The volume size is invalid for st1 volumes: 124 GiB. st1 volumes must be at least 125 GiB"),
       Ok("st1_max_size", Params(T::kSt1, 16 * TB), Config(T::kSt1, 16 * TB)),
-      Bad("st1_above_max_size", Params(T::kSt1, 16 * TB + G), "above the 16 TiB maximum for st1"),
-      Bad("st1_iops", Params(T::kSt1, 500 * G, 500), "iops is not supported for st1"),
-      Bad("st1_throughput", Params(T::kSt1, 500 * G, kNone, 250), "throughput is not supported for st1"),
+      Bad("st1_above_max_size", Params(T::kSt1, 16 * TB + G), "too large for volume type st1; maximum is 16384GiB."),
+      Bad("st1_iops", Params(T::kSt1, 500 * G, 500), "The parameter iops is not supported for st1 volumes. (only gp3, io1 and io2"),
+      Bad("st1_throughput", Params(T::kSt1, 500 * G, kNone, 250), "throughput can only be specified for volumeType gp3."),
 
       // sc1
       Ok("sc1_min_size", Params(T::kSc1, 125 * G), Config(T::kSc1, 125 * G)),
-      Bad("sc1_below_min_size", Params(T::kSc1, 124 * G), "below the 125 GiB minimum for sc1"),
+      Bad("sc1_below_min_size", Params(T::kSc1, 124 * G), "sc1 volumes must be at least 125 GiB in size."),
       Ok("sc1_max_size", Params(T::kSc1, 16 * TB), Config(T::kSc1, 16 * TB)),
-      Bad("sc1_above_max_size", Params(T::kSc1, 16 * TB + G), "above the 16 TiB maximum for sc1"),
-      Bad("sc1_iops", Params(T::kSc1, 500 * G, 250), "iops is not supported for sc1"),
-      Bad("sc1_throughput", Params(T::kSc1, 500 * G, kNone, 80), "throughput is not supported for sc1"),
+      Bad("sc1_above_max_size", Params(T::kSc1, 16 * TB + G), "too large for volume type sc1; maximum is 16384GiB."),
+      Bad("sc1_iops", Params(T::kSc1, 500 * G, 250), "The parameter iops is not supported for sc1 volumes."),
+      Bad("sc1_throughput", Params(T::kSc1, 500 * G, kNone, 80), "throughput can only be specified for volumeType gp3."),
 
       // standard
       Ok("standard_min_size", Params(T::kStandard, 1 * G), Config(T::kStandard, 1 * G)),
-      Bad("standard_below_min_size", Params(T::kStandard, 0), "below the 1 GiB minimum for standard"),
+      Bad("standard_below_min_size", Params(T::kStandard, 0), "standard volumes must be at least 1 GiB in size."),
       Ok("standard_max_size", Params(T::kStandard, 1 * TB), Config(T::kStandard, 1 * TB)),
       Bad("standard_above_max_size", Params(T::kStandard, 1 * TB + G),
-          "size 1025 GiB is above the 1 TiB maximum for standard"),
-      Bad("standard_iops", Params(T::kStandard, 100 * G, 100), "iops is not supported for standard"),
+          "Volume of 1025GiB is too large for volume type standard; maximum is 1024GiB. (standard takes 1 GiB to 1 TiB)"),
+      Bad("standard_iops", Params(T::kStandard, 100 * G, 100), "The parameter iops is not supported for standard volumes."),
       Bad("standard_throughput", Params(T::kStandard, 100 * G, kNone, 40),
-          "throughput is not supported for standard"),
+          "throughput can only be specified for volumeType gp3. (standard does not take provisioned throughput)"),
   };
 }
 
@@ -177,11 +179,43 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, CreateTableTest, ::testing::ValuesIn(CreateCa
                            return param_info.param.name;
                          });
 
-TEST(ValidateCreateTest, ReferenceMessageVerbatim) {
-  Result<VolumeConfig> r = ValidateCreate(Params(T::kIo1, 10 * kGiB, 3000));
-  ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.status().message(),
-              StartsWith("InvalidParameterValue: iops 3000 exceeds 50 IOPS per GiB for a 10 GiB io1 volume"));
+// The common failures, whole: EC2's code and message (what a script written
+// against AWS matches), then ebs's hint in brackets.
+TEST(ValidateCreateTest, AwsWordingVerbatim) {
+  const std::pair<VolumeParams, std::string> cases[] = {
+      {Params(T::kIo1, 10 * kGiB, 3000),
+       "InvalidParameterValue: Iops to volume size ratio of 300.000000 is too high; maximum is 50 "
+       "(a 10 GiB io1 volume takes at most 500 IOPS)"},
+      {Params(T::kGp3, 20 * kGiB, 15000),
+       "InvalidParameterValue: Iops to volume size ratio of 750.000000 is too high; maximum is 500 "
+       "(a 20 GiB gp3 volume takes at most 10000 IOPS)"},
+      {Params(T::kGp3, 100 * kGiB, 3000, 1000),
+       "InvalidParameterValue: Throughput (MiBps) to iops ratio of 0.333333 is too high; maximum is 0.250000 "
+       "MiBps per iops (a gp3 volume with 3000 IOPS takes at most 750 MiB/s)"},
+      {Params(T::kGp2, 0),
+       "InvalidParameterValue: The volume size is invalid for gp2 volumes: 0 GiB. gp2 volumes must be at least "
+       "1 GiB in size. Please specify a volume size above the minimum limit. (gp2 takes 1 GiB to 16 TiB)"},
+      {Params(T::kStandard, 2000 * kGiB),
+       "InvalidParameterValue: Volume of 2000GiB is too large for volume type standard; maximum is 1024GiB. "
+       "(standard takes 1 GiB to 1 TiB)"},
+      {Params(T::kIo2, 100 * kGiB, 50),
+       "InvalidParameterValue: Volume iops of 50 is too low; minimum is 100. (io2 takes 100 to 256000 IOPS)"},
+      {Params(T::kGp2, 100 * kGiB, 3000),
+       "InvalidParameterCombination: The parameter iops is not supported for gp2 volumes. "
+       "(only gp3, io1 and io2 take provisioned IOPS)"},
+      {Params(T::kIo1, 100 * kGiB, 1000, 200),
+       "InvalidParameterCombination: throughput can only be specified for volumeType gp3. "
+       "(io1 does not take provisioned throughput)"},
+      {Params(T::kIo2, 100 * kGiB),
+       "InvalidParameterCombination: The parameter iops must be specified for io2 volumes. "
+       "(io2 takes 100 to 256000 IOPS)"},
+  };
+  for (const auto& [params, want] : cases) {
+    Result<VolumeConfig> r = ValidateCreate(params);
+    ASSERT_FALSE(r.ok()) << want;
+    EXPECT_EQ(want, r.status().message());
+    EXPECT_EQ(EINVAL, r.status().code());
+  }
 }
 
 TEST(ValidateCreateTest, TypeAndSizeRequired) {
@@ -254,7 +288,7 @@ TEST(ValidateModifyTest, GrowKeepsPerformance) {
 
 TEST(ValidateModifyTest, GrowPastTypeMaximumRefused) {
   ExpectRefused(Config(T::kGp2, 10 * G), Modify(std::nullopt, 16 * kTiB + G),
-                "above the 16 TiB maximum for gp2");
+                "Volume of 16385GiB is too large for volume type gp2; maximum is 16384GiB.");
 }
 
 TEST(ValidateModifyTest, ShrinkRefused) {
@@ -278,16 +312,16 @@ TEST(ValidateModifyTest, ChangeIopsAndThroughputInPlace) {
   ExpectModified(Config(T::kIo1, 100 * G, 1000), Modify(std::nullopt, std::nullopt, 5000),
                  Config(T::kIo1, 100 * G, 5000));
   ExpectRefused(Config(T::kIo1, 100 * G, 1000), Modify(std::nullopt, std::nullopt, 5001),
-                "exceeds 50 IOPS per GiB for a 100 GiB io1 volume");
+                "Iops to volume size ratio of 50.010000 is too high; maximum is 50 (a 100 GiB io1 volume takes at most 5000 IOPS)");
   ExpectModified(Config(T::kGp3, 100 * G, 8000, 125), Modify(std::nullopt, std::nullopt, kNone, 2000),
                  Config(T::kGp3, 100 * G, 8000, 2000));
   // Lowering IOPS while the carried throughput needs them is refused, not adjusted.
   ExpectRefused(Config(T::kGp3, 100 * G, 8000, 2000), Modify(std::nullopt, std::nullopt, 4000),
-                "exceeds 0.25 MiB/s per provisioned IOPS");
+                "Throughput (MiBps) to iops ratio of 0.500000 is too high; maximum is 0.250000 MiBps per iops");
   ExpectRefused(Config(T::kGp2, 100 * G), Modify(std::nullopt, std::nullopt, 3000),
-                "iops is not supported for gp2");
+                "The parameter iops is not supported for gp2 volumes.");
   ExpectRefused(Config(T::kIo2, 100 * G, 1000), Modify(std::nullopt, std::nullopt, kNone, 200),
-                "throughput is not supported for io2");
+                "throughput can only be specified for volumeType gp3. (io2 does not take");
 }
 
 // ModifyVolume's defaults: a type change to io1, io2 or gp3 without IOPS
@@ -296,7 +330,7 @@ TEST(ValidateModifyTest, TypeChangeToIo1Io2Gp3Defaults3000Iops) {
   ExpectModified(Config(T::kGp3, 60 * G, 6000, 500), Modify(T::kIo1), Config(T::kIo1, 60 * G, 3000));
   // 3000 IOPS on 10 GiB breaks io1's 50/GiB: refused rather than silently lowered.
   ExpectRefused(Config(T::kGp3, 10 * G, 3000, 125), Modify(T::kIo1),
-                "iops 3000 exceeds 50 IOPS per GiB for a 10 GiB io1 volume");
+                "Iops to volume size ratio of 300.000000 is too high; maximum is 50 (a 10 GiB io1 volume takes at most 500 IOPS)");
   // Growing in the same request makes it fit.
   ExpectModified(Config(T::kGp3, 10 * G, 3000, 125), Modify(T::kIo1, 60 * G),
                  Config(T::kIo1, 60 * G, 3000));
@@ -346,14 +380,15 @@ TEST(ValidateModifyTest, Gp2ToGp3KeepsGp2PerformanceWhenHigher) {
 TEST(ValidateModifyTest, Gp3ToGp2ClearsIopsAndThroughput) {
   ExpectModified(Config(T::kGp3, 100 * G, 6000, 500), Modify(T::kGp2), Config(T::kGp2, 100 * G));
   ExpectRefused(Config(T::kGp3, 100 * G, 6000, 500), Modify(T::kGp2, std::nullopt, 6000),
-                "iops is not supported for gp2");
+                "The parameter iops is not supported for gp2 volumes.");
 }
 
 TEST(ValidateModifyTest, TypeChangeRespectsNewSizeRange) {
-  ExpectRefused(Config(T::kGp2, 100 * G), Modify(T::kSt1), "below the 125 GiB minimum for st1");
+  ExpectRefused(Config(T::kGp2, 100 * G), Modify(T::kSt1),
+                "The volume size is invalid for st1 volumes: 100 GiB. st1 volumes must be at least 125 GiB");
   ExpectModified(Config(T::kGp2, 100 * G), Modify(T::kSt1, 125 * G), Config(T::kSt1, 125 * G));
   ExpectRefused(Config(T::kGp3, 2 * kTiB, 3000, 125), Modify(T::kStandard),
-                "above the 1 TiB maximum for standard");
+                "Volume of 2048GiB is too large for volume type standard; maximum is 1024GiB.");
   ExpectModified(Config(T::kSc1, 500 * G), Modify(T::kGp2), Config(T::kGp2, 500 * G));
 }
 

@@ -555,9 +555,16 @@ nlohmann::json VolumeManager::StatsLocked(const VolumeRecord& record) {
   j["VolumeTotalWriteTime"] = s.total_write_time_s;
   j["VolumeIdleTime"] = s.idle_time_s;
   j["VolumeQueueLength"] = s.queue_length;
-  j["VolumeConsumedReadWriteOps"] = s.consumed_ops;
-  j["VolumeIOPSExceededCheck"] = s.iops_exceeded_last_minute ? 1 : 0;
-  j["VolumeThroughputExceededCheck"] = s.throughput_exceeded_last_minute ? 1 : 0;
+  const VolumeType type = record.config.type;
+  const bool provisioned_iops = type == VolumeType::kIo1 || type == VolumeType::kIo2;
+  // CloudWatch (using_cloudwatch_ebs): VolumeConsumedReadWriteOps and
+  // VolumeThroughputPercentage are for Provisioned IOPS SSD (io1, io2) only;
+  // the exceeded checks for every type but magnetic (standard).
+  if (provisioned_iops) j["VolumeConsumedReadWriteOps"] = s.consumed_rw_ops;
+  if (type != VolumeType::kStandard) {
+    j["VolumeIOPSExceededCheck"] = s.iops_exceeded_last_minute ? 1 : 0;
+    j["VolumeThroughputExceededCheck"] = s.throughput_exceeded_last_minute ? 1 : 0;
+  }
   j["ThrottledTime"] = s.throttled_time_s;
   j["ThrottledRequests"] = s.throttled_requests;
   j["InFlight"] = s.in_flight;
@@ -567,11 +574,9 @@ nlohmann::json VolumeManager::StatsLocked(const VolumeRecord& record) {
                               {"p99.9", s.latency_p999_us}};
   PerformanceLimits limits = ComputeLimits(record.config);
   double burst_balance = 100;
-  double iops_limit = limits.baseline_iops;
   if (v && v->throttle()) {
     ThrottleLayer::State t = v->throttle()->Read();
     burst_balance = t.burst_balance_percent;
-    iops_limit = t.current_iops;
     j["Throttle"] = {{"enabled", true},
                      {"current_iops_limit", t.current_iops},
                      {"current_throughput_limit_mibps", t.current_throughput_mibps},
@@ -581,20 +586,27 @@ nlohmann::json VolumeManager::StatsLocked(const VolumeRecord& record) {
   } else {
     j["Throttle"] = {{"enabled", v ? false : options_.throttle}};
   }
+  // What the exceeded checks and the throttle's accounting rest on: seconds
+  // held back on each limit in the last minute, counted I/Os (merged).
+  j["Throttle"]["iops_limited_seconds"] = s.iops_exceeded_seconds;
+  j["Throttle"]["throughput_limited_seconds"] = s.throughput_exceeded_seconds;
+  j["Throttle"]["counted_ios"] = s.consumed_ops;
   // CloudWatch reports BurstBalance for gp2, st1 and sc1 only (using_cloudwatch_ebs);
   // standard's credits are ours, not a metric. A gp2 of 1,000 GiB and more has no bucket.
-  const VolumeType type = record.config.type;
   if ((type == VolumeType::kGp2 || type == VolumeType::kSt1 || type == VolumeType::kSc1) &&
       (limits.io_credit_bucket > 0 || limits.throughput_credit_bucket_mib > 0)) {
     j["BurstBalance"] = burst_balance;
   }
-  // CloudWatch's period figures over the last minute: IOPS delivered (as
-  // counted I/Os) as a share of the IOPS limit. CloudWatch reports it for
-  // provisioned-IOPS types; we report it for every type, against its current
-  // limit (the burst rate while a bucket has credits).
   j["PeriodSeconds"] = s.period_s;
-  const double consumed_per_s = s.period_s > 0 ? s.period_consumed_ops / s.period_s : 0;
-  j["VolumeThroughputPercentage"] = iops_limit > 0 ? 100.0 * consumed_per_s / iops_limit : 0;
+  if (provisioned_iops) {
+    // Without a throttle (--no-throttle) nothing counts I/Os the EBS way;
+    // then the delivered I/Os are VolumeConsumedReadWriteOps' count.
+    VolumeMetrics::Sample delivered = s;
+    if (v == nullptr || v->throttle() == nullptr) {
+      delivered.period_consumed_ops = static_cast<double>(s.period_consumed_rw_ops);
+    }
+    j["VolumeThroughputPercentage"] = VolumeMetrics::ThroughputPercentage(delivered, record.config.iops);
+  }
   return j;
 }
 

@@ -132,7 +132,7 @@ void ThrottleLayer::Submit(EventLoop& loop, IoRequest* req) {
         model_.Consume(cost, now);
       } else {
         wake = now + std::max(wait, kMinWaitNs);
-        metrics_->OnLimitReached(model_.last_wait_was_iops(), now);
+        metrics_->OnHeldBack(model_.last_wait_was_iops(), now, wake);
       }
     }
     if (head_ != nullptr || wake != 0) {
@@ -170,7 +170,11 @@ int64_t ThrottleLayer::Pump(int64_t now_ns) {
       IoCost cost{q.cost_ios, q.cost_bytes};
       int64_t wait = model_.WaitNs(cost, now_ns);
       if (wait > 0) {
+        // Held back until the next look; requests behind the head are held
+        // by the same limit. Each look marks up to the next, so a queue that
+        // stays held back marks every second it lasts.
         again = now_ns + std::max(wait, kMinWaitNs);
+        metrics_->OnHeldBack(model_.last_wait_was_iops(), now_ns, again);
         break;
       }
       model_.Consume(cost, now_ns);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdio>
 
 namespace ebs {
 namespace {
@@ -63,32 +64,54 @@ Status InvalidCombination(const std::string& message) {
   return Status::InvalidArgument("InvalidParameterCombination: " + message);
 }
 
+// The messages below open with the text EC2 returns for the same failure
+// (as seen in public CreateVolume/ModifyVolume error reports; see
+// docs/volume-types.md for which were seen and which follow their pattern),
+// so scripts written against AWS match them, then ebs's hint in brackets.
+// EC2 prints ratios with six decimals ("%f").
+std::string Fixed6(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%f", v);
+  return buf;
+}
+std::string Hint(const std::string& text) { return " (" + text + ")"; }
+
+std::string IopsRange(const TypeRules& rules) {
+  return std::string(rules.name) + " takes " + std::to_string(rules.min_iops) + " to " +
+         std::to_string(rules.max_iops) + " IOPS";
+}
+
 // Refuses parameters the target type does not take, naming both.
 Status CheckAccepted(VolumeType type, const VolumeParams& params) {
   const std::string name(VolumeTypeName(type));
   if (params.iops && !AcceptsIops(type)) {
-    return InvalidCombination("iops is not supported for " + name +
-                              " volumes (only gp3, io1 and io2 take provisioned IOPS)");
+    return InvalidCombination("The parameter iops is not supported for " + name + " volumes." +
+                              Hint("only gp3, io1 and io2 take provisioned IOPS"));
   }
   if (params.throughput_mibps && !AcceptsThroughput(type)) {
-    return InvalidCombination("throughput is not supported for " + name +
-                              " volumes (only gp3 takes provisioned throughput)");
+    return InvalidCombination("throughput can only be specified for volumeType gp3." +
+                              Hint(name + " does not take provisioned throughput"));
   }
   return Status::Ok();
 }
 
 Status CheckSize(VolumeType type, uint64_t size) {
   const TypeRules& rules = RulesFor(type);
+  const std::string name(rules.name);
   if (size % kGiB != 0) {
     return InvalidValue("size " + std::to_string(size) + " bytes is not a whole number of GiB");
   }
+  const uint64_t gib = size / kGiB;
   if (size < rules.min_size) {
-    return InvalidValue("size " + SizeText(size) + " is below the " + SizeText(rules.min_size) +
-                        " minimum for " + std::string(rules.name));
+    return InvalidValue("The volume size is invalid for " + name + " volumes: " + std::to_string(gib) + " GiB. " +
+                        name + " volumes must be at least " + std::to_string(rules.min_size / kGiB) +
+                        " GiB in size. Please specify a volume size above the minimum limit." +
+                        Hint(name + " takes " + SizeText(rules.min_size) + " to " + SizeText(rules.max_size)));
   }
   if (size > rules.max_size) {
-    return InvalidValue("size " + SizeText(size) + " is above the " + SizeText(rules.max_size) +
-                        " maximum for " + std::string(rules.name));
+    return InvalidValue("Volume of " + std::to_string(gib) + "GiB is too large for volume type " + name +
+                        "; maximum is " + std::to_string(rules.max_size / kGiB) + "GiB." +
+                        Hint(name + " takes " + SizeText(rules.min_size) + " to " + SizeText(rules.max_size)));
   }
   return Status::Ok();
 }
@@ -106,39 +129,43 @@ Status CheckIops(VolumeType type, uint64_t size, uint32_t iops) {
   const TypeRules& rules = RulesFor(type);
   const std::string name(rules.name);
   if (iops < rules.min_iops) {
-    return InvalidValue("iops " + std::to_string(iops) + " is below the " +
-                        std::to_string(rules.min_iops) + " minimum for " + name);
+    return InvalidValue("Volume iops of " + std::to_string(iops) + " is too low; minimum is " +
+                        std::to_string(rules.min_iops) + "." + Hint(IopsRange(rules)));
   }
   if (iops > rules.max_iops) {
-    return InvalidValue("iops " + std::to_string(iops) + " is above the " +
-                        std::to_string(rules.max_iops) + " maximum for " + name);
+    return InvalidValue("Volume iops of " + std::to_string(iops) + " is too high; maximum is " +
+                        std::to_string(rules.max_iops) + "." + Hint(IopsRange(rules)));
   }
   const uint64_t max_for_size = MaxIopsForSize(rules, size);
   if (iops > max_for_size) {
-    return InvalidValue("iops " + std::to_string(iops) + " exceeds " +
-                        std::to_string(rules.max_iops_per_gib) + " IOPS per GiB for a " +
-                        SizeText(size) + " " + name + " volume (at most " +
-                        std::to_string(max_for_size) + ")");
+    const double ratio = static_cast<double>(iops) / static_cast<double>(size / kGiB);
+    return InvalidValue("Iops to volume size ratio of " + Fixed6(ratio) + " is too high; maximum is " +
+                        std::to_string(rules.max_iops_per_gib) +
+                        Hint("a " + SizeText(size) + " " + name + " volume takes at most " +
+                             std::to_string(max_for_size) + " IOPS"));
   }
   return Status::Ok();
 }
 
 // gp3 only. REQUIRES: iops already passed CheckIops.
 Status CheckThroughput(uint32_t iops, uint32_t throughput) {
+  const std::string range = "gp3 takes " + std::to_string(kGp3DefaultThroughput) + " to " +
+                            std::to_string(kGp3MaxThroughput) + " MiB/s";
   if (throughput < kGp3DefaultThroughput) {
-    return InvalidValue("throughput " + std::to_string(throughput) + " MiB/s is below the " +
-                        std::to_string(kGp3DefaultThroughput) + " MiB/s minimum for gp3");
+    return InvalidValue("Volume throughput of " + std::to_string(throughput) + " is too low; minimum is " +
+                        std::to_string(kGp3DefaultThroughput) + "." + Hint(range));
   }
   if (throughput > kGp3MaxThroughput) {
-    return InvalidValue("throughput " + std::to_string(throughput) + " MiB/s is above the " +
-                        std::to_string(kGp3MaxThroughput) + " MiB/s maximum for gp3");
+    return InvalidValue("Volume throughput of " + std::to_string(throughput) + " is too high; maximum is " +
+                        std::to_string(kGp3MaxThroughput) + "." + Hint(range));
   }
   const uint32_t max_for_iops = std::max(kGp3DefaultThroughput, iops / kGp3IopsPerMibps);
   if (throughput > max_for_iops) {
-    return InvalidValue("throughput " + std::to_string(throughput) +
-                        " MiB/s exceeds 0.25 MiB/s per provisioned IOPS for a gp3 volume with " +
-                        std::to_string(iops) + " IOPS (at most " + std::to_string(max_for_iops) +
-                        " MiB/s)");
+    return InvalidValue("Throughput (MiBps) to iops ratio of " +
+                        Fixed6(static_cast<double>(throughput) / static_cast<double>(iops)) +
+                        " is too high; maximum is " + Fixed6(1.0 / kGp3IopsPerMibps) + " MiBps per iops" +
+                        Hint("a gp3 volume with " + std::to_string(iops) + " IOPS takes at most " +
+                             std::to_string(max_for_iops) + " MiB/s"));
   }
   return Status::Ok();
 }
@@ -156,8 +183,9 @@ Status CheckConfig(const VolumeConfig& config) {
 }
 
 Status IopsRequired(VolumeType type) {
-  return InvalidCombination("iops must be specified for " + std::string(VolumeTypeName(type)) +
-                            " volumes");
+  const std::string name(VolumeTypeName(type));
+  return InvalidCombination("The parameter iops must be specified for " + name + " volumes." +
+                            Hint(IopsRange(RulesFor(type))));
 }
 
 std::string Describe(const VolumeConfig& c) {

@@ -44,8 +44,10 @@ struct VolumeParams {
 };
 
 // Validates a create request (type and size required) and fills defaults
-// (gp3: 3000 IOPS, 125 MiB/s). Errors are AWS-style and name the limit, e.g.
-// "InvalidParameterValue: iops 3000 exceeds 50 IOPS per GiB for a 10 GiB io1 volume".
+// (gp3: 3000 IOPS, 125 MiB/s). Errors carry EC2's code and open with EC2's
+// own message, then name the limit, e.g. "InvalidParameterValue: Iops to
+// volume size ratio of 300.000000 is too high; maximum is 50 (a 10 GiB io1
+// volume takes at most 500 IOPS)".
 Result<VolumeConfig> ValidateCreate(const VolumeParams& params);
 
 // Validates a modification of `current`: size only grows, the result must be a
