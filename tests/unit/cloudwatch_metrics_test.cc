@@ -57,7 +57,7 @@ class InstantDevice final : public BlockDevice {
       req->Finish(0);
     });
   }
-  Status Map(uint64_t, uint64_t, std::vector<Extent>*) override { return Status::Ok(); }
+  Status Map(uint64_t, uint64_t, std::vector<Extent>*, size_t) override { return Status::Ok(); }
   Status Resize(uint64_t) override { return Status::Ok(); }
 
   std::atomic<int> below{0};  // submitted here, not yet completed
