@@ -108,14 +108,14 @@ if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null 2>&1; then
   [ -z "$(ls -A "$O/data")" ] || fail "a refused data directory was written to"
   pass "a data directory of another user's, open to others: refused ($out)"
 else
-  echo "SKIP: refusing a data directory of another user's needs root and setpriv"
+  skip_part "refusing a data directory of another user's needs root and setpriv"
 fi
 
 # 5. The default listener (no --listen): loopback only, port 10809.
 export EBS_DATA_DIR="$T/listen"
 SOCK="$EBS_DATA_DIR/nbd.sock"
 if [ -n "$(ss -ltnH 'sport = :10809')" ]; then
-  echo "SKIP: port 10809 is busy; default listener not checked"
+  skip_part "port 10809 is busy; default listener not checked"
 else
   : >"$T/server.log"  # emptied before the fork (see start_server in lib.sh)
   "$EBS" serve >>"$T/server.log" 2>&1 &
@@ -129,7 +129,7 @@ else
   if [ -z "$ready" ] && grep -q "in use" "$T/server.log"; then
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
-    echo "SKIP: port 10809 was taken meanwhile; default listener not checked"
+    skip_part "port 10809 was taken meanwhile; default listener not checked"
   else
     [ -n "$ready" ] || { cat "$T/server.log"; fail "server without --listen did not start"; }
     addrs=$(ss -ltnpH | grep "pid=$SERVER_PID," | awk '{print $4}' | sort -u | tr '\n' ' ')
