@@ -152,6 +152,8 @@ record_new_snapshots() {
   done
 }
 
+exec {NAP_FD}<> <(:)  # a pipe nobody writes: `read -t` on it is a sleep
+
 # How long each operation took when last let finish (ms): kills are aimed
 # within that, so they land at every stage of it (process start, opening
 # the catalog and store, the work, the commit).
@@ -191,7 +193,10 @@ kill_within() {
       OP_WHEN="killed at ${elapsed} ms (takes ~${EST[$key]} ms)"
       break
     fi
-    sleep 0.003
+    # A nap without a process: a `sleep` costs a fork and exec, tens of
+    # milliseconds on a loaded machine, and the command could finish unseen
+    # past the kill moment.
+    read -r -t 0.001 -u "$NAP_FD" _ || true
   done
   OP_TOOK=$elapsed
   OP_RC=0
@@ -216,7 +221,6 @@ chunk_objects() {
 # first. Reaps PID; sets OP_RC and OP_WHEN like kill_within. Polls every
 # 0.5 ms without starting a process (uploading 100 chunks of the writer's
 # compressible blocks takes only tens of milliseconds).
-exec {NAP_FD}<> <(:)  # a pipe nobody writes: `read -t` on it is a sleep
 kill_on() {
   local pid=$1 dir=$2 n0=$3 t0=${EPOCHREALTIME/./} st
   while :; do
