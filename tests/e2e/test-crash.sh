@@ -158,7 +158,7 @@ exec {NAP_FD}<> <(:)  # a pipe nobody writes: `read -t` on it is a sleep
 # within that, so they land at every stage of it (process start, opening
 # the catalog and store, the work, the commit). For the served create, from
 # the CLI's connection to the answer.
-declare -A EST=([served-create]=200 [create]=250 [delete]=150 [gc]=150)
+declare -A EST=([served-create]=60 [create]=250 [delete]=150 [gc]=150)
 
 # timed KEY CMD...: runs CMD, records its duration as KEY's estimate;
 # returns CMD's status.
@@ -509,11 +509,21 @@ $out
       pre_rc="" DELETED=""
       case $kname in
         served-snapshot) # SIGKILL the server while it takes a snapshot.
-          "$EBS" snapshot create "$VOL" --json >"$T/op.out" 2>&1 &
+          # A retry takes it of a volume of its own with 2 x SPAN of seeded
+          # data: VOL, unchanged since the attempt before, is snapshotted
+          # in a few ms, too short a window to aim at.
+          svol=$VOL
+          if [ "$attempt" -gt 1 ]; then
+            svol=svol
+            "$EBS" volume create svol --size 1G "${PERF[@]}" >/dev/null
+            "${C[@]}" fill "$(uri svol)" --seed "$((seed * 10 + attempt))" --span $((2 * SPAN)) --state-out "$T/svol.json" \
+              >"$T/fill.out" || crash_fail "fill failed: $(cat "$T/fill.out")"
+          fi
+          "$EBS" snapshot create "$svol" --json >"$T/op.out" 2>&1 &
           kill_within served-create $! "$SERVER_PID" connected
           crash_server
           restart_server
-          op="served snapshot create: server $OP_WHEN"
+          op="served snapshot create of $svol: server $OP_WHEN"
           ;;
         cli-snapshot) # SIGKILL the CLI taking a snapshot on its own (server stopped).
           stop_server
@@ -616,6 +626,16 @@ $out
             out=$("$EBS" store check 2>&1) || crash_fail "store gc had completed, store check is not clean: $out"
             ;;
         esac
+      fi
+      if [ "$kname" = served-snapshot ] && [ "$svol" = svol ]; then
+        # svol served its purpose: its volume goes, and its snapshot if it
+        # completed (the only new completed one).
+        "$EBS" volume delete svol >/dev/null || crash_fail "volume delete svol failed"
+        for id in $COMPLETED; do
+          case " $all_before " in *" $id "*) continue ;; esac
+          out=$("$EBS" snapshot delete "$id" 2>&1) || crash_fail "snapshot delete $id (of svol): $out"
+        done
+        load_snaps
       fi
       if [ -n "$DELETED" ]; then
         # One index batch deletes a snapshot: it is gone, or still whole.
