@@ -10,13 +10,16 @@
       (exit 3). The journal's lines are fsync'ed in batches, one per round of
       answers, always before the requests that depend on them are sent.
 
-  crash_client.py verify URI [--journal FILE]... [--base STATE] [--state-out STATE]
-                  [--span BYTES] [--check-rest]
+  crash_client.py verify URI [--journal FILE]... [--min-acked N] [--base STATE]
+                  [--state-out STATE] [--span BYTES] [--check-rest]
       Reads the first SPAN bytes and checks every 4 KiB block against what
       the journal allows (see below; several journals: of runs one after
       another on the volume, oldest first, each with its own seed); --check-rest also checks that every byte
       past SPAN reads as zero. Writes the content found to --state-out, the
-      base of the next run. Exits 1 and names every bad block on a mismatch.
+      base of the next run. Exits 1 and names every bad block on a mismatch,
+      and also when the journals hold fewer than N acknowledged writes
+      (default 1): a writer that got nothing acknowledged leaves nothing to
+      check, and a check of nothing must not pass.
 
   crash_client.py fill URI --seed N --span BYTES --state-out STATE [--piece BYTES]
       Gives the first SPAN bytes of a new (all-zero) volume seeded content,
@@ -323,6 +326,10 @@ def cmd_verify(a):
             per_block.setdefault(b, []).extend(hist)
         for k, n in run_stats.items():
             stats[k] = stats.get(k, 0) + n
+    if a.journal and stats["acked"] < a.min_acked:
+        print(f"FAIL: the journals hold {stats['acked']} acknowledged writes ({stats['writes']} sent), "
+              f"fewer than the {a.min_acked} required: nothing durable to check")
+        return 1
     span = a.span
     if span is None:
         span = max([(b + 1) * BLOCK for b in list(per_block) + list(base)] + [0])
@@ -466,6 +473,7 @@ def main():
     v = sub.add_parser("verify")
     v.add_argument("uri")
     v.add_argument("--journal", action="append")
+    v.add_argument("--min-acked", type=int, default=1)
     v.add_argument("--base")
     v.add_argument("--state-out")
     v.add_argument("--span", type=int)

@@ -94,12 +94,22 @@ nbdsh() { "$PY" -m nbd "$@"; }
 
 # skip WHY: the test cannot run here. Exit status 77, which ctest reports as
 # "Not Run" (SKIP_RETURN_CODE), so a skipped test is never counted as passed.
+# Under CI (CI=true) a test that cannot run fails instead: CI must not pass
+# having skipped a check.
 skip() {
+  [ "${CI:-}" != true ] || fail "cannot run under CI: $*"
   echo "SKIP: $*"
   exit 77
 }
 
-# need CMD...: skip when a client tool is missing.
+# skip_part WHY: one part of a test cannot run here: says so and goes on,
+# or under CI fails the test.
+skip_part() {
+  [ "${CI:-}" != true ] || fail "cannot run under CI: $*"
+  echo "SKIP: $*"
+}
+
+# need CMD...: skip (under CI: fail) when a client tool is missing.
 need() {
   local c
   for c in "$@"; do

@@ -33,8 +33,14 @@
 # CRASH_SEED_BASE (default 1000), CRASH_ITERATIONS (default 10): iteration i
 # uses seed CRASH_SEED_BASE+i, which picks the kind, the data and the kill
 # moments. CRASH_SPAN_MIB (default 16): how much of the volume is written.
-# scripts/soak-crash runs many more. The log ends with how many iterations of
-# each kind ran, and how many of their kills landed inside the operation.
+# A kill of a snapshot create, delete or gc that comes after the command has
+# answered checks the answer (the snapshot is completed, the deleted one gone,
+# the store clean after gc) and is tried again, aimed within the time the
+# command took, up to CRASH_KILL_ATTEMPTS times (default 4); the iteration
+# fails if none lands inside. scripts/soak-crash runs many more. The log ends
+# with how many iterations of each kind ran, how many of their kills landed
+# inside the operation and how many were retried; the test fails unless every
+# kind's kills (modify's excepted: it often answers first) landed inside.
 source "$(dirname "$0")/lib.sh"
 need nbdinfo
 
@@ -50,7 +56,15 @@ VOL=crash
 PERF=(--iops 3000 --throughput 750)  # fast enough that reading back is not throttled much
 C=("$PY" "$E2E_DIR/crash_client.py")
 KINDS=(plain modify served-snapshot cli-snapshot cli-delete cli-gc lazy-restore)
-declare -A KIND_RUNS KIND_KILLS  # kind name -> iterations run, kills inside the operation
+# kind name -> iterations run, kills inside the operation, kills retried
+# (they came after the command had answered)
+declare -A KIND_RUNS KIND_KILLS KIND_RETRIES KIND_OUTSIDE
+# Kills of a snapshot create, delete or gc tried per iteration until one
+# lands inside the command (before it answers).
+KILL_ATTEMPTS=${CRASH_KILL_ATTEMPTS:-4}
+# A writer killed 100 ms or more into its writes has had far more answered
+# (hundreds, also under the sanitizers); fewer means it was not writing.
+MIN_ACKED=10
 # MiB/s of background loading: the writer stays in the first quarter of
 # SPAN; three quarters of the other chunks hold data (~9 MiB with the default
 # SPAN), which take over 2 s to load, longer than the 0-1.5 s after which the
@@ -138,10 +152,13 @@ record_new_snapshots() {
   done
 }
 
+exec {NAP_FD}<> <(:)  # a pipe nobody writes: `read -t` on it is a sleep
+
 # How long each operation took when last let finish (ms): kills are aimed
 # within that, so they land at every stage of it (process start, opening
-# the catalog and store, the work, the commit).
-declare -A EST=([served-create]=200 [create]=250 [delete]=150 [gc]=150)
+# the catalog and store, the work, the commit). For the served create, from
+# the CLI's connection to the answer.
+declare -A EST=([served-create]=60 [create]=250 [delete]=150 [gc]=150)
 
 # timed KEY CMD...: runs CMD, records its duration as KEY's estimate;
 # returns CMD's status.
@@ -154,13 +171,39 @@ timed() {
   return $rc
 }
 
-# kill_within KEY PID [VICTIM]: SIGKILL VICTIM (default PID) at a random
-# moment within KEY's expected duration, unless PID has finished by then.
-# Reaps PID; sets OP_RC (its status) and OP_WHEN (what happened).
+# control_connected: true once a client is connected to the server's
+# control socket (/proc/net/unix lists it, state 03, with the socket's path,
+# from the moment the client's connect returns). No subprocess.
+control_connected() {
+  local _a _b _c _d _e st _f path
+  while read -r _a _b _c _d _e st _f path; do
+    [ "$st" != 03 ] || [ "$path" != "$EBS_DATA_DIR/control.sock" ] || return 0
+  done </proc/net/unix
+  return 1
+}
+
+# kill_within KEY PID [VICTIM [connected]]: SIGKILL VICTIM (default PID) at a
+# random moment within KEY's expected duration, unless PID has finished by
+# then. With "connected" the duration counts from when PID (a CLI command)
+# has connected to the server's control socket: a server killed before that
+# never had the request, and the CLI, finding no server, does the work
+# itself. Reaps PID; sets OP_RC (its status), OP_WHEN (what happened),
+# OP_TOOK (ms until it finished or was killed) and EST_KEY (KEY).
 kill_within() {
-  local key=$1 pid=$2 victim=${3:-$2} at start elapsed st
+  local key=$1 pid=$2 victim=${3:-$2} gate=${4:-} at start elapsed st
+  EST_KEY=$key
   rand at 0 "${EST[$key]}"
   start=$(now_ms)
+  if [ "$gate" = connected ]; then
+    while ! control_connected; do
+      st=Z
+      read -r _ _ st _ 2>/dev/null <"/proc/$pid/stat" || true
+      [ "$st" != Z ] || break
+      [ $(($(now_ms) - start)) -lt 10000 ] || crash_fail "the CLI did not connect to the control socket in 10 s"
+      read -r -t 0.0005 -u "$NAP_FD" _ || true
+    done
+    start=$(now_ms)
+  fi
   while :; do
     elapsed=$(($(now_ms) - start))
     st=Z
@@ -175,8 +218,12 @@ kill_within() {
       OP_WHEN="killed at ${elapsed} ms (takes ~${EST[$key]} ms)"
       break
     fi
-    sleep 0.003
+    # A nap without a process: a `sleep` costs a fork and exec, tens of
+    # milliseconds on a loaded machine, and the command could finish unseen
+    # past the kill moment.
+    read -r -t 0.001 -u "$NAP_FD" _ || true
   done
+  OP_TOOK=$elapsed
   OP_RC=0
   wait "$pid" 2>/dev/null || OP_RC=$?
   if [ "$OP_RC" = 0 ] && [ "$st" != Z ]; then OP_WHEN="$OP_WHEN, and the command still succeeded"; fi
@@ -199,20 +246,21 @@ chunk_objects() {
 # first. Reaps PID; sets OP_RC and OP_WHEN like kill_within. Polls every
 # 0.5 ms without starting a process (uploading 100 chunks of the writer's
 # compressible blocks takes only tens of milliseconds).
-exec {NAP_FD}<> <(:)  # a pipe nobody writes: `read -t` on it is a sleep
 kill_on() {
   local pid=$1 dir=$2 n0=$3 t0=${EPOCHREALTIME/./} st
   while :; do
     st=Z
     read -r _ _ st _ 2>/dev/null <"/proc/$pid/stat" || true
     if [ "$st" = Z ]; then
-      OP_WHEN="finished in ~$(((${EPOCHREALTIME/./} - t0) / 1000)) ms, before the store had $([ "$dir" = up ] && echo more || echo fewer) than $n0 objects"
+      OP_TOOK=$(((${EPOCHREALTIME/./} - t0) / 1000))
+      OP_WHEN="finished in ~$OP_TOOK ms, before the store had $([ "$dir" = up ] && echo more || echo fewer) than $n0 objects"
       break
     fi
     chunk_objects
     if { [ "$dir" = up ] && [ "$NOBJ" -gt "$n0" ]; } || { [ "$dir" = down ] && [ "$NOBJ" -lt "$n0" ]; }; then
       kill -KILL "$pid" 2>/dev/null || true
-      OP_WHEN="killed at $(((${EPOCHREALTIME/./} - t0) / 1000)) ms, when the store held $NOBJ objects ($n0 before)"
+      OP_TOOK=$(((${EPOCHREALTIME/./} - t0) / 1000))
+      OP_WHEN="killed at $OP_TOOK ms, when the store held $NOBJ objects ($n0 before)"
       break
     fi
     read -r -t 0.0005 -u "$NAP_FD" _ || true
@@ -327,7 +375,8 @@ for ((i = 0; i < ITERATIONS; i++)); do
   WRITER=$!
   for _ in $(seq 1 200); do [ -s "$T/ready" ] && break; sleep 0.025; done
   [ -s "$T/ready" ] || crash_fail "writer did not connect: $(cat "$T/writer.out")"
-  if [ "$kname" = lazy-restore ]; then rand delay 0 1500; else rand delay 200 1500; fi
+  # (At least 100 ms: verify wants acknowledged writes to check.)
+  if [ "$kname" = lazy-restore ]; then rand delay 100 1500; else rand delay 200 1500; fi
   if [ "$kname" = modify ]; then
     read -r old_size old_tp < <("$EBS" volume describe "$VOL" --json | js 'd["size_bytes"], d["throughput_mibps"]' | tr -d '(),')
     new_size=$old_size new_tp=$old_tp
@@ -371,7 +420,7 @@ for ((i = 0; i < ITERATIONS; i++)); do
     # The writer left the volume alone: it holds what it held.
     jargs=()
   else
-    jargs=(--journal "$J")
+    jargs=(--journal "$J" --min-acked "$MIN_ACKED")
   fi
   out=$("${C[@]}" verify "$(uri "$VOL")" "${jargs[@]}" --base "$STATE" --state-out "$STATE.new" \
     --span "$SPAN" --check-rest) || crash_fail "data lost or damaged after kill -9 at ${delay} ms:
@@ -415,9 +464,9 @@ $out
     if [ $((RANDOM % 2)) = 0 ]; then
       wait_loaded lazy
       order="loading completed $(($(now_ms) - t0)) ms after the restart, then read"
-      vargs=(--journal "$J" --base "$T/lazy-base.json")
+      vargs=(--journal "$J" --min-acked "$MIN_ACKED" --base "$T/lazy-base.json")
     else
-      out=$("${C[@]}" verify "$(uri lazy)" --journal "$J" --base "$T/lazy-base.json" --state-out "$T/lazy-found.json" \
+      out=$("${C[@]}" verify "$(uri lazy)" --journal "$J" --min-acked "$MIN_ACKED" --base "$T/lazy-base.json" --state-out "$T/lazy-found.json" \
         --span "$SPAN" --check-rest) || crash_fail "lazily restored volume wrong after kill -9 at ${delay} ms ($when), read while loading:
 $out
   writer: $(cat "$T/writer.out")"
@@ -445,132 +494,179 @@ $out
     out=$("$EBS" store check 2>&1) || crash_fail "store check not clean after deleting the lazy restore and its source: $out"
   fi
 
-  # 4. Crashes in the snapshot machinery.
+  # 4. Crashes in the snapshot machinery. An attempt whose kill came after
+  #    the command had answered tests nothing of the crash: its result is
+  #    checked (what was acknowledged happened) and the kill is tried again,
+  #    aimed within the time the command took, up to KILL_ATTEMPTS times;
+  #    the iteration fails if none lands inside.
   if [ -n "$snapkind" ]; then
-    load_snaps
-    before=$COMPLETED
-    all_before=$ALL_IDS
-    pre_rc=""
-    case $kname in
-      served-snapshot) # SIGKILL the server while it takes a snapshot.
-        "$EBS" snapshot create "$VOL" --json >"$T/op.out" 2>&1 &
-        kill_within served-create $! "$SERVER_PID"
-        crash_server
-        restart_server
-        op="served snapshot create: server $OP_WHEN"
-        ;;
-      cli-snapshot) # SIGKILL the CLI taking a snapshot on its own (server stopped).
-        stop_server
-        "$EBS" snapshot create "$VOL" --json >"$T/op.out" 2>&1 &
-        kill_within create $!
-        op="CLI snapshot create $OP_WHEN"
-        ;;
-      cli-delete) # SIGKILL the CLI deleting a snapshot.
-        stop_server
-        # A chain of at least three, so the delete is often in the middle.
-        while ids=($COMPLETED) && [ ${#ids[@]} -lt 3 ]; do
-          timed create "$EBS" snapshot create "$VOL" >/dev/null || crash_fail "snapshot create failed"
-          load_snaps
-          record_new_snapshots "$before"
-          before=$COMPLETED
-          all_before=$ALL_IDS
-        done
-        DELETED=${ids[$((RANDOM % ${#ids[@]}))]}
-        deleted_seq=${SNAP_SEQ[$DELETED]}
-        "$EBS" snapshot delete "$DELETED" --json >"$T/op.out" 2>&1 &
-        kill_within delete $!
-        op="CLI snapshot delete $DELETED $OP_WHEN"
-        ;;
-      cli-gc) # SIGKILL the CLI collecting garbage.
-        # Garbage first: a snapshot create killed as it stores its first
-        # object leaves a pending snapshot and objects nothing references.
-        # Nothing opens the store before the gc, which (as any open) marks
-        # that snapshot error and collects its objects, then collects
-        # whatever else is unreferenced. (If the create finishes first, gc
-        # has nothing to do; that is fine too.) Of a volume of its own with
-        # 4 x SPAN of seeded data (~100 chunks with the default SPAN), so
-        # that the upload lasts long enough to be caught in the middle.
-        "$EBS" volume create gcsrc --size 1G "${PERF[@]}" >/dev/null
-        "${C[@]}" fill "$(uri gcsrc)" --seed "$seed" --span $((4 * SPAN)) --state-out "$T/gcsrc.json" >"$T/fill.out" \
-          || crash_fail "fill failed: $(cat "$T/fill.out")"
-        stop_server
-        # How long a gc of this store takes (it checked clean: nothing to
-        # collect), for the kill at a random moment below.
-        timed gc "$EBS" store gc >/dev/null || crash_fail "store gc failed"
-        chunk_objects
-        "$EBS" snapshot create gcsrc --json >"$T/pre.out" 2>&1 &
-        kill_on $! up "$NOBJ"
-        pre_rc=$OP_RC
-        pre="snapshot create $OP_WHEN"
-        # The gc is killed, by seed in turn, as it deletes its first object
-        # (inside the collection, for certain), or at a random moment within
-        # the time a gc takes (at any stage: process start, opening the
-        # catalog and store, marking the snapshot error, collecting).
-        chunk_objects
-        "$EBS" store gc --json >"$T/op.out" 2>&1 &
-        if [ $(((seed + 5) / ${#KINDS[@]} % 2)) = 0 ]; then
-          kill_on $! down "$NOBJ"
-        else
-          kill_within gc $!
-        fi
-        op="CLI store gc $OP_WHEN (after a CLI $pre)"
-        ;;
-    esac
-    # Inside: killed before it answered (the server for served-snapshot).
-    [ "${OP_WHEN%% *}" != killed ] || [ "$OP_RC" = 0 ] || inside=1
-    [ -n "$SERVER_PID" ] || restart_server
-    load_snaps
-    # No snapshot is left pending: the one the kill interrupted is error
-    # (marked so by the next open) or completed.
-    check_interrupted "$all_before"
-    op="$op; $INTERRUPTED_NOTE"
-
-    # What was acknowledged happened.
-    if [ "$pre_rc" = 0 ]; then
-      id=$(js 'd[0]["id"]' <"$T/pre.out")
-      [ "${SNAP_STATE[$id]:-}" = completed ] \
-        || crash_fail "snapshot $id was reported created, is '${SNAP_STATE[$id]:-gone}' after the crash during gc"
-    fi
-    if [ "$kname" = cli-gc ]; then
-      # gcsrc served its purpose: its volume goes, and its snapshot if it
-      # completed (the only new completed one: VOL was not snapshotted).
-      "$EBS" volume delete gcsrc >/dev/null || crash_fail "volume delete gcsrc failed"
-      for id in $COMPLETED; do
-        case " $all_before " in *" $id "*) continue ;; esac
-        out=$("$EBS" snapshot delete "$id" 2>&1) || crash_fail "snapshot delete $id (of gcsrc): $out"
-      done
+    attempt=0 attempts_note=""
+    while :; do
+      attempt=$((attempt + 1))
       load_snaps
-    fi
-    if [ "$OP_RC" = 0 ]; then
+      before=$COMPLETED
+      all_before=$ALL_IDS
+      pre_rc="" DELETED=""
       case $kname in
-        served-snapshot | cli-snapshot)
-          id=$(js 'd[0]["id"]' <"$T/op.out")
-          [ "${SNAP_STATE[$id]:-}" = completed ] \
-            || crash_fail "snapshot $id was reported created, is not completed after the crash"
+        served-snapshot) # SIGKILL the server while it takes a snapshot.
+          # A retry takes it of a volume of its own with 2 x SPAN of seeded
+          # data: VOL, unchanged since the attempt before, is snapshotted
+          # in a few ms, too short a window to aim at.
+          svol=$VOL
+          if [ "$attempt" -gt 1 ]; then
+            svol=svol
+            "$EBS" volume create svol --size 1G "${PERF[@]}" >/dev/null
+            "${C[@]}" fill "$(uri svol)" --seed "$((seed * 10 + attempt))" --span $((2 * SPAN)) --state-out "$T/svol.json" \
+              >"$T/fill.out" || crash_fail "fill failed: $(cat "$T/fill.out")"
+          fi
+          "$EBS" snapshot create "$svol" --json >"$T/op.out" 2>&1 &
+          kill_within served-create $! "$SERVER_PID" connected
+          crash_server
+          restart_server
+          op="served snapshot create of $svol: server $OP_WHEN"
           ;;
-        cli-delete)
-          [ -z "${SNAP_STATE[$DELETED]:-}" ] \
-            || crash_fail "snapshot $DELETED was reported deleted, still exists after the crash"
+        cli-snapshot) # SIGKILL the CLI taking a snapshot on its own (server stopped).
+          stop_server
+          "$EBS" snapshot create "$VOL" --json >"$T/op.out" 2>&1 &
+          kill_within create $!
+          op="CLI snapshot create $OP_WHEN"
           ;;
-        cli-gc)
-          out=$("$EBS" store check 2>&1) || crash_fail "store gc had completed, store check is not clean: $out"
+        cli-delete) # SIGKILL the CLI deleting a snapshot.
+          stop_server
+          # A chain of at least three, so the delete is often in the middle.
+          while ids=($COMPLETED) && [ ${#ids[@]} -lt 3 ]; do
+            timed create "$EBS" snapshot create "$VOL" >/dev/null || crash_fail "snapshot create failed"
+            load_snaps
+            record_new_snapshots "$before"
+            before=$COMPLETED
+            all_before=$ALL_IDS
+          done
+          DELETED=${ids[$((RANDOM % ${#ids[@]}))]}
+          deleted_seq=${SNAP_SEQ[$DELETED]}
+          "$EBS" snapshot delete "$DELETED" --json >"$T/op.out" 2>&1 &
+          kill_within delete $!
+          op="CLI snapshot delete $DELETED $OP_WHEN"
+          ;;
+        cli-gc) # SIGKILL the CLI collecting garbage.
+          # Garbage first: a snapshot create killed as it stores its first
+          # object leaves a pending snapshot and objects nothing references.
+          # Nothing opens the store before the gc, which (as any open) marks
+          # that snapshot error and collects its objects, then collects
+          # whatever else is unreferenced. (If the create finishes first, gc
+          # has nothing to do; that is fine too.) Of a volume of its own with
+          # 4 x SPAN of seeded data (~100 chunks with the default SPAN), so
+          # that the upload lasts long enough to be caught in the middle.
+          "$EBS" volume create gcsrc --size 1G "${PERF[@]}" >/dev/null
+          "${C[@]}" fill "$(uri gcsrc)" --seed "$seed" --span $((4 * SPAN)) --state-out "$T/gcsrc.json" >"$T/fill.out" \
+            || crash_fail "fill failed: $(cat "$T/fill.out")"
+          stop_server
+          # How long a gc of this store takes (it checked clean: nothing to
+          # collect), for the kill at a random moment below; a retry keeps
+          # the time the gc it retries took.
+          if [ "$attempt" = 1 ]; then
+            timed gc "$EBS" store gc >/dev/null || crash_fail "store gc failed"
+          fi
+          chunk_objects
+          "$EBS" snapshot create gcsrc --json >"$T/pre.out" 2>&1 &
+          kill_on $! up "$NOBJ"
+          pre_rc=$OP_RC
+          pre="snapshot create $OP_WHEN"
+          # The gc is killed, by seed in turn, as it deletes its first object
+          # (inside the collection, for certain), or at a random moment within
+          # the time a gc takes (at any stage: process start, opening the
+          # catalog and store, marking the snapshot error, collecting). A
+          # retry aims within the time the gc took.
+          chunk_objects
+          "$EBS" store gc --json >"$T/op.out" 2>&1 &
+          if [ "$attempt" = 1 ] && [ $(((seed + 5) / ${#KINDS[@]} % 2)) = 0 ]; then
+            kill_on $! down "$NOBJ"
+          else
+            kill_within gc $!
+          fi
+          op="CLI store gc $OP_WHEN (after a CLI $pre)"
           ;;
       esac
-    fi
-    if [ -n "$DELETED" ]; then
-      # One index batch deletes a snapshot: it is gone, or still whole.
-      st=${SNAP_STATE[$DELETED]:-}
-      case $st in
-        "") op="$op; $DELETED gone" ;;
-        completed) op="$op; $DELETED still there" ;;
-        *) crash_fail "snapshot $DELETED, killed while being deleted, is left '$st'" ;;
-      esac
-    fi
-    record_new_snapshots "$before"  # (the volume has not changed since the writer's crash)
-    for id in "${!SNAPSTATE[@]}"; do
-      [ "${SNAP_STATE[$id]:-}" = completed ] || unset "SNAPSTATE[$id]"
+      # Inside: killed before it answered (the server for served-snapshot).
+      [ "${OP_WHEN%% *}" != killed ] || [ "$OP_RC" = 0 ] || inside=1
+      [ -n "$SERVER_PID" ] || restart_server
+      load_snaps
+      # No snapshot is left pending: the one the kill interrupted is error
+      # (marked so by the next open) or completed.
+      check_interrupted "$all_before"
+      op="$op; $INTERRUPTED_NOTE"
+
+      # What was acknowledged happened.
+      if [ "$pre_rc" = 0 ]; then
+        id=$(js 'd[0]["id"]' <"$T/pre.out")
+        [ "${SNAP_STATE[$id]:-}" = completed ] \
+          || crash_fail "snapshot $id was reported created, is '${SNAP_STATE[$id]:-gone}' after the crash during gc"
+      fi
+      if [ "$kname" = cli-gc ]; then
+        # gcsrc served its purpose: its volume goes, and its snapshot if it
+        # completed (the only new completed one: VOL was not snapshotted).
+        "$EBS" volume delete gcsrc >/dev/null || crash_fail "volume delete gcsrc failed"
+        for id in $COMPLETED; do
+          case " $all_before " in *" $id "*) continue ;; esac
+          out=$("$EBS" snapshot delete "$id" 2>&1) || crash_fail "snapshot delete $id (of gcsrc): $out"
+        done
+        load_snaps
+      fi
+      if [ "$OP_RC" = 0 ]; then
+        case $kname in
+          served-snapshot | cli-snapshot)
+            id=$(js 'd[0]["id"]' <"$T/op.out")
+            [ "${SNAP_STATE[$id]:-}" = completed ] \
+              || crash_fail "snapshot $id was reported created, is not completed after the crash"
+            ;;
+          cli-delete)
+            [ -z "${SNAP_STATE[$DELETED]:-}" ] \
+              || crash_fail "snapshot $DELETED was reported deleted, still exists after the crash"
+            ;;
+          cli-gc)
+            out=$("$EBS" store check 2>&1) || crash_fail "store gc had completed, store check is not clean: $out"
+            ;;
+        esac
+      fi
+      if [ "$kname" = served-snapshot ] && [ "$svol" = svol ]; then
+        # svol served its purpose: its volume goes, and its snapshot if it
+        # completed (the only new completed one).
+        "$EBS" volume delete svol >/dev/null || crash_fail "volume delete svol failed"
+        for id in $COMPLETED; do
+          case " $all_before " in *" $id "*) continue ;; esac
+          out=$("$EBS" snapshot delete "$id" 2>&1) || crash_fail "snapshot delete $id (of svol): $out"
+        done
+        load_snaps
+      fi
+      if [ -n "$DELETED" ]; then
+        # One index batch deletes a snapshot: it is gone, or still whole.
+        st=${SNAP_STATE[$DELETED]:-}
+        case $st in
+          "") op="$op; $DELETED gone" ;;
+          completed) op="$op; $DELETED still there" ;;
+          *) crash_fail "snapshot $DELETED, killed while being deleted, is left '$st'" ;;
+        esac
+      fi
+      record_new_snapshots "$before"  # (the volume has not changed since the writer's crash)
+      for id in "${!SNAPSTATE[@]}"; do
+        [ "${SNAP_STATE[$id]:-}" = completed ] || unset "SNAPSTATE[$id]"
+      done
+      check_store "$before"
+      [ -z "$inside" ] || break
+      attempts_note="$attempts_note${attempts_note:+; }attempt $attempt answered before its kill ($op)"
+      [ "$attempt" -lt "$KILL_ATTEMPTS" ] \
+        || crash_fail "none of $KILL_ATTEMPTS kills landed inside the operation: $attempts_note"
+      # Again, within the time it took (the answer came before OP_TOOK). A
+      # served create's time ends with the CLI printing the answer and
+      # exiting, and a retry snapshots the volume unchanged, in ~10 ms:
+      # its first half, where the server has the request.
+      if [ "$EST_KEY" = served-create ]; then
+        EST[$EST_KEY]=$((OP_TOOK / 2 + 1))
+      else
+        EST[$EST_KEY]=$((OP_TOOK * 9 / 10 + 1))
+      fi
+      KIND_RETRIES[$kname]=$((${KIND_RETRIES[$kname]:-0} + 1))
     done
-    check_store "$before"
+    [ "$attempt" = 1 ] || op="$op (attempt $attempt of $KILL_ATTEMPTS; before it: $attempts_note)"
 
     # An older snapshot restores to the volume as it was when taken: the one
     # that absorbed the deleted snapshot's chunks, else one at random.
@@ -586,7 +682,7 @@ $out
 
     # A new snapshot restores to exactly the volume.
     b=$COMPLETED
-    timed served-create "$EBS" snapshot create "$VOL" --json >"$T/new.json" || crash_fail "snapshot create after the crash failed"
+    "$EBS" snapshot create "$VOL" --json >"$T/new.json" || crash_fail "snapshot create after the crash failed"
     id=$(js 'd[0]["id"]' <"$T/new.json")
     load_snaps
     record_new_snapshots "$b"
@@ -604,17 +700,29 @@ $out
   fi
   pass "seed $seed ($kname, $((SECONDS - t_iter)) s): $summary"
   KIND_RUNS[$kname]=$((${KIND_RUNS[$kname]:-0} + 1))
-  [ -z "$inside" ] || KIND_KILLS[$kname]=$((${KIND_KILLS[$kname]:-0} + 1))
+  if [ -n "$inside" ]; then
+    KIND_KILLS[$kname]=$((${KIND_KILLS[$kname]:-0} + 1))
+  else
+    KIND_OUTSIDE[$kname]="${KIND_OUTSIDE[$kname]:-}${KIND_OUTSIDE[$kname]:+,} $seed"
+  fi
 done
 pass "$ITERATIONS crash iterations (seeds $SEED_BASE..$((SEED_BASE + ITERATIONS - 1))) in $((SECONDS - START)) s"
-# Per kind: iterations, and how many of their kills landed inside the
-# operation (the others came just after it finished).
-per_kind="" missing=""
+# Per kind: iterations, how many of their kills landed inside the operation,
+# and how many kills were tried again because they came after the command
+# had answered.
+per_kind="" missing="" outside=""
 for k in "${KINDS[@]}"; do
-  per_kind="$per_kind${per_kind:+, }$k ${KIND_RUNS[$k]:-0} (${KIND_KILLS[$k]:-0} killed inside)"
+  per_kind="$per_kind${per_kind:+, }$k ${KIND_RUNS[$k]:-0} (${KIND_KILLS[$k]:-0} killed inside"
+  [ -z "${KIND_RETRIES[$k]:-}" ] || per_kind="$per_kind, ${KIND_RETRIES[$k]} kills retried"
+  per_kind="$per_kind)"
   [ -n "${KIND_RUNS[$k]:-}" ] || missing="$missing $k"
+  # Every kind but modify (which often answers before the kill, and checks
+  # both outcomes) must have had every one of its kills land inside.
+  [ "$k" = modify ] || [ "${KIND_KILLS[$k]:-0}" = "${KIND_RUNS[$k]:-0}" ] \
+    || outside="$outside $k (${KIND_KILLS[$k]:-0} of ${KIND_RUNS[$k]}; outside: seed${KIND_OUTSIDE[$k]})"
 done
 echo "iterations per kind: $per_kind"
 # Any ${#KINDS[@]} consecutive seeds run every kind.
 [ "$ITERATIONS" -lt ${#KINDS[@]} ] || [ -z "$missing" ] || fail "$ITERATIONS iterations did not run:$missing"
+[ -z "$outside" ] || fail "kills that did not land inside the operation:$outside"
 stop_server

@@ -3,7 +3,7 @@
 # device turns it into a block device, ext4 on top. Files written, checked
 # after remount, after a server restart, and fsck is clean throughout.
 source "$(dirname "$0")/lib.sh"
-need nbdfuse fusermount3 losetup mkfs.ext4 e2fsck mount umount sha256sum
+need nbdfuse fusermount3 losetup mkfs.ext4 e2fsck mount umount sha256sum fstrim
 
 [ "$(id -u)" -eq 0 ] || skip "needs root (loop devices, mount)"
 [ -c /dev/fuse ] || skip "no /dev/fuse"
@@ -99,16 +99,22 @@ do_mount
 (cd "$MNT" && sha256sum --quiet -c "$T/sums") || fail "checksums after server restart"
 diff <(cd "$MNT" && find tree | sort) "$T/listing" || fail "listing after server restart"
 pass "contents identical after server restart"
-# Delete and rewrite; fstrim passes discards down to the volume when the
-# loop/FUSE stack supports it.
+# Delete, trim, rewrite. fstrim's discards go down the loop device and
+# nbdfuse to the volume as NBD TRIMs, which punch holes in its data file: the
+# file's allocation must shrink by about what was deleted (~6 MiB).
 rm -rf "$MNT/tree/many"
+sync -f "$MNT"
+alloc() { echo $(($(stat -c '%b * %B' "$EBS_DATA_DIR/volumes/$(ebs volume describe fsvol --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["id"])').img"))); }
+before=$(alloc)
+out=$(fstrim -v "$MNT" 2>&1) || fail "fstrim through loop + nbdfuse failed: $out"
+trimmed=$(echo "$out" | sed -n 's/.*(\([0-9]*\) bytes) trimmed.*/\1/p')
+[ "${trimmed:-0}" -gt 0 ] || fail "fstrim trimmed nothing: $out"
+after=$(alloc)
+[ $((before - after)) -ge $((4 << 20)) ] \
+  || fail "fstrim ($out) freed only $((before - after)) bytes of the volume's data file ($before -> $after allocated)"
+pass "fstrim: $out; the data file's allocation went from $before to $after bytes"
 head -c $((2 << 20)) /dev/urandom >"$MNT/tree/new.bin"
 sha256sum "$MNT/tree/new.bin" | sed "s|$MNT/||" >"$T/sums2"
-if command -v fstrim >/dev/null && out=$(fstrim -v "$MNT" 2>&1); then
-  echo "$out"
-else
-  echo "note: fstrim not available through loop+nbdfuse here: ${out:-}"
-fi
 do_umount
 fuse_down
 

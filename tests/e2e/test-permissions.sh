@@ -108,7 +108,7 @@ if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null 2>&1; then
   [ -z "$(ls -A "$O/data")" ] || fail "a refused data directory was written to"
   pass "a data directory of another user's, open to others: refused ($out)"
 else
-  echo "SKIP: refusing a data directory of another user's needs root and setpriv"
+  skip_part "refusing a data directory of another user's needs root and setpriv"
 fi
 
 # 5. The default listeners (no --listen): the Unix socket, and no TCP at all.

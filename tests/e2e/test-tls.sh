@@ -9,7 +9,7 @@
 #    client whose CA did not sign the server's certificate refuses it.
 #  - --tls on: plain clients still work. --tls-verify-peer: a client
 #    certificate signed by the CA is needed (none, or one signed by another
-#    CA, is refused).
+#    CA, is refused); with DIR/ca-crl.pem, one the CA revoked is refused.
 #  - Bad TLS settings and files are clear errors at startup.
 #  - --exports-tcp / --exports-unix: each listener sees only its volumes.
 source "$(dirname "$0")/lib.sh"
@@ -338,6 +338,48 @@ got=$(nbdinfo --size "nbds+unix:///tvol?socket=$SOCK&tls-certificates=$CLIENT_CE
   fail "server broken after refusing client certificates"
 [ "$got" = 1073741824 ] || fail "size $got"
 pass "--tls-verify-peer: a CA-signed client certificate gets in; none, or one signed by another CA (nbdinfo, qemu-io), does not"
+stop_server
+
+# --- --tls-verify-peer with a CRL: a revoked client certificate is refused ------
+# REVOKED: a second client certificate of the same CA. First it gets in (it
+# is good); then the CA revokes it in DIR/ca-crl.pem (certtool
+# --generate-crl), and a server started with that file refuses it while
+# the other client certificate still gets in. Over the Unix socket.
+REVOKED=$T/revoked-cert
+PKI_CRL=$T/pki-crl
+mkdir -m 0700 "$REVOKED" "$PKI_CRL"
+cp "$PKI/ca-cert.pem" "$REVOKED/"
+cp -p "$PKI"/* "$PKI_CRL/"
+certtool --generate-privkey --outfile "$REVOKED/client-key.pem" >/dev/null 2>&1
+sed 's/^cn = .*/cn = ebs revoked test client/' "$T/client.info" >"$T/revoked.info"
+certtool --generate-certificate --load-ca-certificate "$PKI/ca-cert.pem" --load-ca-privkey "$T/ca-key.pem" \
+  --load-privkey "$REVOKED/client-key.pem" --template "$T/revoked.info" \
+  --outfile "$REVOKED/client-cert.pem" >/dev/null 2>&1 || fail "certtool: the client certificate to revoke"
+REVOKED_UNIX="nbds+unix:///tvol?socket=$SOCK&tls-certificates=$REVOKED"
+GOOD_UNIX="nbds+unix:///tvol?socket=$SOCK&tls-certificates=$CLIENT_CERT"
+start_server --tls require --tls-certs "$PKI_CRL" --tls-verify-peer
+got=$(nbdinfo --size "$REVOKED_UNIX" 2>&1) || fail "the client certificate to revoke is refused before its revocation: $got"
+stop_server
+printf 'crl_next_update = 2\ncrl_number = 1\n' >"$T/crl.info"
+certtool --generate-crl --load-ca-privkey "$T/ca-key.pem" --load-ca-certificate "$PKI/ca-cert.pem" \
+  --load-certificate "$REVOKED/client-cert.pem" --template "$T/crl.info" \
+  --outfile "$PKI_CRL/ca-crl.pem" >/dev/null 2>&1 || fail "certtool: CRL"
+certtool --verify --load-ca-certificate "$PKI/ca-cert.pem" --load-crl "$PKI_CRL/ca-crl.pem" \
+  --infile "$REVOKED/client-cert.pem" >/dev/null 2>&1 && fail "certtool: the CRL does not revoke the certificate"
+start_server --tls require --tls-certs "$PKI_CRL" --tls-verify-peer
+grep -q "checked against ca-crl.pem" "$T/server.log" || fail "the server does not say it checks ca-crl.pem: $(cat "$T/server.log")"
+marked=$(wc -l <"$T/server.log")
+if out=$(nbdinfo --size "$REVOKED_UNIX" 2>&1); then
+  fail "a revoked client certificate got in under --tls-verify-peer: $out"
+fi
+if out=$(tls_nbdsh "$REVOKED_UNIX" 'h.pwrite(b"x" * 4096, 0)' 2>&1); then
+  fail "a revoked client certificate could write under --tls-verify-peer: $out"
+fi
+tail -n +$((marked + 1)) "$T/server.log" | grep -q "TLS handshake failed" ||
+  fail "the refused revoked certificate is not logged: $(tail -n +$((marked + 1)) "$T/server.log")"
+got=$(nbdinfo --size "$GOOD_UNIX") || fail "a client certificate not revoked is refused with the CRL"
+[ "$got" = 1073741824 ] || fail "size $got"
+pass "--tls-verify-peer with ca-crl.pem: the revoked client certificate is refused (it got in before the CRL), the other one gets in"
 stop_server
 
 # --- Per-listener export lists --------------------------------------------------

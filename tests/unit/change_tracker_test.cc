@@ -621,7 +621,7 @@ TEST_F(ChangeTrackerTest, PersistFailureFailsTheRequestAndLeavesDataUntouched) {
   std::string mnt = dir_.path() + "/small";
   ASSERT_EQ(0, mkdir(mnt.c_str(), 0700));
   if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64k") != 0) {
-    GTEST_SKIP() << "cannot mount a small tmpfs here (needs root): " << strerror(errno);
+    EBS_CANNOT_RUN("cannot mount a small tmpfs here (needs root): " << strerror(errno));
   }
   struct Unmount {
     std::string path;

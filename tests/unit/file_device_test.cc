@@ -301,7 +301,7 @@ TEST_F(FileDeviceTest, FullFileSystemGivesEnospcAndLosesNothing) {
   std::string mnt = dir.path() + "/small";
   ASSERT_EQ(0, mkdir(mnt.c_str(), 0700));
   if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=4m") != 0) {
-    GTEST_SKIP() << "cannot mount a small tmpfs here (needs root): " << strerror(errno);
+    EBS_CANNOT_RUN("cannot mount a small tmpfs here (needs root): " << strerror(errno));
   }
   struct Unmount {
     std::string path;
@@ -342,8 +342,8 @@ TEST_F(FileDeviceTest, FlushAndFuaLeaveNoDirtyPages) {
   std::string data = testing::RandomBytes(1 << 20, 7);
   ASSERT_EQ(0, RunIo(*loop_, **dev, IoKind::kWrite, 0, data.size(), data.data()));
   const CachedPages written = CountCachedPages(path, kSize);
-  if (written.dirty < 0) GTEST_SKIP() << "page flags are hidden here (/proc/kpageflags needs root)";
-  if (written.dirty == 0) GTEST_SKIP() << "this file system left no page of a plain write dirty (tmpfs?)";
+  if (written.dirty < 0) EBS_CANNOT_RUN("page flags are hidden here (/proc/kpageflags needs root)");
+  if (written.dirty == 0) EBS_CANNOT_RUN("this file system left no page of a plain write dirty (tmpfs?)");
   ASSERT_EQ(0, RunIo(*loop_, **dev, IoKind::kFlush, 0, 0));
   const CachedPages flushed = CountCachedPages(path, kSize);
   EXPECT_GT(flushed.resident, 0);
@@ -378,7 +378,7 @@ class FileDeviceFolioTest : public FileDeviceTest {
   // Large I/O through a plain descriptor, the file system's own behaviour:
   // it must cache large folios here, or there is nothing to avoid.
   void ExpectPlainIoMakesFoliosLargerThan(bool write, long pages) {
-    if (!EvictFromPageCache(path_)) GTEST_SKIP() << "this file system keeps the file cached (tmpfs?)";
+    if (!EvictFromPageCache(path_)) EBS_CANNOT_RUN("this file system keeps the file cached (tmpfs?)");
     int fd = ::open(path_.c_str(), O_RDWR | O_CLOEXEC);
     ASSERT_GE(fd, 0);
     std::vector<char> buf(data_.begin(), data_.end());
@@ -389,10 +389,10 @@ class FileDeviceFolioTest : public FileDeviceTest {
     }
     ::close(fd);
     plain_ = CountCachedPages(path_, kSize);
-    if (plain_.resident < 0) GTEST_SKIP() << "page frames are hidden here (/proc/self/pagemap needs root)";
+    if (plain_.resident < 0) EBS_CANNOT_RUN("page frames are hidden here (/proc/self/pagemap needs root)");
     if (plain_.largest_folio <= pages) {
-      GTEST_SKIP() << "this file system caches no folios larger than " << pages << " pages (largest "
-                   << plain_.largest_folio << ")";
+      EBS_CANNOT_RUN("this file system caches no folios larger than " << pages << " pages (largest "
+                   << plain_.largest_folio << ")");
     }
     ASSERT_TRUE(EvictFromPageCache(path_)) << "the file stays cached";
   }

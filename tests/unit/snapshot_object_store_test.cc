@@ -282,7 +282,7 @@ TEST(DirectoryObjectStoreFullDiskTest, EnospcLeavesNoPartialObject) {
   std::string mnt = dir.path() + "/small";
   ASSERT_EQ(0, mkdir(mnt.c_str(), 0700));
   if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=1m") != 0) {
-    GTEST_SKIP() << "cannot mount a small tmpfs here (needs root): " << strerror(errno);
+    EBS_CANNOT_RUN("cannot mount a small tmpfs here (needs root): " << strerror(errno));
   }
   struct Unmount {
     std::string path;

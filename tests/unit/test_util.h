@@ -17,7 +17,24 @@
 #include "ebs/engine/block_device.h"
 #include "ebs/engine/event_loop.h"
 
+// EBS_CANNOT_RUN(why << ...): this test cannot run here. Skips it (as
+// GTEST_SKIP), or under CI fails it (as GTEST_FAIL); either returns from the
+// current function, like those two.
+#define EBS_CANNOT_RUN(why)                                                    \
+  do {                                                                         \
+    if (::ebs::testing::UnderCi()) GTEST_FAIL() << "cannot run under CI: " << why; \
+    GTEST_SKIP() << why;                                                       \
+  } while (0)
+
 namespace ebs::testing {
+
+// Under CI (the environment has CI=true) a check that cannot run is a
+// failure: CI must not pass having skipped it. Elsewhere it is skipped.
+inline bool UnderCi() {
+  const char* ci = std::getenv("CI");
+  return ci != nullptr && std::strcmp(ci, "true") == 0;
+}
+
 
 // `n` pseudo-random bytes (incompressible), the same for the same seed.
 inline std::string RandomBytes(size_t n, uint32_t seed) {
