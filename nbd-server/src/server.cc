@@ -28,28 +28,28 @@ ExportFilter::ExportFilter(const std::optional<std::vector<std::string>>& names)
 
 struct Server::Listener : IoCompletion {
   // Out of file descriptors (or kernel memory), accept fails at once and
-  // would be retried at once: the listener waits this long instead.
+  // would be retried at once: the listener waits this long instead, on a
+  // timeout completed to itself.
   static constexpr int64_t kBackoffNs = 100'000'000;
-  struct Backoff : IoCompletion {
-    Listener* listener = nullptr;
-    __kernel_timespec ts{0, kBackoffNs};
-    void OnComplete(int, uint32_t) override {
-      if (!listener->server->stopping_.load()) listener->Arm();
-    }
-  };
 
   Server* server = nullptr;
   int fd = -1;
   bool tcp = false;
   const ExportFilter* exports = nullptr;  // owned by the server
   std::string unix_path;
-  Backoff backoff;
+  __kernel_timespec backoff{0, kBackoffNs};
+  bool backing_off = false;  // the pending operation is the timeout, not an accept
   bool warned_exhausted = false;
   void Arm() {
     io_uring_sqe* sqe = server->loops_[0]->GetSqe(this);
     io_uring_prep_accept(sqe, fd, nullptr, nullptr, SOCK_CLOEXEC);
   }
   void OnComplete(int res, uint32_t) override {
+    if (backing_off) {
+      backing_off = false;
+      if (!server->stopping_.load()) Arm();
+      return;
+    }
     if (server->stopping_.load()) {
       if (res >= 0) ::close(res);
       return;
@@ -62,8 +62,8 @@ struct Server::Listener : IoCompletion {
         LogWarning(std::string("cannot accept connections: ") + std::strerror(-res) +
                    "; retrying every 100 ms (raise ulimit -n, or lower --max-connections)");
       }
-      backoff.listener = this;
-      io_uring_prep_timeout(server->loops_[0]->GetSqe(&backoff), &backoff.ts, 0, 0);
+      backing_off = true;
+      io_uring_prep_timeout(server->loops_[0]->GetSqe(this), &backoff, 0, 0);
       return;
     }
     Arm();  // also after ECONNABORTED and friends: the next accept may succeed
