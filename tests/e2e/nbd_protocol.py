@@ -15,6 +15,7 @@ per check and exits 1 if any failed.
 """
 
 import errno
+import os
 import re
 import socket
 import struct
@@ -27,7 +28,7 @@ MODE, SOCK = sys.argv[1], sys.argv[2]
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 DISK_SIZE = 1 * GiB
 VOL0_SIZE = 2 * GiB
-MAX_BLOCK = 32 * MiB
+MAX_BLOCK = 64 * MiB
 
 failures = []
 
@@ -295,6 +296,10 @@ def run_rw():
         h.pwrite(d2, 1024)
         h.flush()
         assert h.pread(1536, 0) == d[:1024] + d2
+        # The NBD reference tester's huge integrity test: up to ~48 MiB a request.
+        huge = pattern(5, 48 * MiB)
+        h.pwrite(huge, 128 * MiB)
+        assert h.pread(48 * MiB, 128 * MiB) == huge
         # Largest allowed request, both ways.
         big = pattern(3, MAX_BLOCK)
         h.pwrite(big, 64 * MiB)
@@ -466,9 +471,28 @@ def run_rw():
     run_err(E, "cache past the end", lambda: h.cache(4096, DISK_SIZE))
     run_err(E, "block status past the end", lambda: extents(h, 4096, DISK_SIZE))
     # too large: EINVAL as the spec says, EOVERFLOW only for a DF read
-    run_err(E, "read of 32 MiB + 512", lambda: h.pread(MAX_BLOCK + 512, 0))
-    run_err(O, "DF read of 32 MiB + 512", lambda: h.pread(MAX_BLOCK + 512, 0, flags=nbd.CMD_FLAG_DF))
-    run_err(E, "write of 32 MiB + 512", lambda: h.pwrite(bytes(MAX_BLOCK + 512), 0))
+    # libnbd itself refuses to send more than 64 MiB: a raw client does.
+    def too_large_requests():
+        """64 MiB + 1 byte, read and write (its payload sent in full): EINVAL, and the connection goes on."""
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from raw_nbd import RawClient
+        c = RawClient.unix(SOCK, "disk")
+        def simple_reply(handle):
+            magic, err, got = struct.unpack(">IIQ", c.recv(16))
+            assert magic == 0x67446698 and got == handle, (hex(magic), got)
+            return err
+        # NBD_CMD_READ = 0, NBD_CMD_WRITE = 1.
+        c.s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 1, 0, MAX_BLOCK + 1))
+        err = simple_reply(1)
+        assert err == errno.EINVAL, f"read of 64 MiB + 1: error {err}, want EINVAL"
+        c.s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 1, 2, 0, MAX_BLOCK + 1) + bytes(MAX_BLOCK + 1))
+        err = simple_reply(2)
+        assert err == errno.EINVAL, f"write of 64 MiB + 1: error {err}, want EINVAL"
+        c.s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 3, 0, 4096))
+        assert simple_reply(3) == 0
+        assert c.recv(4096) == ref, "data at 0 changed after the refused write"
+        c.s.close()
+    check(too_large_requests)
     # flags not valid for the command
     run_err(E, "unknown flag bit 10 on read", lambda: h.pread(512, 0, flags=1 << 10))
     run_err(E, "unknown flag bit 15 on write", lambda: h.pwrite(b"x" * 512, 0, flags=1 << 15))

@@ -50,7 +50,7 @@ pass "nbdinfo --can flush fua trim zero fast-zero multi-conn df cache"
 info=$(nbdinfo "$(uri alpha)")
 grep -q 'block_size_minimum: 512$' <<<"$info" || { echo "$info"; fail "block_size_minimum"; }
 grep -q 'block_size_preferred: 4096$' <<<"$info" || { echo "$info"; fail "block_size_preferred"; }
-grep -q 'block_size_maximum: 33554432$' <<<"$info" || { echo "$info"; fail "block_size_maximum"; }
+grep -q 'block_size_maximum: 67108864$' <<<"$info" || { echo "$info"; fail "block_size_maximum"; }
 grep -q 'base:allocation' <<<"$info" || { echo "$info"; fail "base:allocation not listed"; }
 pass "block sizes and base:allocation advertised"
 

@@ -95,7 +95,7 @@ TEST_F(HandshakeTest, GoEntersTransmissionWithExportAndBlockSizes) {
   EXPECT_EQ(kInfoBlockSize, Load16(r[3].data.data()));
   EXPECT_EQ(512u, Load32(r[3].data.data() + 2));
   EXPECT_EQ(4096u, Load32(r[3].data.data() + 6));
-  EXPECT_EQ(32u << 20, Load32(r[3].data.data() + 10));
+  EXPECT_EQ(64u << 20, Load32(r[3].data.data() + 10));
   EXPECT_EQ(kRepAck, r[4].type);
   EXPECT_EQ(Handshake::State::kTransmission, hs_.state());
   EXPECT_TRUE(hs_.structured_replies());

@@ -133,7 +133,7 @@ inline constexpr char kBaseAllocation[] = "base:allocation";
 // Limits we advertise and enforce.
 inline constexpr uint32_t kMinBlockSize = 512;
 inline constexpr uint32_t kPreferredBlockSize = 4096;
-inline constexpr uint32_t kMaxPayload = 32u << 20;
+inline constexpr uint32_t kMaxPayload = 64u << 20;  // the reference tester sends up to ~48 MiB
 inline constexpr uint32_t kMaxOptionLength = 64u << 10;
 
 // Network byte order, as every NBD field is.
