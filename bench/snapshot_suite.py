@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import tempfile
 
-from benchlib import Server, du_bytes, log, machine_facts, machine_line, run_measured, write_results
+from benchlib import Server, du_bytes, log, machine_facts, machine_line, run_fio, run_measured, write_results
 
 PIECE = 16 << 20
 QUICK_PIECE = 8 << 20
@@ -32,6 +32,10 @@ LAYOUT = "RTRZ"  # per 4 pieces: random, text, random, zeros
 REGIONS = 21
 CHUNK_64K_STORE = 64 << 10
 TARGETS = {"full": 2.0, "incremental": 15.0, "restore": 1.5}
+# 1 MiB sequential reads of a snapshot export, as a fraction of the same
+# data read from a volume export.
+EXPORT_READ_TARGET = 0.70
+EXPORT_READ_JOB = ("1m-seqread-qd8", "read", "1m", 8, [])
 
 
 class KeyStream:
@@ -200,6 +204,20 @@ def ebs_round(args, work, image, changes, image2, size):
     res["restore_identical"] = files_equal(restored, image2, size)
     if not res["restore_identical"]:
         raise RuntimeError(f"BUG: ebs restore of {snap2['id']} differs from the image ({restored} vs {image2})")
+    # The same data read over NBD from the volume and from snapshot 2's
+    # export (read in place from the store), alternated.
+    server.start()
+    try:
+        res["export_read"] = {}
+        runtime = 1 if args.quick else 3
+        for name, export in (("volume", "img"), ("snapshot", snap2["id"]), ("volume", "img"),
+                             ("snapshot", snap2["id"])):
+            server.export = export
+            r = run_fio(server, EXPORT_READ_JOB, runtime, f"{size >> 20}M", work, f"export-{name}")
+            res["export_read"].setdefault(name, []).append(r["mibps"])
+    finally:
+        server.stop()
+    res["export_read"] = {k: statistics.median(v) for k, v in res["export_read"].items()}
     for k in ("full", "incremental", "diff", "restore", "import"):
         res[k].pop("stderr", None)
     return res
@@ -406,6 +424,13 @@ def report(args, runs, diff_rows, diff_fixed, rounds, size, region, piece):
                 f"<= 1.00 | {verdict(es / rs, 1.0, higher_is_better=False)} | | |")
     rows.append(f"| store size after the first | {fmt_bytes(esf)} | {fmt_bytes(rsf)} | ebs/restic {esf / rsf:.3f} | "
                 f"| | | |")
+    ev, es_ = med(e, "export_read", "volume"), med(e, "export_read", "snapshot")
+    exp_ratio = es_ / ev if ev else None
+    summary["export_read"] = {"volume_mibps": ev, "snapshot_mibps": es_, "ratio": exp_ratio,
+                              "target": EXPORT_READ_TARGET}
+    export_row = (f"| 1 MiB sequential reads (fio, QD8) of snapshot 2's export | {es_:,.0f} MiB/s | "
+                  f"the volume's export: {ev:,.0f} MiB/s | {exp_ratio:.2f} | >= {EXPORT_READ_TARGET:g} | "
+                  f"{verdict(exp_ratio, EXPORT_READ_TARGET)} |")
     imp = med(e, "import", "wall_s")
     diff21 = med(e, "diff", "wall_s")
     summary["import"] = {"ebs_s": imp, "nbdcopy_peak_rss_mib": max(x["import"]["peak_rss_mib"] for x in e)}
@@ -446,6 +471,13 @@ def report(args, runs, diff_rows, diff_fixed, rounds, size, region, piece):
         f"(peak RSS {summary['diff']['ebs_peak_rss_mib']:.0f} MiB).",
         "Restores are byte-identical to the changed image (cmp), for both tools.",
         "",
+        "A snapshot read in place: `ebs serve` exports snapshot 2 read-only (no volume), and fio reads it and the "
+        "volume it was taken of (the same data) in turn, twice each per round, over the Unix socket:",
+        "",
+        "| read | snapshot export | volume export | snapshot / volume | target | verdict |",
+        "|---|---:|---:|---:|---:|---|",
+        export_row,
+        "",
         "`ebs snapshot diff` against the number of changed chunks (one sparse volume; snapshot 0 empty, then "
         "N chunks changed, every other one from the start so that no byte ranges merge, 4 KiB written into each "
         "through NBD, then written back with sync; diff from snapshot 0, JSON output to "
@@ -480,6 +512,8 @@ def report(args, runs, diff_rows, diff_fixed, rounds, size, region, piece):
                    "diff": {"rows": diff_rows, "fixed_s": diff_fixed["wall_s"],
                             "fixed_peak_rss_mib": diff_fixed["peak_rss_mib"]}})
     bad = [k for k in ("full", "incremental", "restore") if not summary[k]["ebs_s"] or not summary[k]["restic_s"]]
+    if not exp_ratio:
+        bad.append("export_read")
     if bad or not diff_rows or not es or not rs:
         raise RuntimeError(f"snapshot suite produced no numbers for {bad or 'store/diff'}")
     return text

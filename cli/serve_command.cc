@@ -12,6 +12,7 @@
 
 #include "commands.h"
 #include "context.h"
+#include "snapshot_exports.h"
 #include "ebs/engine/control.h"
 #include "ebs/engine/event_loop.h"
 #include "ebs/engine/metrics_exporter.h"
@@ -45,6 +46,7 @@ struct ServeArgs {
   std::vector<std::string> tls_allow;  // IDENTITY=VOL[,VOL...]
   size_t max_connections = nbd::ServerOptions::kDefaultMaxConnections;
   double handshake_timeout = 10;
+  bool no_snapshot_exports = false;
 };
 
 // --tls and its credentials, checked before anything is opened or bound.
@@ -175,6 +177,12 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   if (opts.unix_socket == "none") opts.unix_socket.clear();
   opts.read_only = a.read_only;
   opts.default_export = a.default_export;
+  // Every completed snapshot is a read-only export named by its id.
+  std::unique_ptr<SnapshotExports> snapshot_exports;
+  if (!a.no_snapshot_exports) {
+    snapshot_exports = std::make_unique<SnapshotExports>(snapshots->get());
+    opts.extra_exports = snapshot_exports.get();
+  }
   auto server = nbd::Server::Start(opts, manager->get(), raw);
   if (!server.ok()) return Fail(server.status());
   std::unique_ptr<MetricsExporter> exporter;
@@ -189,6 +197,10 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   fmt::print("ebs: serving {} volume(s) from {} on {} event loop(s)\n", count, ctx.data_dir, nloops);
   for (const auto& addr : (*server)->addresses()) fmt::print("ebs: listening on {}\n", addr);
   for (const auto& w : (*server)->warnings()) fmt::print("ebs: warning: {}\n", w);
+  if (snapshot_exports) {
+    auto snaps = (*snapshots)->ListCompleted();
+    fmt::print("ebs: {} snapshot(s) exported read-only, each by its id (snap-...)\n", snaps.ok() ? snaps->size() : 0);
+  }
   if (exporter) fmt::print("ebs: metrics on http://{}/metrics\n", exporter->address());
   if (!a.faults.empty()) fmt::print("ebs: FAULT INJECTION is on for testing: {}\n", fmt::join(a.faults, "; "));
   if (a.no_throttle) fmt::print("ebs: throttling is OFF (--no-throttle): volumes run unlimited\n");
@@ -253,6 +265,7 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   for (auto& loop : loops) loop->Stop();
   server->reset();
   loops.clear();
+  snapshot_exports.reset();
   snapshots->reset();
   manager->reset();  // closes the catalog; data files were synced as volumes closed
   fmt::print("ebs: stopped\n");
@@ -292,6 +305,9 @@ void AddServeCommand(CLI::App* app, Context* ctx, std::function<int()>* action) 
       ->capture_default_str()
       ->check(CLI::Range(0u, 1000000u));
   serve->add_flag("--read-only", a->read_only, "export every volume read-only");
+  serve->add_flag("--no-snapshot-exports", a->no_snapshot_exports,
+                  "do not export the store's snapshots (by default each completed snapshot is a read-only "
+                  "export named by its id, e.g. nbdinfo 'nbd+unix:///snap-...?socket=...')");
   serve->add_option("--default-export", a->default_export, "volume served for the empty export name")
       ->default_str("vol0");
   serve->add_flag("--no-throttle", a->no_throttle,

@@ -48,7 +48,9 @@ void Connection::Start() {
   PostRecv();
 }
 
-bool Connection::VolumeGone() const { return attachment_ && attachment_->volume().deleted(); }
+bool Connection::VolumeGone() const {
+  return (attachment_ && attachment_->volume().deleted()) || (provided_.gone && provided_.gone());
+}
 
 void Connection::StopReading() {
   if (closing_) return;
@@ -117,14 +119,30 @@ std::vector<ExportInfo> Connection::List() {
                    fmt::format("{} {} ({})", VolumeTypeName(c.type), FormatSize(c.size_bytes), v.record.id),
                    c.size_bytes, server_->options().read_only});
   }
+  if (ExportProvider* extra = server_->options().extra_exports) {
+    for (auto& e : extra->List()) {
+      if (Allowed(e)) out.push_back(std::move(e.info));
+    }
+  }
   return out;
 }
 
 std::optional<ExportInfo> Connection::Find(const std::string& requested) {
+  bool provided = false;
+  return FindExport(requested, &provided);
+}
+
+std::optional<ExportInfo> Connection::FindExport(const std::string& requested, bool* provided) {
   std::string name = requested.empty() ? server_->options().default_export : requested;
-  if (!Allowed(name)) return std::nullopt;  // as if it did not exist
   auto v = server_->volumes()->Describe(name);
-  if (!v.ok()) return std::nullopt;
+  if (!v.ok()) {
+    ExportProvider* extra = server_->options().extra_exports;
+    auto e = extra != nullptr ? extra->Find(name) : std::nullopt;
+    if (!e || !Allowed(*e)) return std::nullopt;
+    *provided = true;
+    return e->info;
+  }
+  if (!Allowed(name)) return std::nullopt;  // as if it did not exist
   const VolumeConfig& c = v->record.config;
   return ExportInfo{name,
                     fmt::format("{} {} ({})", VolumeTypeName(c.type), FormatSize(c.size_bytes), v->record.id),
@@ -132,19 +150,31 @@ std::optional<ExportInfo> Connection::Find(const std::string& requested) {
 }
 
 Result<ExportInfo> Connection::Open(const std::string& requested) {
-  auto info = Find(requested);
+  bool provided = false;
+  auto info = FindExport(requested, &provided);
   if (!info) return Status::NotFound("no export named '" + requested + "'");
-  auto att = server_->volumes()->Attach(info->name);
-  if (!att.ok()) {
-    // ENOENT is kept for "no such export". Why an existing volume cannot be
-    // opened (a missing key file, say) goes to the log only: it may name
-    // keys and paths, which are no business of the client's.
-    LogWarning("export refused: volume '" + info->name + "' cannot be opened: " + att.status().message());
-    return Status::Error(att.status().code() == ENOENT ? EIO : att.status().code(),
-                         "volume '" + info->name + "' cannot be opened (the server's log says why)");
+  // ENOENT is kept for "no such export". Why an existing one cannot be
+  // opened (a missing key file, say) goes to the log only: it may name keys
+  // and paths, which are no business of the client's.
+  if (provided) {
+    auto opened = server_->options().extra_exports->Open(info->name);
+    if (!opened.ok()) {
+      LogWarning("export refused: '" + info->name + "' cannot be opened: " + opened.status().message());
+      return Status::Error(opened.status().code() == ENOENT ? EIO : opened.status().code(),
+                           "'" + info->name + "' cannot be opened (the server's log says why)");
+    }
+    provided_ = std::move(*opened);
+    device_ = provided_.device.get();
+  } else {
+    auto att = server_->volumes()->Attach(info->name);
+    if (!att.ok()) {
+      LogWarning("export refused: volume '" + info->name + "' cannot be opened: " + att.status().message());
+      return Status::Error(att.status().code() == ENOENT ? EIO : att.status().code(),
+                           "volume '" + info->name + "' cannot be opened (the server's log says why)");
+    }
+    attachment_ = std::move(*att);
+    device_ = &attachment_->volume().device();
   }
-  attachment_ = std::move(*att);
-  device_ = &attachment_->volume().device();
   info->size = device_->size();  // fixed for this connection
   return *info;
 }

@@ -18,6 +18,7 @@
 #include "ebs/engine/block_device.h"
 #include "ebs/engine/event_loop.h"
 #include "ebs/engine/volume_manager.h"
+#include "ebs/nbd/export_provider.h"
 #include "ebs/nbd/handshake.h"
 #include "ebs/nbd/protocol.h"
 #include "ebs/nbd/tls.h"
@@ -79,7 +80,7 @@ class Connection final : public ExportDirectory {
   // client that neither reads nor closes) stops reading and ends.
   // May delete this (from the loop's own context only).
   void EndDrainAfter(int64_t now_ns, int64_t max_ns);
-  // The volume was deleted underneath: close.
+  // The volume (or snapshot) was deleted underneath: close.
   bool VolumeGone() const;
   // A connection still in the handshake `max_ns` after it was accepted (an
   // idle or slow client) is closed. May delete this.
@@ -122,6 +123,10 @@ class Connection final : public ExportDirectory {
   // The export is visible to this connection: its listener exports it and,
   // with --tls-allow, its TLS identity may open it.
   bool Allowed(const std::string& name) const;
+  // Find, telling whether the export is a provided one.
+  std::optional<ExportInfo> FindExport(const std::string& requested, bool* provided);
+  // A provided export is visible when its name or its volume's is.
+  bool Allowed(const ProvidedExport& e) const { return Allowed(e.info.name) || Allowed(e.volume); }
   // Handshake bytes not yet sent (replies, and their ciphertext under TLS).
   size_t HandshakeBacklog() const;
   void PostRecv();
@@ -179,6 +184,7 @@ class Connection final : public ExportDirectory {
   std::string tls_identity_;  // the peer's PSK user name or certificate CN, once TLS runs
 
   std::unique_ptr<VolumeAttachment> attachment_;
+  OpenedExport provided_;  // an export of ServerOptions::extra_exports instead
 
   BlockDevice* device_ = nullptr;
   uint64_t size_ = 0;

@@ -261,7 +261,7 @@ Result<std::optional<std::string>> DirectoryObjectStore::ReadDirect(int fd, size
   return std::optional<std::string>(std::in_place, buf.data(), std::min(done, size));
 }
 
-Result<std::string> DirectoryObjectStore::Get(std::string_view key) {
+Result<std::string> DirectoryObjectStore::Read(std::string_view key, bool direct) {
   EBS_RETURN_IF_ERROR(ValidateObjectKey(key));
   const std::string path = PathOf(key);
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -279,7 +279,7 @@ Result<std::string> DirectoryObjectStore::Get(std::string_view key) {
     ::close(fd);
     return Status::NotFound("object '" + std::string(key) + "' not found (a prefix, not an object)");
   }
-  if (static_cast<size_t>(st.st_size) >= kDirectIoMin && direct_ok_.load(std::memory_order_relaxed)) {
+  if (direct && static_cast<size_t>(st.st_size) >= kDirectIoMin && direct_ok_.load(std::memory_order_relaxed)) {
     auto direct = ReadDirect(fd, static_cast<size_t>(st.st_size), path);
     if (!direct.ok() || direct->has_value()) {
       ::close(fd);

@@ -24,9 +24,11 @@ namespace {
 // the snapshot's map and the store, so it outlives the service.
 class SnapshotChunkSource final : public ChunkSource {
  public:
+  // `cached`: objects are read through the store's cache (a snapshot export
+  // reads them again and again; a lazy restore once).
   SnapshotChunkSource(std::shared_ptr<ObjectStore> store, std::string id, const std::vector<DeltaEntry>& map,
-                      std::shared_ptr<const ChunkCrypto> crypto)
-      : store_(std::move(store)), id_(std::move(id)), crypto_(std::move(crypto)) {
+                      std::shared_ptr<const ChunkCrypto> crypto, bool cached)
+      : store_(std::move(store)), id_(std::move(id)), crypto_(std::move(crypto)), cached_(cached) {
     for (const auto& e : map) map_.emplace(e.chunk, e.hash);
   }
   Status Fetch(uint64_t chunk, std::string* data) override {
@@ -35,7 +37,7 @@ class SnapshotChunkSource final : public ChunkSource {
       data->clear();  // zeros
       return Status::Ok();
     }
-    auto object = store_->Get(ChunkKey(it->second));
+    auto object = cached_ ? store_->GetCached(ChunkKey(it->second)) : store_->Get(ChunkKey(it->second));
     if (!object.ok()) {
       return Status::IoError(fmt::format("snapshot {} chunk {}: object {} unreadable: {}", id_, chunk,
                                          it->second.ToHex(), object.status().message()));
@@ -52,6 +54,7 @@ class SnapshotChunkSource final : public ChunkSource {
   const std::shared_ptr<ObjectStore> store_;
   const std::string id_;
   const std::shared_ptr<const ChunkCrypto> crypto_;
+  const bool cached_;
   std::unordered_map<uint64_t, ContentHash> map_;
 };
 
@@ -181,6 +184,19 @@ Result<nlohmann::json> Images::Export(const std::string& id, const std::string& 
                         {"data_chunks", map->size()}};
 }
 
+Result<SnapshotImage> Images::OpenImage(const std::string& id) {
+  auto r = ctx_.index->GetSnapshot(id);
+  if (!r.ok()) return r.status();
+  auto map = ctx_.FullMap(*r);
+  if (!map.ok()) return map.status();
+  auto crypto = ctx_.CryptoFor(*r);
+  if (!crypto.ok()) return crypto.status();
+  if (Status m = ctx_.CheckManifest(*r, crypto->get()); !m.ok()) {
+    return Status::Error(m.code(), "snapshot " + id + ": " + m.message());
+  }
+  return SnapshotImage{*r, std::make_shared<SnapshotChunkSource>(ctx_.store, r->id, *map, *crypto, /*cached=*/true)};
+}
+
 Result<std::shared_ptr<ChunkSource>> Images::ChunkSourceFor(const VolumeRecord& v) {
   auto r = ctx_.index->GetSnapshot(v.source_snapshot);
   if (!r.ok()) return Status::NotFound("its source snapshot " + v.source_snapshot + " is not in this store");
@@ -191,7 +207,7 @@ Result<std::shared_ptr<ChunkSource>> Images::ChunkSourceFor(const VolumeRecord& 
   if (!map.ok()) return map.status();
   auto crypto = ctx_.CryptoFor(*r);
   if (!crypto.ok()) return crypto.status();
-  return std::shared_ptr<ChunkSource>(std::make_shared<SnapshotChunkSource>(ctx_.store, r->id, *map, *crypto));
+  return std::shared_ptr<ChunkSource>(std::make_shared<SnapshotChunkSource>(ctx_.store, r->id, *map, *crypto, /*cached=*/false));
 }
 
 }  // namespace ebs::snapshot

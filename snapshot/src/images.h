@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ebs/engine/image_writer.h"
+#include "ebs/snapshot/snapshot_service.h"
 #include "store_context.h"
 
 namespace ebs::snapshot {
@@ -26,6 +27,9 @@ class Images {
                              std::optional<double> lazy_rate_mibps, std::optional<EncryptionRequest> encryption);
   // SnapshotService::Export.
   Result<nlohmann::json> Export(const std::string& id, const std::string& file, bool force);
+  // SnapshotService::OpenImage. Reads only the index, the store and the
+  // keys, so it may run beside another operation.
+  Result<SnapshotImage> OpenImage(const std::string& id);
   // The chunks of snapshot `v.source_snapshot`, for lazily restored volume `v`.
   Result<std::shared_ptr<ChunkSource>> ChunkSourceFor(const VolumeRecord& v);
   // A server runs: lazily restored volumes load in the background from now on.

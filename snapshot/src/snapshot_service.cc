@@ -141,12 +141,53 @@ Result<nlohmann::json> SnapshotService::Verify(const std::string& id) {
 
 Result<nlohmann::json> SnapshotService::Delete(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (delete_observer_) {
+    auto r = ctx_->index->GetSnapshot(id);
+    if (r.ok() && r->state == SnapshotState::kCompleted) delete_observer_(id);
+  }
   return lineages_->Delete(id);
 }
 
 Result<nlohmann::json> SnapshotService::Reindex(bool force) {
   std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::shared_mutex> swap(index_swap_);
   return audit_->Reindex(force);
+}
+
+namespace {
+Status IndexBusy() { return Status::Error(EAGAIN, "the snapshot index is being rebuilt (store reindex); try again"); }
+}  // namespace
+
+Result<std::vector<SnapshotRecord>> SnapshotService::ListCompleted() {
+  std::shared_lock<std::shared_mutex> swap(index_swap_, std::try_to_lock);
+  if (!swap.owns_lock()) return IndexBusy();
+  auto all = ctx_->index->ListSnapshots();
+  if (!all.ok()) return all.status();
+  std::vector<SnapshotRecord> out;
+  for (auto& r : *all) {
+    if (r.state == SnapshotState::kCompleted) out.push_back(std::move(r));
+  }
+  return out;
+}
+
+Result<SnapshotRecord> SnapshotService::FindCompleted(const std::string& id) {
+  std::shared_lock<std::shared_mutex> swap(index_swap_, std::try_to_lock);
+  if (!swap.owns_lock()) return IndexBusy();
+  auto r = ctx_->index->GetSnapshot(id);
+  if (!r.ok()) return r.status();
+  if (r->state != SnapshotState::kCompleted) return Status::NotFound("snapshot " + id + " is not completed");
+  return r;
+}
+
+Result<SnapshotImage> SnapshotService::OpenImage(const std::string& id) {
+  std::shared_lock<std::shared_mutex> swap(index_swap_, std::try_to_lock);
+  if (!swap.owns_lock()) return IndexBusy();
+  return images_->OpenImage(id);
+}
+
+void SnapshotService::SetDeleteObserver(std::function<void(const std::string& id)> observer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  delete_observer_ = std::move(observer);
 }
 
 Result<nlohmann::json> SnapshotService::Gc() {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A real filesystem on a volume: nbdfuse exposes the export as a file, a loop
 # device turns it into a block device, ext4 on top. Files written, checked
-# after remount, after a server restart, and fsck is clean throughout.
+# after remount, after a server restart, and fsck is clean throughout; a
+# snapshot of it mounted read-only from its snapshot export shows the files
+# as they were.
 source "$(dirname "$0")/lib.sh"
 need nbdfuse fusermount3 losetup mkfs.ext4 e2fsck mount umount sha256sum fstrim
 
@@ -18,9 +20,12 @@ MNT="$T/mnt"     # ext4 mountpoint
 mkdir -p "$F" "$MNT"
 FUSE_PID="" LOOP="" MOUNTED=""
 
+# fuse_up [EXPORT [ro]]: the export (default fsvol) on a loop device; ro:
+# nbdfuse --readonly and a read-only loop device.
 fuse_up() {
+  local export=${1:-fsvol} ro=${2:-}
   rm -f "$T/nbdfuse.pid"
-  nbdfuse -P "$T/nbdfuse.pid" "$F/disk" "$(uri fsvol)" 2>"$T/nbdfuse.log" &
+  nbdfuse ${ro:+--readonly} -P "$T/nbdfuse.pid" "$F/disk" "$(uri "$export")" 2>"$T/nbdfuse.log" &
   FUSE_PID=$!
   for _ in $(seq 1 200); do
     [ -s "$T/nbdfuse.pid" ] && [ -f "$F/disk" ] && break
@@ -29,7 +34,7 @@ fuse_up() {
   done
   [ -f "$F/disk" ] || fail "nbdfuse: $F/disk did not appear"
   [ "$(stat -c %s "$F/disk")" -eq $((1 << 30)) ] || fail "nbdfuse file size $(stat -c %s "$F/disk")"
-  LOOP=$(losetup -f --show "$F/disk") || fail "losetup"
+  LOOP=$(losetup -f --show ${ro:+-r} "$F/disk") || fail "losetup"
 }
 
 fuse_down() {
@@ -129,6 +134,27 @@ do_mount -o ro
 do_umount
 fuse_down
 pass "changes persisted across a second restart"
+
+# --- a snapshot mounted read-only, straight from the store -----------------
+SNAP=$(ebs snapshot create fsvol --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+# The volume moves on; the snapshot must not.
+fuse_up
+do_mount
+rm -rf "$MNT/tree/a"
+echo "written after the snapshot" >"$MNT/after-snapshot.txt"
+do_umount
+fuse_down
+fuse_up "$SNAP" ro
+do_mount -o ro,noload
+(cd "$MNT" && sha256sum --quiet -c "$T/sums2") || fail "snapshot $SNAP: new.bin"
+(cd "$MNT" && grep -v '^[0-9a-f]*  tree/many/' "$T/sums" | sha256sum --quiet -c -) || fail "snapshot $SNAP: files"
+[ ! -e "$MNT/after-snapshot.txt" ] || fail "snapshot $SNAP shows a file written after it"
+[ "$(readlink "$MNT/tree/a/link-to-big")" = ../big.bin ] || fail "snapshot $SNAP: symlink"
+if touch "$MNT/x" 2>/dev/null; then fail "a file was created on the read-only snapshot mount"; fi
+umount "$MNT" || fail "umount $SNAP"
+MOUNTED=""
+fuse_down
+pass "snapshot export $SNAP mounted read-only (nbdfuse --readonly, losetup -r, ext4 ro,noload): files as they were"
 
 stop_server
 pass "server stopped cleanly"

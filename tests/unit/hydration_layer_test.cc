@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "io/file_device.h"
+#include "memory_chunk_source.h"
 #include "test_util.h"
 
 namespace ebs {
@@ -20,31 +21,7 @@ namespace {
 constexpr uint64_t kChunk = 64 * 1024;
 constexpr uint64_t kSize = 32 * kChunk;
 
-class MemorySource final : public ChunkSource {
- public:
-  Status Fetch(uint64_t chunk, std::string* data) override {
-    fetches.fetch_add(1);
-    std::lock_guard<std::mutex> lock(mu);
-    if (broken.count(chunk)) return Status::IoError("object missing");
-    auto it = chunks.find(chunk);
-    if (it == chunks.end()) {
-      data->clear();
-    } else {
-      *data = it->second;
-    }
-    return Status::Ok();
-  }
-  bool HasData(uint64_t chunk) const override {
-    std::lock_guard<std::mutex> lock(mu);
-    return chunks.count(chunk) != 0;
-  }
-  std::string Describe() const override { return "test source"; }
-
-  mutable std::mutex mu;
-  std::map<uint64_t, std::string> chunks;
-  std::set<uint64_t> broken;
-  std::atomic<int> fetches{0};
-};
+using MemorySource = testing::MemoryChunkSource;
 
 class HydrationLayerTest : public ::testing::Test {
  protected:

@@ -14,6 +14,7 @@
 #include "ebs/engine/event_loop.h"
 #include "ebs/engine/status.h"
 #include "ebs/engine/volume_manager.h"
+#include "ebs/nbd/export_provider.h"
 #include "ebs/nbd/handshake.h"
 #include "ebs/nbd/tls.h"
 
@@ -46,6 +47,10 @@ struct ServerOptions {
   // A connection that has not chosen an export this long after it was
   // accepted is closed. 0: no limit.
   int handshake_timeout_ms = 10'000;
+  // Exports beyond the volumes (the store's snapshots), always read-only;
+  // a volume of the same name wins. Null: volumes only. Must outlive the
+  // server.
+  ExportProvider* extra_exports = nullptr;
 
   static constexpr size_t kDefaultMaxConnections = 256;
 };

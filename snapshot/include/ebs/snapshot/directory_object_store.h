@@ -50,7 +50,10 @@ class DirectoryObjectStore final : public ObjectStore {
   Status Put(std::string_view key, std::string_view bytes) override;
   Status PutBatched(std::string_view key, std::string_view bytes) override;
   Status Flush() override;
-  Result<std::string> Get(std::string_view key) override;
+  // Large objects are read with direct I/O (bypassing the page cache);
+  // GetCached reads through it.
+  Result<std::string> Get(std::string_view key) override { return Read(key, /*direct=*/true); }
+  Result<std::string> GetCached(std::string_view key) override { return Read(key, /*direct=*/false); }
   Status Delete(std::string_view key) override;
   Result<bool> Exists(std::string_view key) override;
   Result<std::vector<std::string>> List(std::string_view prefix) override;
@@ -70,6 +73,7 @@ class DirectoryObjectStore final : public ObjectStore {
 
  private:
   explicit DirectoryObjectStore(std::string root) : root_(std::move(root)) {}
+  Result<std::string> Read(std::string_view key, bool direct);
   std::string PathOf(std::string_view key) const;
   // Creates the directories on the way to `key` that do not exist yet
   // (each made durable in its parent when `durable`).

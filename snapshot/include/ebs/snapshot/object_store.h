@@ -47,6 +47,10 @@ class ObjectStore {
   [[nodiscard]] virtual Status PutBatched(std::string_view key, std::string_view bytes) { return Put(key, bytes); }
   [[nodiscard]] virtual Status Flush() { return Status::Ok(); }
   [[nodiscard]] virtual Result<std::string> Get(std::string_view key) = 0;
+  // Get, for an object likely to be read again (a snapshot export's
+  // chunks): a store that Gets around its cache (a restore reads each object
+  // once) reads this one through it.
+  [[nodiscard]] virtual Result<std::string> GetCached(std::string_view key) { return Get(key); }
   [[nodiscard]] virtual Status Delete(std::string_view key) = 0;
   [[nodiscard]] virtual Result<bool> Exists(std::string_view key) = 0;
   // Every key that starts with `prefix` (a plain string prefix, as in S3,

@@ -10,9 +10,11 @@
 // cut are read (change_tracker.h).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -30,6 +32,14 @@ class Lineages;
 class SnapshotCreator;
 class Images;
 class StoreAudit;
+
+// A completed snapshot opened for reading in place (a snapshot export).
+struct SnapshotImage {
+  SnapshotRecord record;
+  // Its chunks, decrypted with its key when it is encrypted; safe for
+  // concurrent use, and usable after the service is gone.
+  std::shared_ptr<ChunkSource> chunks;
+};
 
 class SnapshotService {
  public:
@@ -105,6 +115,22 @@ class SnapshotService {
 
   uint32_t chunk_size() const;
 
+  // For a server's event loops, which must never wait for an operation in
+  // progress (a snapshot being taken): these read the index at once, without
+  // the service's lock, and fail with EAGAIN while a reindex replaces it.
+  // The completed snapshots.
+  Result<std::vector<SnapshotRecord>> ListCompleted();
+  // A completed snapshot's record, or ENOENT.
+  Result<SnapshotRecord> FindCompleted(const std::string& id);
+  // Opens completed snapshot `id` for reading: its map, its keys (a clear
+  // error when its master key is missing) and its manifest's check, as a
+  // restore would.
+  Result<SnapshotImage> OpenImage(const std::string& id);
+  // `observer(id)` runs as Delete starts deleting a completed snapshot,
+  // before any of its objects can go: whoever reads it in place stops.
+  // Set it before serving; null: none.
+  void SetDeleteObserver(std::function<void(const std::string& id)> observer);
+
  private:
   SnapshotService();
   // The parts (snapshot/src): what they share, and one unit per idea.
@@ -114,6 +140,10 @@ class SnapshotService {
   std::unique_ptr<Images> images_;
   std::unique_ptr<StoreAudit> audit_;
   std::mutex mu_;  // one operation at a time
+  // Shared by the lock-free readers above; Reindex, which replaces the
+  // index, holds it exclusively.
+  std::shared_mutex index_swap_;
+  std::function<void(const std::string&)> delete_observer_;
 };
 
 nlohmann::json SnapshotToJson(const SnapshotRecord& r);

@@ -1,0 +1,202 @@
+#include "ebs/engine/chunk_source_device.h"
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+
+namespace ebs {
+
+ChunkSourceDevice::ChunkSourceDevice(std::shared_ptr<ChunkSource> source, Options options)
+    : source_(std::move(source)),
+      options_(options),
+      shift_(static_cast<unsigned>(std::countr_zero(options.chunk_size))),
+      chunks_((options.size + options.chunk_size - 1) / options.chunk_size) {
+  const int threads =
+      options_.threads > 0 ? options_.threads : std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
+  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+}
+
+ChunkSourceDevice::~ChunkSourceDevice() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  fetched_.notify_all();
+  for (auto& t : threads_) t.join();
+}
+
+void ChunkSourceDevice::Close() {
+  closed_.store(true, std::memory_order_release);
+  std::lock_guard<std::mutex> lock(mu_);
+  prefetch_.clear();
+  cache_.clear();
+  lru_.clear();
+}
+
+void ChunkSourceDevice::Submit(EventLoop& loop, IoRequest* req) {
+  req->loop = &loop;
+  int result = 0;
+  if (closed()) {
+    result = -ESHUTDOWN;
+  } else {
+    switch (req->kind) {
+      case IoKind::kRead:
+        if (req->length == 0) break;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          req->link = nullptr;
+          if (tail_ != nullptr) {
+            tail_->link = req;
+          } else {
+            head_ = req;
+          }
+          tail_ = req;
+        }
+        cv_.notify_one();
+        return;
+      case IoKind::kFlush:
+      case IoKind::kCache:
+        break;
+      case IoKind::kWrite:
+      case IoKind::kTrim:
+      case IoKind::kWriteZeroes:
+        result = -EPERM;
+        break;
+    }
+  }
+  loop.Post([req, result] { req->Finish(result); });
+}
+
+void ChunkSourceDevice::Run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [&] { return stop_ || head_ != nullptr || !prefetch_.empty(); });
+    if (head_ != nullptr) {
+      IoRequest* req = head_;
+      head_ = req->link;
+      if (head_ == nullptr) tail_ = nullptr;
+      const bool stopping = stop_;
+      lock.unlock();
+      const int result = stopping || closed() ? -ESHUTDOWN : Read(req);
+      req->loop->Post([req, result] { req->Finish(result); });
+      lock.lock();
+      continue;
+    }
+    if (stop_) return;
+    // Idle: fetch ahead for a sequential reader.
+    const uint64_t chunk = prefetch_.back();
+    prefetch_.pop_back();
+    if (cache_.count(chunk) != 0 || fetching_.count(chunk) != 0) continue;
+    lock.unlock();
+    (void)Get(chunk);  // a failure is met again (and reported) by the read that needs it
+    lock.lock();
+  }
+}
+
+int ChunkSourceDevice::Read(IoRequest* req) {
+  const uint64_t cs = options_.chunk_size;
+  const uint64_t first = req->offset >> shift_;
+  const uint64_t last = (req->offset + req->length - 1) >> shift_;
+  // A reader that starts where the last one ended reads sequentially.
+  if (next_sequential_.exchange(req->offset + req->length) == req->offset) ReadAhead(last);
+  uint64_t done = 0;
+  for (uint64_t c = first; c <= last; ++c) {
+    const uint64_t chunk_start = c << shift_;
+    const uint64_t from = std::max(req->offset, chunk_start) - chunk_start;
+    const uint64_t to = std::min(req->offset + req->length, chunk_start + cs) - chunk_start;
+    char* dst = req->buf + done;
+    if (!source_->HasData(c)) {
+      std::memset(dst, 0, to - from);
+    } else {
+      auto data = Get(c);
+      if (!data.ok()) return -(data.status().code() != 0 ? data.status().code() : EIO);
+      const std::string& bytes = **data;
+      const uint64_t have = std::min<uint64_t>(bytes.size(), to);
+      if (have > from) std::memcpy(dst, bytes.data() + from, have - from);
+      if (to > std::max(have, from)) std::memset(dst + (std::max(have, from) - from), 0, to - std::max(have, from));
+    }
+    done += to - from;
+  }
+  return 0;
+}
+
+Result<ChunkSourceDevice::Chunk> ChunkSourceDevice::Get(uint64_t chunk) {
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      if (stop_ || closed()) return Status::Error(ESHUTDOWN, "the snapshot export is closed");
+      auto it = cache_.find(chunk);
+      if (it != cache_.end()) {
+        lru_.splice(lru_.begin(), lru_, it->second.pos);
+        return it->second.data;
+      }
+      if (fetching_.insert(chunk).second) break;  // ours to fetch
+      fetched_.wait(lock);
+    }
+  }
+  auto data = std::make_shared<std::string>();
+  Status st = source_->Fetch(chunk, data.get());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    fetching_.erase(chunk);
+    if (st.ok() && !closed()) CacheLocked(chunk, data);
+  }
+  fetched_.notify_all();
+  if (!st.ok()) return Status::Error(EIO, st.message());
+  return Chunk(std::move(data));
+}
+
+void ChunkSourceDevice::ReadAhead(uint64_t last) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    prefetch_.clear();  // only the reader's newest position matters
+    // Pushed farthest first: taken from the back, the nearest goes first.
+    for (int i = options_.readahead_chunks; i >= 1; --i) {
+      const uint64_t c = last + static_cast<uint64_t>(i);
+      if (c >= chunks_ || !source_->HasData(c) || cache_.count(c) != 0 || fetching_.count(c) != 0) continue;
+      prefetch_.push_back(c);
+    }
+    if (prefetch_.empty()) return;
+  }
+  cv_.notify_all();
+}
+
+void ChunkSourceDevice::CacheLocked(uint64_t chunk, Chunk data) {
+  auto it = cache_.find(chunk);
+  if (it != cache_.end()) {
+    it->second.data = std::move(data);
+    lru_.splice(lru_.begin(), lru_, it->second.pos);
+    return;
+  }
+  lru_.push_front(chunk);
+  cache_.emplace(chunk, Entry{std::move(data), lru_.begin()});
+  const size_t limit = std::max<size_t>(options_.cache_chunks, 1);
+  while (cache_.size() > limit) {
+    cache_.erase(lru_.back());
+    lru_.pop_back();
+  }
+}
+
+Status ChunkSourceDevice::Map(uint64_t offset, uint64_t length, std::vector<Extent>* out, size_t max_extents) {
+  const uint64_t end = std::min(offset + length, options_.size);
+  uint64_t pos = offset;
+  size_t appended = 0;
+  while (pos < end) {
+    const uint64_t c = pos >> shift_;
+    const bool hole = !source_->HasData(c);
+    const uint64_t next = std::min(end, (c + 1) << shift_);
+    if (!out->empty() && appended > 0 && out->back().hole == hole && out->back().offset + out->back().length == pos) {
+      out->back().length += next - pos;
+    } else {
+      if (appended == max_extents) break;
+      out->push_back(Extent{pos, next - pos, hole});
+      ++appended;
+    }
+    pos = next;
+  }
+  return Status::Ok();
+}
+
+}  // namespace ebs
