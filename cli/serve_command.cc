@@ -177,12 +177,10 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   if (opts.unix_socket == "none") opts.unix_socket.clear();
   opts.read_only = a.read_only;
   opts.default_export = a.default_export;
-  // Every completed snapshot is a read-only export named by its id.
-  std::unique_ptr<SnapshotExports> snapshot_exports;
-  if (!a.no_snapshot_exports) {
-    snapshot_exports = std::make_unique<SnapshotExports>(snapshots->get());
-    opts.extra_exports = snapshot_exports.get();
-  }
+  // Every completed snapshot is a read-only export named by its id, and
+  // exports have qemu:dirty-bitmap:SNAP-ID contexts.
+  auto snapshot_exports = std::make_unique<SnapshotExports>(snapshots->get(), manager->get(), !a.no_snapshot_exports);
+  opts.extra_exports = snapshot_exports.get();
   auto server = nbd::Server::Start(opts, manager->get(), raw);
   if (!server.ok()) return Fail(server.status());
   std::unique_ptr<MetricsExporter> exporter;
@@ -197,7 +195,7 @@ int Serve(const Context& ctx, const ServeArgs& a) {
   fmt::print("ebs: serving {} volume(s) from {} on {} event loop(s)\n", count, ctx.data_dir, nloops);
   for (const auto& addr : (*server)->addresses()) fmt::print("ebs: listening on {}\n", addr);
   for (const auto& w : (*server)->warnings()) fmt::print("ebs: warning: {}\n", w);
-  if (snapshot_exports) {
+  if (!a.no_snapshot_exports) {
     auto snaps = (*snapshots)->ListCompleted();
     fmt::print("ebs: {} snapshot(s) exported read-only, each by its id (snap-...)\n", snaps.ok() ? snaps->size() : 0);
   }

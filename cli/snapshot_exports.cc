@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "ebs/engine/size.h"
+#include "dirty_bitmaps.h"
 #include "ebs/engine/time.h"
 
 namespace ebs::cli {
@@ -22,7 +23,9 @@ std::string DescribeSnapshotExport(const snapshot::SnapshotRecord& r) {
                      FormatSize(r.volume_size));
 }
 
-SnapshotExports::SnapshotExports(snapshot::SnapshotService* service) : service_(service) {
+SnapshotExports::SnapshotExports(snapshot::SnapshotService* service, VolumeManager* volumes,
+                                 bool export_snapshots)
+    : service_(service), volumes_(volumes), export_snapshots_(export_snapshots) {
   service_->SetDeleteObserver([this](const std::string& id) { Deleted(id); });
 }
 
@@ -30,6 +33,7 @@ SnapshotExports::~SnapshotExports() { service_->SetDeleteObserver(nullptr); }
 
 std::vector<nbd::ProvidedExport> SnapshotExports::List() {
   std::vector<nbd::ProvidedExport> out;
+  if (!export_snapshots_) return out;
   auto all = service_->ListCompleted();
   if (!all.ok()) return out;  // a reindex in progress: none this time
   for (const auto& r : *all) out.push_back(ToExport(r));
@@ -37,7 +41,7 @@ std::vector<nbd::ProvidedExport> SnapshotExports::List() {
 }
 
 std::optional<nbd::ProvidedExport> SnapshotExports::Find(const std::string& name) {
-  if (name.rfind("snap-", 0) != 0) return std::nullopt;
+  if (!export_snapshots_ || name.rfind("snap-", 0) != 0) return std::nullopt;
   auto r = service_->FindCompleted(name);
   if (!r.ok()) return std::nullopt;
   return ToExport(*r);
@@ -63,6 +67,24 @@ Result<nbd::OpenedExport> SnapshotExports::Open(const std::string& name) {
                              auto d = weak.lock();
                              return d == nullptr || d->closed();
                            }};
+}
+
+std::vector<std::string> SnapshotExports::Bitmaps(const std::string& name) {
+  auto v = volumes_->Describe(name);
+  if (!v.ok() && !export_snapshots_) return {};
+  auto ids = v.ok() ? service_->BitmapsOfVolume(v->record) : service_->BitmapsOfSnapshot(name);
+  if (!ids.ok()) return {};
+  return std::move(*ids);
+}
+
+Result<std::unique_ptr<nbd::ChangeMap>> SnapshotExports::OpenBitmap(const std::string& name, Volume* volume,
+                                                                    const std::string& bitmap) {
+  if (volume != nullptr) return VolumeChangeMap(service_, volumes_, name, volume, bitmap);
+  auto to = service_->FindCompleted(name);
+  if (!to.ok()) return to.status();
+  auto chunks = service_->ChangedChunks(bitmap, name);
+  if (!chunks.ok()) return chunks.status();
+  return FixedChangeMap(std::move(*chunks), to->chunk_size, to->volume_size);
 }
 
 void SnapshotExports::Deleted(const std::string& id) {

@@ -179,6 +179,11 @@ Result<ExportInfo> Connection::Open(const std::string& requested) {
   return *info;
 }
 
+std::vector<std::string> Connection::DirtyBitmaps(const std::string& name) {
+  ExportProvider* extra = server_->options().extra_exports;
+  return extra != nullptr ? extra->Bitmaps(name) : std::vector<std::string>();
+}
+
 // --- Receiving ------------------------------------------------------------
 
 bool Connection::MakeRoom() {
@@ -298,6 +303,14 @@ void Connection::StartTransmission() {
   setsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
   structured_ = handshake_.structured_replies();
   base_allocation_ = handshake_.base_allocation();
+  for (const auto& name : handshake_.dirty_bitmaps()) {
+    ExportProvider* extra = server_->options().extra_exports;
+    Volume* volume = attachment_ ? &attachment_->volume() : nullptr;
+    auto map = extra != nullptr ? extra->OpenBitmap(handshake_.export_info().name, volume, name)
+                                : Result<std::unique_ptr<ChangeMap>>(Status::NotFound("no dirty bitmaps"));
+    if (!map.ok()) LogWarning("dirty bitmap '" + name + "' cannot be opened: " + map.status().message());
+    bitmaps_.push_back(map.ok() ? std::move(*map) : nullptr);
+  }
   enforce_alignment_ = handshake_.block_size_negotiated();
   read_only_ = handshake_.export_info().read_only;
   size_ = handshake_.export_info().size;

@@ -90,6 +90,7 @@ class Connection final : public ExportDirectory {
   std::vector<ExportInfo> List() override;
   std::optional<ExportInfo> Find(const std::string& name) override;
   Result<ExportInfo> Open(const std::string& name) override;
+  std::vector<std::string> DirtyBitmaps(const std::string& name) override;
 
  private:
   // One request in flight. Slots are preallocated per connection; their
@@ -190,6 +191,10 @@ class Connection final : public ExportDirectory {
   uint64_t size_ = 0;
   bool structured_ = false;
   bool base_allocation_ = false;
+  // The selected dirty bitmaps, in context-id order (kFirstBitmapId + i);
+  // null where one could not be opened (its queries fail with EIO).
+  std::vector<std::unique_ptr<ChangeMap>> bitmaps_;
+  std::vector<DirtyExtent> dirty_extents_;  // scratch for BlockStatus
   bool enforce_alignment_ = false;
   bool read_only_ = false;
 

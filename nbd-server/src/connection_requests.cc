@@ -49,7 +49,7 @@ uint32_t Connection::Validate(const RequestHeader& h) const {
     case kCmdCache:
       break;
     case kCmdBlockStatus:
-      if (!base_allocation_) return kEinval;  // no meta context negotiated
+      if (!base_allocation_ && bitmaps_.empty()) return kEinval;  // no meta context negotiated
       allowed |= kCmdFlagReqOne;
       break;
     case kCmdFlush:
@@ -105,7 +105,7 @@ bool Connection::ProcessRequests() {
     if (free_slots_ == nullptr) return false;
     RequestHeader h = DecodeRequest(rbuf_.get() + rpos_);
     uint64_t charge = (h.type == kCmdRead || h.type == kCmdWrite) && h.length <= kMaxPayload ? h.length : 0;
-    if (h.type == kCmdBlockStatus) charge = kBlockStatusCharge;
+    if (h.type == kCmdBlockStatus) charge = kBlockStatusCharge * ((base_allocation_ ? 1 : 0) + bitmaps_.size());
     if (charge > 0 && slots_in_use_ > 0 && inflight_bytes_ + charge > kMaxInflightBytes) return false;
     if (h.magic != kRequestMagic) {
       // Framing is lost: nothing after this can be trusted.
@@ -257,30 +257,75 @@ void Connection::CompleteRead(Slot* s) {
 
 void Connection::BlockStatus(Slot* s) {
   const RequestHeader& h = s->req;
-  std::vector<Extent>& extents = s->extents;  // the slot's: no allocation once warm
-  extents.clear();
   // Capped: the reply covers less than asked when the range is fragmented,
   // and the client asks again for the rest.
   const size_t max = (h.flags & kCmdFlagReqOne) ? size_t{1} : kMaxExtentsPerReply;
-  Status st = device_->Map(h.offset, h.length, &extents, max);
-  if (!st.ok()) {
-    ReplyError(s, ToWireError(st.code()));
-    return;
+  // One reply chunk per selected context: [id, (length, flags)...]. The
+  // first chunk's header goes in s->reply; the others' headers travel with
+  // the payload, the last one flagged DONE.
+  s->extra.clear();
+  size_t first_len = 0;
+  auto chunk = [&](uint32_t id, size_t n, auto&& entry) {
+    const bool first = s->extra.empty();
+    size_t at = s->extra.size();
+    if (!first) {
+      s->extra.resize(at + 20);
+      char* p = s->extra.data() + at;
+      Store32(p, kStructuredReplyMagic);
+      Store16(p + 4, 0);  // DONE set below on the last
+      Store16(p + 6, kReplyBlockStatus);
+      Store64(p + 8, h.cookie);
+      Store32(p + 16, static_cast<uint32_t>(4 + 8 * n));
+      at += 20;
+    }
+    s->extra.resize(at + 4 + 8 * n);
+    char* e = s->extra.data() + at;
+    Store32(e, id);
+    for (size_t i = 0; i < n; ++i) {
+      auto [length, flags] = entry(i);
+      Store32(e + 4 + 8 * i, static_cast<uint32_t>(length));
+      Store32(e + 8 + 8 * i, flags);
+    }
+    if (first) first_len = s->extra.size();
+  };
+  size_t last_header = SIZE_MAX;  // where the last extra chunk's header starts
+  if (base_allocation_) {
+    std::vector<Extent>& extents = s->extents;  // the slot's: no allocation once warm
+    extents.clear();
+    Status st = device_->Map(h.offset, h.length, &extents, max);
+    if (!st.ok()) {
+      ReplyError(s, ToWireError(st.code()));
+      return;
+    }
+    const size_t n = std::min(extents.size(), max);
+    chunk(kBaseAllocationId, n, [&](size_t i) {
+      return std::pair<uint64_t, uint32_t>(extents[i].length, extents[i].hole ? (kStateHole | kStateZero) : 0);
+    });
   }
-  size_t n = std::min(extents.size(), max);
-  s->extra.resize(4 + 8 * n);
-  char* e = s->extra.data();
-  Store32(e, kBaseAllocationId);
-  for (size_t i = 0; i < n; ++i) {
-    Store32(e + 4 + 8 * i, static_cast<uint32_t>(extents[i].length));
-    Store32(e + 8 + 8 * i, extents[i].hole ? (kStateHole | kStateZero) : 0);
+  for (size_t b = 0; b < bitmaps_.size(); ++b) {
+    if (bitmaps_[b] == nullptr) {
+      ReplyError(s, kEio);
+      return;
+    }
+    dirty_extents_.clear();
+    Status st = bitmaps_[b]->Map(h.offset, h.length, &dirty_extents_, max);
+    if (!st.ok() || dirty_extents_.empty()) {
+      ReplyError(s, st.ok() ? kEio : ToWireError(st.code()));
+      return;
+    }
+    if (!s->extra.empty()) last_header = s->extra.size();
+    const size_t n = std::min(dirty_extents_.size(), max);
+    chunk(kFirstBitmapId + static_cast<uint32_t>(b), n, [&](size_t i) {
+      return std::pair<uint64_t, uint32_t>(dirty_extents_[i].length, dirty_extents_[i].dirty ? kStateDirty : 0);
+    });
   }
   char* p = s->reply;
   Store32(p, kStructuredReplyMagic);
-  Store16(p + 4, kReplyFlagDone);
+  Store16(p + 4, last_header == SIZE_MAX ? kReplyFlagDone : 0);
   Store16(p + 6, kReplyBlockStatus);
   Store64(p + 8, h.cookie);
-  Store32(p + 16, static_cast<uint32_t>(s->extra.size()));
+  Store32(p + 16, static_cast<uint32_t>(first_len));
+  if (last_header != SIZE_MAX) Store16(s->extra.data() + last_header + 4, kReplyFlagDone);
   s->reply_len = 20;
   s->data = s->extra.data();
   s->data_len = s->extra.size();

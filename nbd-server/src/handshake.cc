@@ -1,5 +1,7 @@
 #include "ebs/nbd/handshake.h"
 
+#include <algorithm>
+
 #include "ebs/nbd/protocol.h"
 
 namespace ebs::nbd {
@@ -111,6 +113,7 @@ void Handshake::TlsEstablished() {
   state_ = State::kOptions;
   structured_ = false;
   meta_base_allocation_ = false;
+  meta_bitmaps_.clear();
   meta_export_.clear();
   block_size_requested_ = false;
   export_ = ExportInfo{};
@@ -317,21 +320,41 @@ void Handshake::HandleMetaContext(uint32_t option, const char* data, uint32_t le
     ReplyError(out, option, kRepErrUnknown, "no volume named '" + name + "'");
     return;
   }
-  bool match = false;
-  if (queries.empty()) {
-    match = option == kOptListMetaContext;  // LIST with no query lists all; SET selects none
-  }
+  const bool list = option == kOptListMetaContext;
+  const std::vector<std::string> offered = dir_->DirtyBitmaps(info->name);
+  const std::string prefix = kDirtyBitmapPrefix;
+  // LIST with no query lists every context; SET with none selects none.
+  bool base = list && queries.empty();
+  std::vector<std::string> bitmaps;
+  if (list && queries.empty()) bitmaps = offered;
   for (const auto& q : queries) {
-    if (q == kBaseAllocation || (option == kOptListMetaContext && (q == "base:" || q == "base"))) match = true;
+    if (q == kBaseAllocation || (list && (q == "base:" || q == "base"))) base = true;
+    if (list && (q == "qemu:" || q == prefix)) {
+      bitmaps = offered;  // every bitmap ("qemu:" has no other context here)
+      continue;
+    }
+    if (q.size() > prefix.size() && q.compare(0, prefix.size(), prefix) == 0) {
+      const std::string name = q.substr(prefix.size());
+      const bool known = std::find(offered.begin(), offered.end(), name) != offered.end();
+      const bool chosen = std::find(bitmaps.begin(), bitmaps.end(), name) != bitmaps.end();
+      if (known && !chosen && (list || bitmaps.size() < kMaxDirtyBitmaps)) bitmaps.push_back(name);
+    }
   }
   if (option == kOptSetMetaContext) {
-    meta_base_allocation_ = match;
+    meta_base_allocation_ = base;
+    meta_bitmaps_ = bitmaps;
     meta_export_ = info->name;
   }
-  if (match) {
+  if (base) {
     std::string p;
-    Append32(&p, option == kOptSetMetaContext ? kBaseAllocationId : 0);
+    Append32(&p, list ? 0 : kBaseAllocationId);
     p += kBaseAllocation;
+    Reply(out, option, kRepMetaContext, p);
+  }
+  for (size_t i = 0; i < bitmaps.size(); ++i) {
+    std::string p;
+    Append32(&p, list ? 0 : kFirstBitmapId + static_cast<uint32_t>(i));
+    p += prefix + bitmaps[i];
     Reply(out, option, kRepMetaContext, p);
   }
   Reply(out, option, kRepAck, "");

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "change_queries.h"
 #include "ebs/engine/log.h"
 #include "records.h"
 
@@ -234,33 +235,9 @@ Result<nlohmann::json> Lineages::Diff(const std::string& from, const std::string
   if (!a.ok()) return a.status();  // the index names the missing snapshot
   auto b = ctx_.index->GetSnapshot(to);
   if (!b.ok()) return b.status();  // the index names the missing snapshot
-  std::string lineage = a->lineage;
-  uint64_t lo = std::min(a->seq, b->seq), hi = std::max(a->seq, b->seq);
-  if (a->lineage != b->lineage) {
-    // A snapshot and one of a volume restored from it: that volume's lineage
-    // starts with a base copying the snapshot (snapshot_index.h, forks), so
-    // the changes since are the deltas after the base.
-    auto base_in = [&](const SnapshotRecord& child, const std::string& source) -> Result<std::optional<uint64_t>> {
-      auto members = ctx_.index->ListLineage(child.lineage);
-      if (!members.ok()) return members.status();
-      if (!members->empty() && members->front().base_of == source) return std::optional(members->front().seq);
-      return std::optional<uint64_t>();
-    };
-    const SnapshotRecord* child = &*b;
-    auto base = base_in(*b, a->id);
-    if (base.ok() && !base->has_value()) {
-      child = &*a;
-      base = base_in(*a, b->id);
-    }
-    if (!base.ok()) return base.status();
-    if (!base->has_value()) {
-      return Status::InvalidArgument("snapshots " + from + " and " + to + " are of different volumes (lineages)");
-    }
-    lineage = child->lineage;
-    lo = **base;
-    hi = child->seq;
-  }
-  auto changed = ctx_.index->ChangedChunks(lineage, lo, hi);
+  auto span = DeltaSpanOf(*ctx_.index, *a, *b);
+  if (!span.ok()) return span.status();
+  auto changed = ctx_.index->ChangedChunks(span->lineage, span->from_seq, span->to_seq);
   if (!changed.ok()) return changed.status();
   // A diff can list millions of chunks: flat arrays of numbers (columns),
   // not one JSON object or array per chunk or range (allocations each). Byte

@@ -9,6 +9,7 @@
 
 #include "ebs/engine/size.h"
 #include "ebs/snapshot/directory_object_store.h"
+#include "change_queries.h"
 #include "images.h"
 #include "lineage.h"
 #include "records.h"
@@ -28,7 +29,8 @@ SnapshotService::SnapshotService()
       lineages_(std::make_unique<Lineages>(*ctx_)),
       creator_(std::make_unique<SnapshotCreator>(*ctx_, *lineages_)),
       images_(std::make_unique<Images>(*ctx_)),
-      audit_(std::make_unique<StoreAudit>(*ctx_, *lineages_)) {}
+      audit_(std::make_unique<StoreAudit>(*ctx_, *lineages_)),
+      changes_(std::make_unique<ChangeQueries>(*ctx_)) {}
 
 Result<std::unique_ptr<SnapshotService>> SnapshotService::Open(const std::string& root, VolumeManager* volumes,
                                                                uint32_t chunk_size, int workers,
@@ -183,6 +185,31 @@ Result<SnapshotImage> SnapshotService::OpenImage(const std::string& id) {
   std::shared_lock<std::shared_mutex> swap(index_swap_, std::try_to_lock);
   if (!swap.owns_lock()) return IndexBusy();
   return images_->OpenImage(id);
+}
+
+Result<std::vector<std::string>> SnapshotService::BitmapsOfSnapshot(const std::string& id) {
+  std::shared_lock<std::shared_mutex> swap(index_swap_, std::try_to_lock);
+  if (!swap.owns_lock()) return IndexBusy();
+  return changes_->BitmapsOfSnapshot(id);
+}
+
+Result<std::vector<std::string>> SnapshotService::BitmapsOfVolume(const VolumeRecord& v) {
+  std::shared_lock<std::shared_mutex> swap(index_swap_, std::try_to_lock);
+  if (!swap.owns_lock()) return IndexBusy();
+  return changes_->BitmapsOfVolume(v);
+}
+
+Result<std::vector<uint64_t>> SnapshotService::ChangedChunks(const std::string& from, const std::string& to) {
+  std::shared_lock<std::shared_mutex> swap(index_swap_, std::try_to_lock);
+  if (!swap.owns_lock()) return IndexBusy();
+  return changes_->Changed(from, to);
+}
+
+Result<std::optional<std::vector<uint64_t>>> SnapshotService::ChangedSinceLastCut(const VolumeRecord& v,
+                                                                                  const std::string& from) {
+  std::shared_lock<std::shared_mutex> swap(index_swap_, std::try_to_lock);
+  if (!swap.owns_lock()) return IndexBusy();
+  return changes_->ChangedSinceCut(v, from);
 }
 
 void SnapshotService::SetDeleteObserver(std::function<void(const std::string& id)> observer) {

@@ -432,6 +432,30 @@ TEST_F(ChangeTrackerTest, CutCommitAbortAndRestart) {
 // A request queued for its marks when the cut comes has not reached the
 // data file: it belongs to the new epoch, every chunk of it, including a
 // chunk that was durable before and went into the cut set.
+TEST_F(ChangeTrackerTest, UnsnapshottedKeepsACutsChunksUntilItCommits) {
+  Build(8 * kMiB, 512 * kKiB);  // 16 chunks
+  std::vector<char> buf(4096, 'u');
+  auto write_chunk = [&](uint64_t c) {
+    return RunIo(*loop_a_, *layer_, IoKind::kWrite, c * chunk_size_, 4096, buf.data());
+  };
+  for (uint64_t c : {1, 5}) ASSERT_EQ(0, write_chunk(c));
+  EXPECT_EQ((std::set<uint64_t>{1, 5}), ChunkSet(tracker_->Unsnapshotted()));
+  auto cut = tracker_->Cut();
+  ASSERT_TRUE(cut.ok()) << cut.status().message();
+  ASSERT_EQ(0, write_chunk(7));
+  // The cut's snapshot has not completed: its chunks still count as changed.
+  EXPECT_EQ((std::set<uint64_t>{1, 5, 7}), ChunkSet(tracker_->Unsnapshotted()));
+  EXPECT_EQ((std::set<uint64_t>{7}), ChunkSet(tracker_->Marked()));
+  ASSERT_TRUE(tracker_->Abort(cut->generation).ok());
+  EXPECT_EQ((std::set<uint64_t>{1, 5, 7}), ChunkSet(tracker_->Unsnapshotted())) << "aborted: current marks again";
+  auto cut2 = tracker_->Cut();
+  ASSERT_TRUE(cut2.ok());
+  ASSERT_EQ(0, write_chunk(9));
+  EXPECT_EQ((std::set<uint64_t>{1, 5, 7, 9}), ChunkSet(tracker_->Unsnapshotted()));
+  ASSERT_TRUE(tracker_->Commit(cut2->generation).ok());
+  EXPECT_EQ((std::set<uint64_t>{9}), ChunkSet(tracker_->Unsnapshotted())) << "committed: only what came after";
+}
+
 TEST_F(ChangeTrackerTest, RequestsQueuedAtACutLandInTheNewEpoch) {
   Build(8 * kMiB, 512 * kKiB);
   ASSERT_TRUE(tracker_->Mark(512 * kKiB, 1).ok());  // chunk 1 durable

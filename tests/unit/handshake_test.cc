@@ -145,6 +145,47 @@ TEST_F(HandshakeTest, MetaContextNeedsStructuredRepliesThenSelectsBaseAllocation
   EXPECT_FALSE(hs_.block_size_negotiated());
 }
 
+TEST_F(HandshakeTest, DirtyBitmapsAreListedByPrefixAndSelectedByExactName) {
+  dir_.bitmaps = {"snap-a", "snap-b"};
+  ClientFlags(kClientFixedNewstyle | kClientNoZeroes);
+  auto names = [](const std::vector<fixtures::OptReply>& r) {
+    std::vector<std::string> out;
+    for (const auto& x : r) {
+      if (x.type == kRepMetaContext) out.push_back(x.data.substr(4));
+    }
+    return out;
+  };
+  Feed(Option(kOptListMetaContext, MetaRequest("vol0", {"qemu:dirty-bitmap:"})));
+  EXPECT_EQ((std::vector<std::string>{"qemu:dirty-bitmap:snap-a", "qemu:dirty-bitmap:snap-b"}),
+            names(ParseReplies(out_)));
+  out_.clear();
+  Feed(Option(kOptListMetaContext, MetaRequest("vol0", {})));
+  EXPECT_EQ((std::vector<std::string>{kBaseAllocation, "qemu:dirty-bitmap:snap-a", "qemu:dirty-bitmap:snap-b"}),
+            names(ParseReplies(out_)))
+      << "no query lists every context";
+  out_.clear();
+  Feed(Option(kOptListMetaContext, MetaRequest("db", {"qemu:dirty-bitmap:"})));
+  EXPECT_TRUE(names(ParseReplies(out_)).empty()) << "another export has no bitmaps";
+  out_.clear();
+  Feed(Option(kOptStructuredReply, "") +
+       Option(kOptSetMetaContext,
+              MetaRequest("vol0", {"qemu:dirty-bitmap:snap-b", "qemu:dirty-bitmap:snap-x", "qemu:dirty-bitmap:",
+                                   kBaseAllocation})) +
+       Option(kOptGo, InfoRequest("vol0", {})));
+  auto r = ParseReplies(out_);
+  std::vector<std::pair<uint32_t, std::string>> selected;
+  for (const auto& x : r) {
+    if (x.type == kRepMetaContext) selected.emplace_back(Load32(x.data.data()), x.data.substr(4));
+  }
+  // Only exact names select a bitmap (a prefix is for LIST), an unknown one is left out.
+  ASSERT_EQ(2u, selected.size());
+  EXPECT_EQ(kBaseAllocationId, selected[0].first);
+  EXPECT_EQ((std::pair<uint32_t, std::string>{kFirstBitmapId, "qemu:dirty-bitmap:snap-b"}), selected[1]);
+  EXPECT_EQ(Handshake::State::kTransmission, hs_.state());
+  EXPECT_TRUE(hs_.base_allocation());
+  EXPECT_EQ(std::vector<std::string>{"snap-b"}, hs_.dirty_bitmaps());
+}
+
 TEST_F(HandshakeTest, MetaContextForAnotherExportDoesNotCarryOver) {
   ClientFlags(kClientFixedNewstyle | kClientNoZeroes);
   Feed(Option(kOptStructuredReply, "") + Option(kOptSetMetaContext, MetaRequest("db", {kBaseAllocation})) +

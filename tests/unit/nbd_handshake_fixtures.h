@@ -37,7 +37,11 @@ class FixedDirectory : public ExportDirectory {
     if (!e) return Status::NotFound("no export " + name);
     return *e;
   }
+  std::vector<std::string> DirtyBitmaps(const std::string& name) override {
+    return name == "vol0" ? bitmaps : std::vector<std::string>();
+  }
   std::vector<ExportInfo> exports;
+  std::vector<std::string> bitmaps;  // vol0's dirty bitmaps
   int lookups = 0;
   int opened = 0;
 };

@@ -70,6 +70,7 @@ void Volume::DetachCopyOut() { copy_on_write_->Detach(); }
 Result<ChangeSet> Volume::CutChanges() { return tracker_->Cut(); }
 Status Volume::CommitCut(uint64_t generation) { return tracker_->Commit(generation); }
 Status Volume::AbortCut(uint64_t generation) { return tracker_->Abort(generation); }
+ChangeSet Volume::UnsnapshottedChanges() const { return tracker_->Unsnapshotted(); }
 
 bool Volume::Loading() const { return hydration_ != nullptr && !hydration_->complete(); }
 

@@ -541,6 +541,10 @@ Result<ChangeSet> ChangeTracker::Cut() {
     }
     return st;
   }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_cuts_[cut.generation] = cut.words;
+  }
   return cut;
 }
 
@@ -550,6 +554,10 @@ Status ChangeTracker::Commit(uint64_t generation) {
   if (::unlink(cut_path.c_str()) != 0) {
     if (errno == ENOENT) return Status::NotFound("no pending change set " + cut_path);
     return Status::FromErrno(errno, "remove " + cut_path);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_cuts_.erase(generation);
   }
   return SyncDirectory(DirOf(path_));
 }
@@ -565,6 +573,7 @@ Status ChangeTracker::Abort(uint64_t generation) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     ForEachCoveringWord(*set, chunk_size_, chunk_count_, [&](uint64_t w, uint64_t mask) { SetBitsLocked(w, mask); });
+    pending_cuts_.erase(generation);  // its marks are current ones again
   }
   // Only once the marks are durable in the current set may the cut set go.
   EBS_RETURN_IF_ERROR(PersistLocked());
@@ -611,6 +620,20 @@ ChangeSet ChangeTracker::Marked() const {
   const DurableBits* d = durable_.load(std::memory_order_relaxed);
   s.words.resize(d->nwords);
   for (uint64_t w = 0; w < d->nwords; ++w) s.words[w] = d->w[w].load(std::memory_order_relaxed);
+  return s;
+}
+
+ChangeSet ChangeTracker::Unsnapshotted() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  ChangeSet s;
+  s.generation = generation_;
+  s.chunk_size = chunk_size_;
+  s.chunk_count = chunk_count_;
+  s.words = bits_;
+  for (const auto& [generation, words] : pending_cuts_) {
+    if (words.size() > s.words.size()) s.words.resize(words.size(), 0);
+    for (size_t w = 0; w < words.size(); ++w) s.words[w] |= words[w];
+  }
   return s;
 }
 

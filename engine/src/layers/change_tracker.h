@@ -28,6 +28,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -139,6 +140,11 @@ class ChangeTracker {
 
   // The durably marked chunks of the current epoch (for tests and stats).
   ChangeSet Marked() const;
+  // Every chunk changed since the last committed cut: every mark of the
+  // current epoch (requested, durable or not) and those of cuts not yet
+  // committed or aborted. A snapshot's dirty bitmap counts on it covering
+  // every write acknowledged since the committed cut.
+  ChangeSet Unsnapshotted() const;
   uint64_t generation() const;
   uint64_t chunk_size() const { return chunk_size_; }
   uint64_t chunk_count() const;
@@ -197,6 +203,8 @@ class ChangeTracker {
   // Invariants: durable_ ⊆ bits_; every bit of bits_ not in durable_ lies in
   // a dirty page or in the pages of the persist in progress.
   std::vector<uint64_t> bits_;        // under mu_: marks requested (in memory)
+  // under mu_: the sets of cuts neither committed nor aborted, by generation.
+  std::map<uint64_t, std::vector<uint64_t>> pending_cuts_;
   uint64_t chunk_count_ = 0;          // under mu_
   uint64_t generation_ = 1;           // under mu_
   std::vector<uint8_t> page_dirty_;   // under mu_

@@ -54,6 +54,9 @@ class Volume {
   Result<ChangeSet> CutChanges();
   Status CommitCut(uint64_t generation);
   Status AbortCut(uint64_t generation);
+  // Every chunk changed since the last committed cut (cuts still pending
+  // included), at the tracker's chunk size. Safe on any thread; a copy.
+  ChangeSet UnsnapshottedChanges() const;
   // A lazy restore still loading: a chunk not loaded yet holds the source's
   // content (and has not been written since the restore).
   bool Loading() const;

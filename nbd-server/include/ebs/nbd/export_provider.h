@@ -15,6 +15,10 @@
 #include "ebs/engine/status.h"
 #include "ebs/nbd/handshake.h"
 
+namespace ebs {
+class Volume;
+}  // namespace ebs
+
 namespace ebs::nbd {
 
 struct ProvidedExport {
@@ -32,6 +36,24 @@ struct OpenedExport {
   std::function<bool()> gone;
 };
 
+// One range of a dirty bitmap: changed since the bitmap's snapshot, or not.
+struct DirtyExtent {
+  uint64_t offset;
+  uint64_t length;
+  bool dirty;
+};
+
+// A dirty bitmap (qemu:dirty-bitmap:NAME) of one connection's export.
+class ChangeMap {
+ public:
+  virtual ~ChangeMap() = default;
+  // Appends extents describing [offset, offset+length) in order, at most
+  // `max_extents` (the last one appended then ends before the range does),
+  // neighbours of the same state merged. Called on an event loop: answers
+  // from memory and the snapshot index, never waits for an operation.
+  virtual Status Map(uint64_t offset, uint64_t length, std::vector<DirtyExtent>* out, size_t max_extents) = 0;
+};
+
 class ExportProvider {
  public:
   virtual ~ExportProvider() = default;
@@ -40,6 +62,15 @@ class ExportProvider {
   // ENOENT when there is no such export; another error says why it cannot
   // be opened (the server logs it and tells the client less).
   virtual Result<OpenedExport> Open(const std::string& name) = 0;
+
+  // The dirty bitmaps export `name` (a volume's or a provided one) offers.
+  virtual std::vector<std::string> Bitmaps(const std::string& /*name*/) { return {}; }
+  // Opens dirty bitmap `bitmap` of export `name` for a connection; `volume`
+  // is the volume it has open when the export is one (null otherwise).
+  virtual Result<std::unique_ptr<ChangeMap>> OpenBitmap(const std::string& name, ebs::Volume* /*volume*/,
+                                                        const std::string& bitmap) {
+    return Status::NotFound("export '" + name + "' has no dirty bitmap '" + bitmap + "'");
+  }
 };
 
 }  // namespace ebs::nbd

@@ -32,6 +32,9 @@ class ExportDirectory {
   // export; any other error says why an existing one cannot be opened (e.g.
   // its encryption key is missing), and the client is told.
   virtual Result<ExportInfo> Open(const std::string& name) = 0;
+  // The dirty bitmaps export `name` offers as qemu:dirty-bitmap:NAME meta
+  // contexts (for ebs, snapshot ids: what changed since that snapshot).
+  virtual std::vector<std::string> DirtyBitmaps(const std::string& /*name*/) { return {}; }
 };
 
 // The server's TLS policy (NBD spec, "TLS support"): kOff is NOTLS (STARTTLS
@@ -76,6 +79,13 @@ class Handshake {
   const ExportInfo& export_info() const { return export_; }
   bool structured_replies() const { return structured_; }
   bool base_allocation() const { return meta_base_allocation_ && meta_export_ == export_.name; }
+  // The dirty bitmaps selected (SET_META_CONTEXT) for the export: the i-th
+  // has context id kFirstBitmapId + i.
+  std::vector<std::string> dirty_bitmaps() const {
+    return meta_export_ == export_.name ? meta_bitmaps_ : std::vector<std::string>();
+  }
+  // At most this many dirty bitmaps per connection.
+  static constexpr size_t kMaxDirtyBitmaps = 16;
   // The client asked for block size constraints, so it honours them.
   bool block_size_negotiated() const { return block_size_requested_; }
   uint16_t transmission_flags() const;
@@ -100,6 +110,7 @@ class Handshake {
   bool fixed_newstyle_ = false;
   bool structured_ = false;
   bool meta_base_allocation_ = false;
+  std::vector<std::string> meta_bitmaps_;
   std::string meta_export_;
   bool block_size_requested_ = false;
   ExportInfo export_;

@@ -129,6 +129,10 @@ inline constexpr uint32_t kStateHole = 1 << 0;
 inline constexpr uint32_t kStateZero = 1 << 1;
 inline constexpr uint32_t kBaseAllocationId = 1;  // our id for base:allocation
 inline constexpr char kBaseAllocation[] = "base:allocation";
+// qemu's dirty bitmaps: "qemu:dirty-bitmap:NAME", one flag (bit 0: dirty).
+inline constexpr char kDirtyBitmapPrefix[] = "qemu:dirty-bitmap:";
+inline constexpr uint32_t kFirstBitmapId = 2;  // our ids for the selected bitmaps: 2, 3, ...
+inline constexpr uint32_t kStateDirty = 1;
 
 // Limits we advertise and enforce.
 inline constexpr uint32_t kMinBlockSize = 512;

@@ -32,6 +32,7 @@ class Lineages;
 class SnapshotCreator;
 class Images;
 class StoreAudit;
+class ChangeQueries;
 
 // A completed snapshot opened for reading in place (a snapshot export).
 struct SnapshotImage {
@@ -126,6 +127,19 @@ class SnapshotService {
   // error when its master key is missing) and its manifest's check, as a
   // restore would.
   Result<SnapshotImage> OpenImage(const std::string& id);
+  // Dirty bitmaps (change_queries.h), as lock-free as the three above. The
+  // completed snapshots a bitmap of completed snapshot `id`, or of volume
+  // `v`, can be against.
+  Result<std::vector<std::string>> BitmapsOfSnapshot(const std::string& id);
+  Result<std::vector<std::string>> BitmapsOfVolume(const VolumeRecord& v);
+  // The chunks (of chunk_size()) that differ between completed snapshots,
+  // as Diff lists them, ascending.
+  Result<std::vector<uint64_t>> ChangedChunks(const std::string& from, const std::string& to);
+  // The chunks of volume `v` changed from snapshot `from` up to its last
+  // cut (its change tracker holds the rest); nullopt when unknown (every
+  // chunk then counts as changed).
+  Result<std::optional<std::vector<uint64_t>>> ChangedSinceLastCut(const VolumeRecord& v, const std::string& from);
+
   // `observer(id)` runs as Delete starts deleting a completed snapshot,
   // before any of its objects can go: whoever reads it in place stops.
   // Set it before serving; null: none.
@@ -139,6 +153,7 @@ class SnapshotService {
   std::unique_ptr<SnapshotCreator> creator_;
   std::unique_ptr<Images> images_;
   std::unique_ptr<StoreAudit> audit_;
+  std::unique_ptr<ChangeQueries> changes_;
   std::mutex mu_;  // one operation at a time
   // Shared by the lock-free readers above; Reindex, which replaces the
   // index, holds it exclusively.
