@@ -45,6 +45,10 @@ void ChunkSourceDevice::Submit(EventLoop& loop, IoRequest* req) {
       case IoKind::kRead:
         if (req->length == 0) break;
         {
+          // Sequential readers are seen here, in the order requests arrive.
+          const uint64_t last = (req->offset + req->length - 1) >> shift_;
+          if (next_sequential_.exchange(req->offset + req->length) == req->offset) ReadAhead(last);
+          if (ReadCached(req)) break;  // every chunk it needs is decoded already: no thread hop
           std::lock_guard<std::mutex> lock(mu_);
           req->link = nullptr;
           if (tail_ != nullptr) {
@@ -95,29 +99,51 @@ void ChunkSourceDevice::Run() {
   }
 }
 
-int ChunkSourceDevice::Read(IoRequest* req) {
-  const uint64_t cs = options_.chunk_size;
+bool ChunkSourceDevice::ReadCached(IoRequest* req) {
   const uint64_t first = req->offset >> shift_;
   const uint64_t last = (req->offset + req->length - 1) >> shift_;
-  // A reader that starts where the last one ended reads sequentially.
-  if (next_sequential_.exchange(req->offset + req->length) == req->offset) ReadAhead(last);
+  Chunk held[kInlineChunks];
+  if (last - first >= kInlineChunks) return false;
+  {
+    std::unique_lock<std::mutex> lock(mu_, std::try_to_lock);
+    if (!lock.owns_lock()) return false;  // a fetching thread has it: never wait on the loop
+    for (uint64_t c = first; c <= last; ++c) {
+      if (!source_->HasData(c)) continue;
+      auto it = cache_.find(c);
+      if (it == cache_.end()) return false;
+      lru_.splice(lru_.begin(), lru_, it->second.pos);
+      held[c - first] = it->second.data;
+    }
+  }
+  uint64_t done = 0;
+  for (uint64_t c = first; c <= last; ++c) done += CopyOut(req, c, held[c - first].get(), done);
+  return true;
+}
+
+uint64_t ChunkSourceDevice::CopyOut(IoRequest* req, uint64_t c, const std::string* bytes, uint64_t done) {
+  const uint64_t chunk_start = c << shift_;
+  const uint64_t from = std::max(req->offset, chunk_start) - chunk_start;
+  const uint64_t to = std::min(req->offset + req->length, chunk_start + options_.chunk_size) - chunk_start;
+  char* dst = req->buf + done;
+  const uint64_t have = bytes == nullptr ? 0 : std::min<uint64_t>(bytes->size(), to);
+  if (have > from) std::memcpy(dst, bytes->data() + from, have - from);
+  const uint64_t zero_from = std::max(have, from);
+  if (to > zero_from) std::memset(dst + (zero_from - from), 0, to - zero_from);
+  return to - from;
+}
+
+int ChunkSourceDevice::Read(IoRequest* req) {
+  const uint64_t first = req->offset >> shift_;
+  const uint64_t last = (req->offset + req->length - 1) >> shift_;
   uint64_t done = 0;
   for (uint64_t c = first; c <= last; ++c) {
-    const uint64_t chunk_start = c << shift_;
-    const uint64_t from = std::max(req->offset, chunk_start) - chunk_start;
-    const uint64_t to = std::min(req->offset + req->length, chunk_start + cs) - chunk_start;
-    char* dst = req->buf + done;
     if (!source_->HasData(c)) {
-      std::memset(dst, 0, to - from);
-    } else {
-      auto data = Get(c);
-      if (!data.ok()) return -(data.status().code() != 0 ? data.status().code() : EIO);
-      const std::string& bytes = **data;
-      const uint64_t have = std::min<uint64_t>(bytes.size(), to);
-      if (have > from) std::memcpy(dst, bytes.data() + from, have - from);
-      if (to > std::max(have, from)) std::memset(dst + (std::max(have, from) - from), 0, to - std::max(have, from));
+      done += CopyOut(req, c, nullptr, done);
+      continue;
     }
-    done += to - from;
+    auto data = Get(c);
+    if (!data.ok()) return -(data.status().code() != 0 ? data.status().code() : EIO);
+    done += CopyOut(req, c, data->get(), done);
   }
   return 0;
 }
@@ -136,8 +162,16 @@ Result<ChunkSourceDevice::Chunk> ChunkSourceDevice::Get(uint64_t chunk) {
       fetched_.wait(lock);
     }
   }
-  auto data = std::make_shared<std::string>();
-  Status st = source_->Fetch(chunk, data.get());
+  Chunk data;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!spare_.empty()) {
+      data = std::move(spare_.back());
+      spare_.pop_back();
+    }
+  }
+  if (data == nullptr) data = std::make_shared<std::string>();
+  Status st = source_->Fetch(chunk, data.get());  // overwrites it, in its memory when it is large enough
   {
     std::lock_guard<std::mutex> lock(mu_);
     fetching_.erase(chunk);
@@ -145,7 +179,7 @@ Result<ChunkSourceDevice::Chunk> ChunkSourceDevice::Get(uint64_t chunk) {
   }
   fetched_.notify_all();
   if (!st.ok()) return Status::Error(EIO, st.message());
-  return Chunk(std::move(data));
+  return data;
 }
 
 void ChunkSourceDevice::ReadAhead(uint64_t last) {
@@ -174,7 +208,13 @@ void ChunkSourceDevice::CacheLocked(uint64_t chunk, Chunk data) {
   cache_.emplace(chunk, Entry{std::move(data), lru_.begin()});
   const size_t limit = std::max<size_t>(options_.cache_chunks, 1);
   while (cache_.size() > limit) {
-    cache_.erase(lru_.back());
+    auto victim = cache_.find(lru_.back());
+    // A buffer no reader holds is kept for the next fetch: a chunk's worth
+    // of fresh memory costs page faults and zeroing each time.
+    if (victim->second.data.use_count() == 1 && spare_.size() < kSpareBuffers) {
+      spare_.push_back(std::move(victim->second.data));
+    }
+    cache_.erase(victim);
     lru_.pop_back();
   }
 }

@@ -51,7 +51,15 @@ class ChunkSourceDevice final : public BlockDevice {
   const ChunkSource& source() const { return *source_; }
 
  private:
-  using Chunk = std::shared_ptr<const std::string>;
+  using Chunk = std::shared_ptr<std::string>;  // never changed while cached
+  static constexpr uint64_t kInlineChunks = 4;   // a read of up to this many chunks may be served inline
+  static constexpr size_t kSpareBuffers = 8;
+  // Serves a read of chunks all in the cache (or holes) at once, on the
+  // submitting thread, unless another thread holds the cache's lock.
+  bool ReadCached(IoRequest* req);
+  // Copies chunk `c`'s part of `req` (from `bytes`, zeros past its end or
+  // when null) to req->buf + done; returns the bytes copied.
+  uint64_t CopyOut(IoRequest* req, uint64_t c, const std::string* bytes, uint64_t done);
   void Run();
   // Serves one read (blocking). Returns 0 or -errno.
   int Read(IoRequest* req);
@@ -82,6 +90,7 @@ class ChunkSourceDevice final : public BlockDevice {
   };
   std::unordered_map<uint64_t, Entry> cache_;  // under mu_
   std::unordered_set<uint64_t> fetching_;       // under mu_: chunks being fetched
+  std::vector<Chunk> spare_;                    // under mu_: evicted buffers for the next fetches
   bool stop_ = false;                           // under mu_
   std::vector<std::thread> threads_;
 };
