@@ -59,6 +59,10 @@ void PrintVolume(const nlohmann::json& v) {
                  init["total_chunks"].get<uint64_t>(),
                  init["rate_mibps"].is_null() ? "" : fmt::format(", at {} MiB/s", init["rate_mibps"].get<double>()),
                  init["error"].is_null() ? "" : "; stopped: " + init["error"].get<std::string>());
+      if (init.value("reads_waited_for_fetch", uint64_t{0}) > 0) {
+        fmt::print("first reads:       {} waited for their chunk's fetch, {:.2f} ms on average\n",
+                   init["reads_waited_for_fetch"].get<uint64_t>(), init["fetch_wait_ms_mean"].get<double>());
+      }
     } else {
       fmt::print("initialization:    {} (lazy, {})\n", init["state"].get<std::string>(), OrDash(init["completed"]));
     }

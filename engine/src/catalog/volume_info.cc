@@ -48,6 +48,11 @@ nlohmann::json VolumeInfo::ToJson() const {
                                                         static_cast<double>(total_chunks)
                                                   : 0.0;
       init["error"] = initialization_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(initialization_error);
+      // First reads of chunks not loaded yet wait for their fetch (read-through).
+      init["reads_waited_for_fetch"] = fetch_waits;
+      init["fetch_wait_ms_total"] = static_cast<double>(fetch_wait_ns) / 1e6;
+      init["fetch_wait_ms_mean"] =
+          fetch_waits > 0 ? static_cast<double>(fetch_wait_ns) / 1e6 / static_cast<double>(fetch_waits) : 0.0;
     } else {
       init["completed"] = FormatTime(record.initialization_completed_at_ms);
     }

@@ -254,6 +254,8 @@ VolumeInfo VolumeManager::InfoLocked(VolumeRecord record) {
     if (h != nullptr) {
       info.loaded_chunks = h->loaded_chunks();
       info.total_chunks = h->total_chunks();
+      info.fetch_waits = h->fetch_waits();
+      info.fetch_wait_ns = h->fetch_wait_ns();
       if (!h->error().ok()) info.initialization_error = h->error().message();
     } else {
       // Not open here: the record of loaded chunks says how far it got.

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <chrono>
 
@@ -62,17 +63,25 @@ HydrationLayer::HydrationLayer(std::shared_ptr<BlockDevice> next, int fd, std::s
   }
   loaded_.store(n);
   complete_.store(n >= total_);
-  requests_ = std::thread([this] { RunRequests(); });
+  // Fetching is CPU work (decrypting, decompressing, checking) and waits on
+  // the store: one thread per core, at least two.
+  const int threads = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
+  for (int i = 0; i < threads; ++i) requests_.emplace_back([this] { RunRequests(); });
+  committer_ = std::thread([this] { RunCommits(); });
 }
 
 HydrationLayer::~HydrationLayer() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
-    cv_.notify_all();
   }
-  if (requests_.joinable()) requests_.join();
+  cv_.notify_all();
+  work_.notify_all();
+  commit_.notify_all();
+  for (auto& t : requests_) t.join();
   if (background_.joinable()) background_.join();
+  // The committer records what was written before it stops.
+  committer_.join();
   ::close(fd_);
 }
 
@@ -112,7 +121,7 @@ void HydrationLayer::Submit(EventLoop& loop, IoRequest* req) {
     head_ = req;
   }
   tail_ = req;
-  cv_.notify_all();
+  work_.notify_one();
 }
 
 Status HydrationLayer::Resize(uint64_t new_size) { return next_->Resize(new_size); }
@@ -156,11 +165,11 @@ Status HydrationLayer::Map(uint64_t offset, uint64_t length, std::vector<Extent>
   return Status::Ok();
 }
 
-Status HydrationLayer::Load(uint64_t chunk, uint64_t* fetched) {
+Status HydrationLayer::Write(uint64_t chunk, uint64_t* fetched) {
   {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return !loading_.count(chunk); });
-    if (Loaded(chunk)) return Status::Ok();
+    if (Loaded(chunk) || written_.count(chunk)) return Status::Ok();
     loading_.insert(chunk);
   }
   Status st = Status::Ok();
@@ -170,18 +179,20 @@ Status HydrationLayer::Load(uint64_t chunk, uint64_t* fetched) {
   if (fetched != nullptr) *fetched = data.size();
   if (st.ok() && !data.empty() && options_.cipher) st = options_.cipher->EncryptPadded(offset, &data);
   if (st.ok() && !data.empty()) {
+    // Durable later, before the record says it is loaded (RunCommits): after
+    // a crash a chunk is either loaded whole or loaded again.
     st = PwriteVolumeData(fd_, data.data(), data.size(), offset, "loaded chunk " + std::to_string(chunk));
-    // The data is durable before the record says it is loaded: after a
-    // crash a chunk is either loaded whole or loaded again.
-    if (st.ok() && fdatasync(fd_) != 0) st = Status::FromErrno(errno, "sync loaded chunk");
   }
-  if (st.ok()) st = bitmap_->Mark(offset, 1);
-  if (st.ok()) {
-    words_[chunk / 64].fetch_or(uint64_t{1} << (chunk % 64), std::memory_order_acq_rel);
-    if (loaded_.fetch_add(1) + 1 >= total_) complete_.store(true, std::memory_order_release);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    loading_.erase(chunk);
+    if (st.ok()) {
+      written_.insert(chunk);
+      failed_.erase(chunk);
+      to_commit_.push_back(chunk);
+      commit_.notify_one();
+    }
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  loading_.erase(chunk);
   cv_.notify_all();
   if (!st.ok()) {
     st = Status::IoError("loading chunk " + std::to_string(chunk) + " from " + source_->Describe() +
@@ -190,28 +201,141 @@ Status HydrationLayer::Load(uint64_t chunk, uint64_t* fetched) {
   return st;
 }
 
+Status HydrationLayer::WaitLoaded(uint64_t chunk) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return Loaded(chunk) || failed_.count(chunk) || stop_; });
+  if (Loaded(chunk)) return Status::Ok();
+  if (stop_) return Status::Error(ESHUTDOWN, "the volume is closing");
+  return Status::IoError("recording chunk " + std::to_string(chunk) + " as loaded failed");
+}
+
+Status HydrationLayer::MarkLoaded(const std::vector<uint64_t>& chunks) {
+  // One queued mark per chunk: the record's thread persists them together.
+  struct Waiter {
+    std::mutex mu;
+    std::condition_variable cv;
+    size_t left = 0;
+    int error = 0;
+    void Done(int result) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (result < 0 && error == 0) error = result;
+      if (--left == 0) cv.notify_all();
+    }
+  } w;
+  w.left = chunks.size();
+  std::vector<IoRequest> reqs(chunks.size());
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    IoRequest& r = reqs[i];
+    r.kind = IoKind::kWrite;
+    r.offset = chunks[i] << shift_;
+    r.length = 1;
+    r.owner = &w;
+    r.loop = nullptr;  // completes on the record's thread
+    r.on_cqe = [](IoRequest* req, int result) { static_cast<Waiter*>(req->owner)->Done(result); };
+    switch (bitmap_->MarkOrQueue(&r)) {
+      case ChangeTracker::MarkOutcome::kDurable:
+        w.Done(0);
+        break;
+      case ChangeTracker::MarkOutcome::kOutOfRange:
+        w.Done(-EINVAL);
+        break;
+      case ChangeTracker::MarkOutcome::kQueued:
+        break;
+    }
+  }
+  std::unique_lock<std::mutex> lock(w.mu);
+  w.cv.wait(lock, [&] { return w.left == 0; });
+  return w.error == 0 ? Status::Ok() : Status::FromErrno(-w.error, "record loaded chunks");
+}
+
+void HydrationLayer::RunCommits() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    commit_.wait(lock, [&] { return stop_ || (!to_commit_.empty() && !hold_commits_); });
+    if (to_commit_.empty()) return;  // stopping, nothing left to record
+    std::vector<uint64_t> batch;
+    batch.swap(to_commit_);
+    lock.unlock();
+    // The data first, then the record: one sync of each for the whole batch.
+    Status st = Status::Ok();
+    if (fdatasync(fd_) != 0) st = Status::FromErrno(errno, "sync loaded chunks");
+    if (st.ok()) st = MarkLoaded(batch);
+    if (st.ok()) {
+      for (uint64_t c : batch) words_[c / 64].fetch_or(uint64_t{1} << (c % 64), std::memory_order_acq_rel);
+      if (loaded_.fetch_add(batch.size()) + batch.size() >= total_) complete_.store(true, std::memory_order_release);
+    } else {
+      LogError("recording " + std::to_string(batch.size()) + " loaded chunk(s) failed: " + st.message());
+    }
+    lock.lock();
+    for (uint64_t c : batch) {
+      written_.erase(c);
+      if (!st.ok()) failed_.insert(c);  // its writers fail; a later request loads it again
+    }
+    if (!st.ok() && error_.ok()) error_ = st;
+    cv_.notify_all();
+  }
+}
+
+void HydrationLayer::TEST_HoldCommits(bool hold) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    hold_commits_ = hold;
+  }
+  commit_.notify_all();
+}
+
+int HydrationLayer::Serve(IoRequest* req) {
+  if (req->length == 0) return 0;
+  const uint64_t first = req->offset >> shift_;
+  const uint64_t last = (req->offset + req->length - 1) >> shift_;
+  const bool read = req->kind == IoKind::kRead || req->kind == IoKind::kCache;
+  if (read && next_sequential_.exchange(req->offset + req->length) == req->offset) {
+    // A sequential reader: its next chunks are fetched ahead by idle threads.
+    std::lock_guard<std::mutex> lock(mu_);
+    prefetch_.clear();
+    for (uint64_t c = last + kReadAheadChunks; c > last; --c) {
+      if (c < source_chunks_ && !Loaded(c)) prefetch_.push_back(c);  // taken from the back: nearest first
+    }
+    work_.notify_all();
+  }
+  const auto start = std::chrono::steady_clock::now();
+  for (uint64_t c = first; c <= last; ++c) {
+    if (Loaded(c)) continue;
+    Status st = Write(c, nullptr);
+    // Reads need the bytes in the data file; anything else, the record too.
+    if (st.ok() && !read) st = WaitLoaded(c);
+    if (!st.ok()) {
+      LogError(st.message());
+      return st.code() == ESHUTDOWN ? -ESHUTDOWN : -EIO;
+    }
+  }
+  if (!read) return 0;
+  fetch_waits_.fetch_add(1, std::memory_order_relaxed);
+  fetch_wait_ns_.fetch_add(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               std::chrono::steady_clock::now() - start).count()),
+                           std::memory_order_relaxed);
+  return 0;
+}
+
 void HydrationLayer::RunRequests() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    cv_.wait(lock, [&] { return stop_ || head_ != nullptr; });
-    if (head_ == nullptr) return;
+    work_.wait(lock, [&] { return stop_ || head_ != nullptr || !prefetch_.empty(); });
+    if (head_ == nullptr && (stop_ || prefetch_.empty())) return;
+    if (head_ == nullptr) {
+      const uint64_t c = prefetch_.back();
+      prefetch_.pop_back();
+      lock.unlock();
+      if (!Loaded(c)) (void)Write(c, nullptr);  // a failure is met again by the request that needs it
+      lock.lock();
+      continue;
+    }
     IoRequest* req = head_;
     head_ = req->link;
     if (!head_) tail_ = nullptr;
     const bool stopping = stop_;
     lock.unlock();
-    int result = stopping ? -ESHUTDOWN : 0;
-    if (!stopping && req->length > 0) {
-      const uint64_t first = req->offset >> shift_;
-      const uint64_t last = (req->offset + req->length - 1) >> shift_;
-      for (uint64_t c = first; c <= last && result == 0; ++c) {
-        Status st = Load(c, nullptr);
-        if (!st.ok()) {
-          LogError(st.message());
-          result = -EIO;
-        }
-      }
-    }
+    const int result = stopping ? -ESHUTDOWN : Serve(req);
     EventLoop* loop = req->loop;
     if (result == 0) {
       loop->Post([this, req] { next_->Submit(*req->loop, req); });
@@ -237,7 +361,7 @@ void HydrationLayer::RunBackground() {
     }
     if (Loaded(c)) continue;
     uint64_t fetched = 0;
-    Status st = Load(c, &fetched);
+    Status st = Write(c, &fetched);  // the committer records it
     if (!st.ok()) {
       LogError("background loading stopped: " + st.message());
       std::lock_guard<std::mutex> lock(mu_);

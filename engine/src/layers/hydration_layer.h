@@ -1,14 +1,21 @@
 // Lazy restore: a volume created from a snapshot is served at once, before
 // its data has been copied. Every chunk starts "not loaded"; a request that
-// touches such a chunk (read, write, trim or zeroes, whole or partial) first
-// loads it: fetches its content from the snapshot, writes it into the data
-// file, syncs, and durably records it as loaded. A background thread loads
-// the rest in order, at an optional rate. Loaded chunks are never loaded
-// again, so a client's write is never overwritten by the snapshot's content.
+// touches such a chunk first has it fetched from the snapshot (decrypted,
+// decompressed) and written into the data file. A read goes on as soon as
+// those bytes are in the data file (read-through: the page cache has them);
+// a write, trim or write-zeroes waits until the chunk is durably recorded
+// as loaded, so a crash can never load the snapshot's bytes over it. The
+// record is group-committed: one fdatasync of the data file, then one
+// persist of the record, for every chunk written meanwhile. A chunk is
+// marked loaded only once its bytes are durable; a crash before that loads
+// it again (the same bytes). Several threads fetch at once (one per core),
+// requests for the same chunk share one fetch, sequential reads have the
+// next chunks fetched ahead, and a background thread loads the rest in
+// order, at an optional rate, through the same pipeline. Loaded chunks are
+// never loaded again, so a client's write is never overwritten.
 //
 // What is loaded is kept in a small bitmap file beside the volume (the same
-// crash-safe format as change tracking), so loading resumes after a restart
-// and a chunk is marked loaded only once its data is durable.
+// crash-safe format as change tracking), so loading resumes after a restart.
 //
 // Sits below the copy-on-write layer and above change tracking: loading a
 // chunk is not a change relative to the snapshot the volume came from.
@@ -62,6 +69,9 @@ class HydrationLayer final : public DeviceLayer {
   void StartBackground();
 
   uint64_t loaded_chunks() const { return loaded_.load(); }
+  // Requests that waited for a chunk to be fetched, and for how long in all.
+  uint64_t fetch_waits() const { return fetch_waits_.load(std::memory_order_relaxed); }
+  uint64_t fetch_wait_ns() const { return fetch_wait_ns_.load(std::memory_order_relaxed); }
   uint64_t total_chunks() const { return total_; }
   bool complete() const { return complete_.load(std::memory_order_acquire); }
   // The first background failure (a missing or corrupt object), if any.
@@ -75,17 +85,30 @@ class HydrationLayer final : public DeviceLayer {
   // Blocking; not on an event loop thread.
   Status ReadSource(uint64_t chunk, std::string* data) { return source_->Fetch(chunk, data); }
 
+  // Tests: while held, chunks written are not recorded as loaded (reads go
+  // on; writes wait), as if the record's sync took that long.
+  void TEST_HoldCommits(bool hold);
+
   // Creates an empty record of loaded chunks for a new lazily restored volume.
   static Status CreateBitmap(const std::string& bitmap_path, uint64_t volume_size, uint64_t chunk_size);
 
  private:
   HydrationLayer(std::shared_ptr<BlockDevice> next, int fd, std::shared_ptr<ChangeTracker> bitmap,
                  std::shared_ptr<ChunkSource> source, Options options);
-  // Loads one chunk unless loaded; waits if another thread is loading it.
-  // `fetched` (optional): bytes fetched from the source.
-  Status Load(uint64_t chunk, uint64_t* fetched);
+  // Fetches chunk `chunk` and writes it into the data file unless it is
+  // loaded or written already (waits while another thread does it), and
+  // queues it for the committer. `fetched` (optional): bytes fetched.
+  Status Write(uint64_t chunk, uint64_t* fetched);
+  // Waits until `chunk` is durably loaded; EIO if its commit failed.
+  Status WaitLoaded(uint64_t chunk);
+  // Serves one queued request: its chunks written (a read) or loaded
+  // (anything else), then passed down. Returns 0 or -errno.
+  int Serve(IoRequest* req);
   void RunRequests();
+  void RunCommits();
   void RunBackground();
+  // Durably records `chunks` as loaded (one persist of the record).
+  Status MarkLoaded(const std::vector<uint64_t>& chunks);
   bool RangeLoaded(uint64_t offset, uint64_t length) const;
 
   const int fd_;
@@ -99,14 +122,29 @@ class HydrationLayer final : public DeviceLayer {
   std::atomic<uint64_t> loaded_{0};
   std::atomic<bool> complete_{false};
 
+  std::atomic<uint64_t> fetch_waits_{0};
+  std::atomic<uint64_t> fetch_wait_ns_{0};
+  std::atomic<uint64_t> next_sequential_{UINT64_MAX};  // where a sequential reader reads next
+
+  // How far ahead of a sequential reader chunks are fetched.
+  static constexpr uint64_t kReadAheadChunks = 8;
+
   mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::unordered_set<uint64_t> loading_;  // under mu_
+  std::condition_variable cv_;            // a chunk's state changed, or stopping
+  std::condition_variable work_;          // a request or a prefetch queued, or stopping
+  std::condition_variable commit_;        // chunks to commit, or stopping
+  std::unordered_set<uint64_t> loading_;  // under mu_: being fetched and written
+  std::unordered_set<uint64_t> written_;  // under mu_: in the data file, not yet durably marked
+  std::unordered_set<uint64_t> failed_;   // under mu_: their commit failed (writers waiting get EIO)
+  std::vector<uint64_t> to_commit_;       // under mu_: written, for the committer
+  std::vector<uint64_t> prefetch_;        // under mu_: chunks to fetch ahead
   IoRequest* head_ = nullptr;             // under mu_: requests waiting for chunks
   IoRequest* tail_ = nullptr;             // under mu_
   Status error_ = Status::Ok();           // under mu_
   bool stop_ = false;                     // under mu_
-  std::thread requests_;
+  bool hold_commits_ = false;             // under mu_ (tests)
+  std::vector<std::thread> requests_;
+  std::thread committer_;
   std::thread background_;
 };
 

@@ -35,6 +35,10 @@ struct VolumeInfo {
   // Lazy restore progress (record.initialization_state == "loading").
   uint64_t loaded_chunks = 0;
   uint64_t total_chunks = 0;
+  // Reads that waited for a chunk to be fetched from the snapshot, and how
+  // long in all (this server run, while the volume is open).
+  uint64_t fetch_waits = 0;
+  uint64_t fetch_wait_ns = 0;
   std::string initialization_error;
   nlohmann::json ToJson() const;  // the describe document
 };
