@@ -574,6 +574,14 @@ nlohmann::json VolumeManager::StatsLocked(const VolumeRecord& record) {
   j["ElapsedTime"] = s.elapsed_s;
   j["LatencyMicroseconds"] = {{"p50", s.latency_p50_us}, {"p90", s.latency_p90_us}, {"p99", s.latency_p99_us},
                               {"p99.9", s.latency_p999_us}};
+  if (v != nullptr && v->hydration() != nullptr) {
+    // First reads of chunks a lazy restore has not loaded yet wait for their fetch.
+    const HydrationLayer* h = v->hydration();
+    j["LazyLoad"] = {{"loaded_chunks", h->loaded_chunks()},
+                     {"total_chunks", h->total_chunks()},
+                     {"reads_waited_for_fetch", h->fetch_waits()},
+                     {"fetch_wait_ms_total", static_cast<double>(h->fetch_wait_ns()) / 1e6}};
+  }
   PerformanceLimits limits = ComputeLimits(record.config);
   double burst_balance = 100;
   if (v && v->throttle()) {

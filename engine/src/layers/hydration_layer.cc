@@ -63,9 +63,9 @@ HydrationLayer::HydrationLayer(std::shared_ptr<BlockDevice> next, int fd, std::s
   }
   loaded_.store(n);
   complete_.store(n >= total_);
-  // Fetching is CPU work (decrypting, decompressing, checking) and waits on
-  // the store: one thread per core, at least two.
-  const int threads = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
+  // Fetching waits on the store (a disk, or S3's round trips) as much as it
+  // decodes: four threads per core, so first touches of many chunks overlap.
+  const int threads = kFetchThreadsPerCore * std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   for (int i = 0; i < threads; ++i) requests_.emplace_back([this] { RunRequests(); });
   committer_ = std::thread([this] { RunCommits(); });
 }

@@ -128,6 +128,7 @@ class HydrationLayer final : public DeviceLayer {
 
   // How far ahead of a sequential reader chunks are fetched.
   static constexpr uint64_t kReadAheadChunks = 8;
+  static constexpr int kFetchThreadsPerCore = 4;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;            // a chunk's state changed, or stopping
