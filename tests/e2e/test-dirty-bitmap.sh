@@ -79,8 +79,9 @@ got=$(dirty_chunks "$(uri a)" "$S1")
 pass "volume export: qemu:dirty-bitmap:$S2 = the writes since it, :$S1 = the diff to $S2 plus those"
 
 # --- several contexts in one query ---------------------------------------------
-"$PY" - "$(uri a)" "$S1" "$S2" "$(dirty_chunks "$(uri a)" "$S1")" "$(dirty_chunks "$(uri a)" "$S2")" <<'PYEOF' \
-  || fail "base:allocation and two bitmaps in one BLOCK_STATUS"
+want1=$(dirty_chunks "$(uri a)" "$S1")
+want2=$(dirty_chunks "$(uri a)" "$S2")
+"$PY" - "$(uri a)" "$S1" "$S2" "$want1" "$want2" <<'PYEOF' || fail "base:allocation and two bitmaps in one BLOCK_STATUS"
 import sys, nbd
 uri, s1, s2, want1, want2 = sys.argv[1:6]
 CHUNK = 524288

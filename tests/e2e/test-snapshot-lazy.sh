@@ -62,7 +62,8 @@ PYEOF
 pass "reads and a partial write before loading completes are correct"
 waited=$("$EBS" volume describe lazy --json | js 'd["initialization"]["reads_waited_for_fetch"]')
 [ "$waited" -gt 0 ] || fail "volume describe counts no read that waited for a fetch"
-"$EBS" volume describe lazy | grep -q "^first reads: .* waited for their chunk's fetch" || fail "describe: no first-reads line"
+described=$("$EBS" volume describe lazy)
+grep -q "^first reads: .* waited for their chunk's fetch" <<<"$described" || fail "describe: no first-reads line"
 "$EBS" volume stats lazy --json | js 'd["LazyLoad"]["reads_waited_for_fetch"]' | grep -qx "$waited" \
   || "$EBS" volume stats lazy --json | js 'd["LazyLoad"]["reads_waited_for_fetch"] >= 1' | grep -qx True \
   || fail "volume stats: no LazyLoad counters"
