@@ -168,7 +168,13 @@ Status HydrationLayer::Map(uint64_t offset, uint64_t length, std::vector<Extent>
 Status HydrationLayer::Write(uint64_t chunk, uint64_t* fetched) {
   {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return !loading_.count(chunk); });
+    // Bounded: chunks written but not recorded yet wait for the committer,
+    // so memory does not grow with the volume (chunks of zeros are written
+    // as fast as they are counted).
+    cv_.wait(lock, [&] {
+      return stop_ || (!loading_.count(chunk) && (written_.size() < kMaxUnrecorded || written_.count(chunk)));
+    });
+    if (stop_) return Status::Error(ESHUTDOWN, "the volume is closing");
     if (Loaded(chunk) || written_.count(chunk)) return Status::Ok();
     loading_.insert(chunk);
   }
@@ -304,9 +310,10 @@ int HydrationLayer::Serve(IoRequest* req) {
     Status st = Write(c, nullptr);
     // Reads need the bytes in the data file; anything else, the record too.
     if (st.ok() && !read) st = WaitLoaded(c);
+    if (st.code() == ESHUTDOWN) return -ESHUTDOWN;
     if (!st.ok()) {
       LogError(st.message());
-      return st.code() == ESHUTDOWN ? -ESHUTDOWN : -EIO;
+      return -EIO;
     }
   }
   if (!read) return 0;
@@ -362,6 +369,7 @@ void HydrationLayer::RunBackground() {
     if (Loaded(c)) continue;
     uint64_t fetched = 0;
     Status st = Write(c, &fetched);  // the committer records it
+    if (st.code() == ESHUTDOWN) return;
     if (!st.ok()) {
       LogError("background loading stopped: " + st.message());
       std::lock_guard<std::mutex> lock(mu_);

@@ -129,6 +129,8 @@ class HydrationLayer final : public DeviceLayer {
   // How far ahead of a sequential reader chunks are fetched.
   static constexpr uint64_t kReadAheadChunks = 8;
   static constexpr int kFetchThreadsPerCore = 4;
+  // Chunks written into the data file and not yet recorded as loaded, at most.
+  static constexpr size_t kMaxUnrecorded = 4096;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;            // a chunk's state changed, or stopping
