@@ -212,6 +212,8 @@ void ChunkSourceDevice::CacheLocked(uint64_t chunk, Chunk data) {
     // A buffer no reader holds is kept for the next fetch: a chunk's worth
     // of fresh memory costs page faults and zeroing each time.
     if (victim->second.data.use_count() == 1 && spare_.size() < kSpareBuffers) {
+      // The last reader's copy out of it happened before its reference went.
+      std::atomic_thread_fence(std::memory_order_acquire);
       spare_.push_back(std::move(victim->second.data));
     }
     cache_.erase(victim);

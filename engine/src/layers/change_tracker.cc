@@ -524,6 +524,9 @@ Result<ChangeSet> ChangeTracker::Cut() {
     }
     generation_ = cut.generation + 1;
     header_dirty_ = true;
+    // In the same step as they leave bits_: a reader of Unsnapshotted()
+    // never finds the cut's chunks in neither.
+    pending_cuts_[cut.generation] = cut.words;
   }
   Status st = PersistLocked();
   if (!st.ok()) {
@@ -534,16 +537,13 @@ Result<ChangeSet> ChangeTracker::Cut() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       for (uint64_t w = 0; w < cut.words.size(); ++w) SetBitsLocked(w, cut.words[w]);
+      pending_cuts_.erase(cut.generation);  // current marks again
     }
     if (PersistLocked().ok()) {
       ::unlink(cut_path.c_str());
       (void)SyncDirectory(DirOf(path_));
     }
     return st;
-  }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    pending_cuts_[cut.generation] = cut.words;
   }
   return cut;
 }

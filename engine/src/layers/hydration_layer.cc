@@ -115,6 +115,10 @@ void HydrationLayer::Submit(EventLoop& loop, IoRequest* req) {
   req->loop = &loop;
   req->link = nullptr;
   std::lock_guard<std::mutex> lock(mu_);
+  if (stop_) {  // no thread is left to serve it
+    loop.Post([req] { req->Finish(-ESHUTDOWN); });
+    return;
+  }
   if (tail_) {
     tail_->link = req;
   } else {
@@ -264,7 +268,16 @@ void HydrationLayer::RunCommits() {
     lock.unlock();
     // The data first, then the record: one sync of each for the whole batch.
     Status st = Status::Ok();
-    if (fdatasync(fd_) != 0) st = Status::FromErrno(errno, "sync loaded chunks");
+    // A failed sync stays failed: the kernel reports a writeback error once,
+    // so a later sync could succeed while pages written before this one
+    // (another batch's) never reached the disk. Nothing is recorded loaded
+    // from then on; those chunks load again after a restart.
+    if (sync_failed_) {
+      st = Status::IoError("an earlier sync of the data file failed");
+    } else if (fdatasync(fd_) != 0) {
+      st = Status::FromErrno(errno, "sync loaded chunks");
+      sync_failed_ = true;
+    }
     if (st.ok()) st = MarkLoaded(batch);
     if (st.ok()) {
       for (uint64_t c : batch) words_[c / 64].fetch_or(uint64_t{1} << (c % 64), std::memory_order_acq_rel);
@@ -305,15 +318,17 @@ int HydrationLayer::Serve(IoRequest* req) {
     work_.notify_all();
   }
   const auto start = std::chrono::steady_clock::now();
-  for (uint64_t c = first; c <= last; ++c) {
-    if (Loaded(c)) continue;
-    Status st = Write(c, nullptr);
-    // Reads need the bytes in the data file; anything else, the record too.
-    if (st.ok() && !read) st = WaitLoaded(c);
-    if (st.code() == ESHUTDOWN) return -ESHUTDOWN;
-    if (!st.ok()) {
-      LogError(st.message());
-      return -EIO;
+  // Reads need the bytes in the data file; anything else, the record too:
+  // every chunk written first, so that one commit can record them all.
+  for (int pass = 0; pass < (read ? 1 : 2); ++pass) {
+    for (uint64_t c = first; c <= last; ++c) {
+      if (Loaded(c)) continue;
+      Status st = pass == 0 ? Write(c, nullptr) : WaitLoaded(c);
+      if (st.code() == ESHUTDOWN) return -ESHUTDOWN;
+      if (!st.ok()) {
+        LogError(st.message());
+        return -EIO;
+      }
     }
   }
   if (!read) return 0;
@@ -345,7 +360,7 @@ void HydrationLayer::RunRequests() {
     const int result = stopping ? -ESHUTDOWN : Serve(req);
     EventLoop* loop = req->loop;
     if (result == 0) {
-      loop->Post([this, req] { next_->Submit(*req->loop, req); });
+      loop->Post([next = next_, req] { next->Submit(*req->loop, req); });
     } else {
       loop->Post([req, result] { req->Finish(result); });
     }

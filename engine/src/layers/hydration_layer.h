@@ -146,6 +146,7 @@ class HydrationLayer final : public DeviceLayer {
   Status error_ = Status::Ok();           // under mu_
   bool stop_ = false;                     // under mu_
   bool hold_commits_ = false;             // under mu_ (tests)
+  bool sync_failed_ = false;              // the committer's own: a sync of the data file failed
   std::vector<std::thread> requests_;
   std::thread committer_;
   std::thread background_;
