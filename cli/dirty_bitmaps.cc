@@ -49,22 +49,25 @@ class Fixed final : public nbd::ChangeMap {
 
 class OfVolume final : public nbd::ChangeMap {
  public:
-  OfVolume(snapshot::SnapshotService* service, VolumeManager* volumes, std::string name, Volume* volume,
-           std::string since)
-      : service_(service), volumes_(volumes), name_(std::move(name)), volume_(volume), since_(std::move(since)) {}
+  OfVolume(snapshot::SnapshotService* service, std::string name, Volume* volume, std::string since)
+      : service_(service), name_(std::move(name)), volume_(volume), since_(std::move(since)) {}
 
   Status Map(uint64_t offset, uint64_t length, std::vector<nbd::DirtyExtent>* out, size_t max) override {
     // The tracker first, then the last cut: a snapshot completing between
     // the two names itself as the last cut before its cut set leaves the
     // tracker (snapshot_create.cc), so nothing falls in the gap.
     const ChangeSet tracked = volume_->UnsnapshottedChanges();
-    auto info = volumes_->Describe(name_);
-    if (!info.ok()) return info.status();
-    if (!known_ || info->record.last_cut != cut_) {
-      auto changed = service_->ChangedSinceLastCut(info->record, since_);
+    // From the open volume, not the catalog: no manager lock on the loop.
+    VolumeRecord v;
+    v.name = name_;
+    v.id = volume_->id();
+    v.source_snapshot = volume_->source_snapshot();
+    v.last_cut = volume_->last_cut();
+    if (!known_ || v.last_cut != cut_) {
+      auto changed = service_->ChangedSinceLastCut(v, since_);
       if (!changed.ok()) return changed.status();
       base_ = std::move(*changed);
-      cut_ = info->record.last_cut;
+      cut_ = v.last_cut;
       known_ = true;
     }
     const uint64_t cs = service_->chunk_size();
@@ -82,7 +85,6 @@ class OfVolume final : public nbd::ChangeMap {
 
  private:
   snapshot::SnapshotService* const service_;
-  VolumeManager* const volumes_;
   const std::string name_;
   Volume* const volume_;
   const std::string since_;
@@ -98,9 +100,9 @@ std::unique_ptr<nbd::ChangeMap> FixedChangeMap(std::vector<uint64_t> dirty_chunk
   return std::make_unique<Fixed>(std::move(dirty_chunks), chunk_size, size);
 }
 
-std::unique_ptr<nbd::ChangeMap> VolumeChangeMap(snapshot::SnapshotService* service, VolumeManager* volumes,
-                                                const std::string& name, Volume* volume, std::string since) {
-  return std::make_unique<OfVolume>(service, volumes, name, volume, std::move(since));
+std::unique_ptr<nbd::ChangeMap> VolumeChangeMap(snapshot::SnapshotService* service, const std::string& name,
+                                                Volume* volume, std::string since) {
+  return std::make_unique<OfVolume>(service, name, volume, std::move(since));
 }
 
 }  // namespace ebs::cli

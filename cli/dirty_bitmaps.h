@@ -26,8 +26,9 @@ namespace ebs::cli {
 std::unique_ptr<nbd::ChangeMap> FixedChangeMap(std::vector<uint64_t> dirty_chunks, uint64_t chunk_size,
                                                uint64_t size);
 
-// Volume `volume` (named `name` in `volumes`) since snapshot `since`.
-std::unique_ptr<nbd::ChangeMap> VolumeChangeMap(snapshot::SnapshotService* service, VolumeManager* volumes,
-                                                const std::string& name, Volume* volume, std::string since);
+// Open volume `volume` (named `name`) since snapshot `since`; reads its
+// last cut and tracker from the volume itself, never the catalog.
+std::unique_ptr<nbd::ChangeMap> VolumeChangeMap(snapshot::SnapshotService* service, const std::string& name,
+                                                Volume* volume, std::string since);
 
 }  // namespace ebs::cli

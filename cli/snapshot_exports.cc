@@ -79,7 +79,7 @@ std::vector<std::string> SnapshotExports::Bitmaps(const std::string& name) {
 
 Result<std::unique_ptr<nbd::ChangeMap>> SnapshotExports::OpenBitmap(const std::string& name, Volume* volume,
                                                                     const std::string& bitmap) {
-  if (volume != nullptr) return VolumeChangeMap(service_, volumes_, name, volume, bitmap);
+  if (volume != nullptr) return VolumeChangeMap(service_, name, volume, bitmap);
   auto to = service_->FindCompleted(name);
   if (!to.ok()) return to.status();
   auto chunks = service_->ChangedChunks(bitmap, name);

@@ -129,7 +129,12 @@ Status VolumeManager::SetLastCut(const std::string& name, const std::string& id,
   if (!r.ok()) return r.status();
   if (r->id != id) return Status::NotFound("volume '" + name + "' was deleted");
   r->last_cut = cut;
-  return catalog_->Put(*r);
+  EBS_RETURN_IF_ERROR(catalog_->Put(*r));
+  if (auto it = open_.find(name); it != open_.end()) {
+    std::lock_guard<std::mutex> cut_lock(it->second->last_cut_mu_);
+    it->second->last_cut_ = cut;
+  }
+  return Status::Ok();
 }
 
 void VolumeManager::SetChunkSourceFactory(ChunkSourceFactory factory) {

@@ -123,6 +123,8 @@ Result<std::shared_ptr<Volume>> VolumeStackBuilder::Build(const StackInputs& in)
   auto vol = std::make_shared<Volume>();
   vol->name_ = r.name;
   vol->id_ = r.id;
+  vol->source_snapshot_ = r.source_snapshot;
+  vol->last_cut_ = r.last_cut;
   vol->metrics_ = std::make_unique<VolumeMetrics>(in.options->clock->NowNs());
   vol->cipher_ = in.cipher;
   auto dev = FileDevice::Open(in.data_path, r.config.size_bytes, /*create=*/false);

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "ebs/engine/block_device.h"
@@ -57,6 +58,14 @@ class Volume {
   // Every chunk changed since the last committed cut (cuts still pending
   // included), at the tracker's chunk size. Safe on any thread; a copy.
   ChangeSet UnsnapshottedChanges() const;
+  // The record's last_cut as of now (VolumeManager keeps it in step), read
+  // without the manager's lock: for an event loop. Safe on any thread.
+  std::string last_cut() const {
+    std::lock_guard<std::mutex> lock(last_cut_mu_);
+    return last_cut_;
+  }
+  // The snapshot the volume was restored from ("" if none), fixed.
+  const std::string& source_snapshot() const { return source_snapshot_; }
   // A lazy restore still loading: a chunk not loaded yet holds the source's
   // content (and has not been written since the restore).
   bool Loading() const;
@@ -96,6 +105,9 @@ class Volume {
   std::shared_ptr<BlockDevice> device_;
   std::atomic<bool> deleted_{false};
   std::atomic<int> attachments_{0};
+  std::string source_snapshot_;
+  mutable std::mutex last_cut_mu_;
+  std::string last_cut_;  // under last_cut_mu_
 };
 
 // One user of a volume. Destroying it detaches.
