@@ -153,27 +153,32 @@ Result<ExportInfo> Connection::Open(const std::string& requested) {
   bool provided = false;
   auto info = FindExport(requested, &provided);
   if (!info) return Status::NotFound("no export named '" + requested + "'");
-  // ENOENT is kept for "no such export". Why an existing one cannot be
-  // opened (a missing key file, say) goes to the log only: it may name keys
-  // and paths, which are no business of the client's.
+  Status st = Status::Ok();
   if (provided) {
     auto opened = server_->options().extra_exports->Open(info->name);
-    if (!opened.ok()) {
-      LogWarning("export refused: '" + info->name + "' cannot be opened: " + opened.status().message());
-      return Status::Error(opened.status().code() == ENOENT ? EIO : opened.status().code(),
-                           "'" + info->name + "' cannot be opened (the server's log says why)");
+    if (opened.ok()) {
+      provided_ = std::move(*opened);
+      device_ = provided_.device.get();
+    } else {
+      st = opened.status();
     }
-    provided_ = std::move(*opened);
-    device_ = provided_.device.get();
   } else {
     auto att = server_->volumes()->Attach(info->name);
-    if (!att.ok()) {
-      LogWarning("export refused: volume '" + info->name + "' cannot be opened: " + att.status().message());
-      return Status::Error(att.status().code() == ENOENT ? EIO : att.status().code(),
-                           "volume '" + info->name + "' cannot be opened (the server's log says why)");
+    if (att.ok()) {
+      attachment_ = std::move(*att);
+      device_ = &attachment_->volume().device();
+    } else {
+      st = att.status();
     }
-    attachment_ = std::move(*att);
-    device_ = &attachment_->volume().device();
+  }
+  if (!st.ok()) {
+    // ENOENT is kept for "no such export". Why an existing one cannot be
+    // opened (a missing key file, say) goes to the log only: it may name
+    // keys and paths, which are no business of the client's.
+    const std::string what = (provided ? "'" : "volume '") + info->name + "'";
+    LogWarning("export refused: " + what + " cannot be opened: " + st.message());
+    return Status::Error(st.code() == ENOENT ? EIO : st.code(),
+                         what + " cannot be opened (the server's log says why)");
   }
   info->size = device_->size();  // fixed for this connection
   return *info;
@@ -303,11 +308,10 @@ void Connection::StartTransmission() {
   setsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
   structured_ = handshake_.structured_replies();
   base_allocation_ = handshake_.base_allocation();
+  // Only a provider offers dirty bitmaps, so any selected has one.
   for (const auto& name : handshake_.dirty_bitmaps()) {
-    ExportProvider* extra = server_->options().extra_exports;
     Volume* volume = attachment_ ? &attachment_->volume() : nullptr;
-    auto map = extra != nullptr ? extra->OpenBitmap(handshake_.export_info().name, volume, name)
-                                : Result<std::unique_ptr<ChangeMap>>(Status::NotFound("no dirty bitmaps"));
+    auto map = server_->options().extra_exports->OpenBitmap(handshake_.export_info().name, volume, name);
     if (!map.ok()) LogWarning("dirty bitmap '" + name + "' cannot be opened: " + map.status().message());
     bitmaps_.push_back(map.ok() ? std::move(*map) : nullptr);
   }

@@ -62,23 +62,19 @@ class SnapshotChunkSource final : public ChunkSource {
 
 Result<VolumeInfo> Images::Restore(const std::string& id, const std::string& volume, VolumeParams params,
                            std::optional<double> lazy_rate_mibps, std::optional<EncryptionRequest> encryption) {
-  auto r = ctx_.index->GetSnapshot(id);
-  if (!r.ok()) return r.status();
-  auto map = ctx_.FullMap(*r);
-  if (!map.ok()) return map.status();
+  auto record = ctx_.index->GetSnapshot(id);
+  if (!record.ok()) return record.status();  // the index names the missing snapshot
   // Everything that can refuse the restore is checked before the volume exists.
-  auto crypto = ctx_.CryptoFor(*r);
-  if (!crypto.ok()) return Status::Error(crypto.status().code(), "restore refused: " + crypto.status().message());
-  if (Status m = ctx_.CheckManifest(*r, crypto->get()); !m.ok()) {
-    return Status::Error(m.code(), "restore refused: snapshot " + id + ": " + m.message());
+  auto checked = Checked(std::move(*record));
+  if (!checked.ok()) return Status::Error(checked.status().code(), "restore refused: " + checked.status().message());
+  const auto& [r, map, crypto] = *checked;
+  if (!r.key_id.empty() && (!encryption || encryption->key_name.empty())) {
+    encryption = EncryptionRequest{r.key_name};  // stays encrypted, by default under its own key
   }
-  if (!r->key_id.empty() && (!encryption || encryption->key_name.empty())) {
-    encryption = EncryptionRequest{r->key_name};  // stays encrypted, by default under its own key
-  }
-  if (!params.size_bytes) params.size_bytes = r->volume_size;
-  if (*params.size_bytes < r->volume_size) {
+  if (!params.size_bytes) params.size_bytes = r.volume_size;
+  if (*params.size_bytes < r.volume_size) {
     return Status::InvalidArgument(fmt::format("InvalidParameterValue: size {} is smaller than the snapshot's {}",
-                                               FormatSize(*params.size_bytes), FormatSize(r->volume_size)));
+                                               FormatSize(*params.size_bytes), FormatSize(r.volume_size)));
   }
   if (!params.type) params.type = VolumeType::kGp3;
   CreateOptions options;
@@ -89,7 +85,7 @@ Result<VolumeInfo> Images::Restore(const std::string& id, const std::string& vol
   options.last_cut = ctx_.CutName("restore", 0, id);
   if (lazy_rate_mibps) {
     if (*lazy_rate_mibps < 0) return Status::InvalidArgument("InvalidParameterValue: --initialization-rate must be positive");
-    options.lazy = LazyRestore{r->chunk_size, *lazy_rate_mibps};
+    options.lazy = LazyRestore{r.chunk_size, *lazy_rate_mibps};
     auto info = ctx_.volumes->Create(volume, params, options);
     if (!info.ok()) return info.status();
     if (serving_) {
@@ -107,7 +103,7 @@ Result<VolumeInfo> Images::Restore(const std::string& id, const std::string& vol
   // Its data file through its cipher, opened the way serving opens it.
   auto writer = ctx_.volumes->OpenRestoreWriter(volume, info->record.id);
   Status st = writer.status();
-  if (st.ok()) st = WriteImage(*r, *map, crypto->get(), **writer);
+  if (st.ok()) st = WriteImage(r, map, crypto.get(), **writer);
   if (st.ok()) st = ctx_.volumes->FinishRestore(volume, info->record.id);
   if (!st.ok()) {
     // No half-restored volume is left behind to be mistaken for a good one.
@@ -184,17 +180,24 @@ Result<nlohmann::json> Images::Export(const std::string& id, const std::string& 
                         {"data_chunks", map->size()}};
 }
 
-Result<SnapshotImage> Images::OpenImage(const std::string& id) {
-  auto r = ctx_.index->GetSnapshot(id);
-  if (!r.ok()) return r.status();
-  auto map = ctx_.FullMap(*r);
+Result<Images::CheckedSnapshot> Images::Checked(SnapshotRecord r) {
+  auto map = ctx_.FullMap(r);
   if (!map.ok()) return map.status();
-  auto crypto = ctx_.CryptoFor(*r);
+  auto crypto = ctx_.CryptoFor(r);
   if (!crypto.ok()) return crypto.status();
-  if (Status m = ctx_.CheckManifest(*r, crypto->get()); !m.ok()) {
-    return Status::Error(m.code(), "snapshot " + id + ": " + m.message());
+  if (Status m = ctx_.CheckManifest(r, crypto->get()); !m.ok()) {
+    return Status::Error(m.code(), "snapshot " + r.id + ": " + m.message());
   }
-  return SnapshotImage{*r, std::make_shared<SnapshotChunkSource>(ctx_.store, r->id, *map, *crypto, /*cached=*/true)};
+  return CheckedSnapshot{std::move(r), std::move(*map), std::move(*crypto)};
+}
+
+Result<SnapshotImage> Images::OpenImage(const std::string& id) {
+  auto record = ctx_.index->GetSnapshot(id);
+  if (!record.ok()) return record.status();
+  auto checked = Checked(std::move(*record));
+  if (!checked.ok()) return checked.status();
+  const auto& [r, map, crypto] = *checked;
+  return SnapshotImage{r, std::make_shared<SnapshotChunkSource>(ctx_.store, r.id, map, crypto, /*cached=*/true)};
 }
 
 Result<std::shared_ptr<ChunkSource>> Images::ChunkSourceFor(const VolumeRecord& v) {

@@ -36,6 +36,15 @@ class Images {
   void set_serving(bool serving) { serving_ = serving; }
 
  private:
+  // Snapshot `r` with everything a reader needs, checked as a restore
+  // checks it: completed, its whole map, its keys (null when plain), its
+  // manifest intact and its own.
+  struct CheckedSnapshot {
+    SnapshotRecord record;
+    std::vector<DeltaEntry> map;
+    std::shared_ptr<const ChunkCrypto> crypto;
+  };
+  Result<CheckedSnapshot> Checked(SnapshotRecord r);
   // Writes every chunk of `map` (snapshot `r`'s, decoded with `crypto` when
   // encrypted) through `out`, then syncs it.
   Status WriteImage(const SnapshotRecord& r, const std::vector<DeltaEntry>& map, const ChunkCrypto* crypto,

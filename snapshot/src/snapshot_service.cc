@@ -157,59 +157,58 @@ Result<nlohmann::json> SnapshotService::Reindex(bool force) {
 }
 
 namespace {
-Status IndexBusy() { return Status::Error(EAGAIN, "the snapshot index is being rebuilt (store reindex); try again"); }
+
+// Runs `read` under a shared hold of `swap` if one can be had at once, else
+// fails with EAGAIN: the readers for event loops never wait for a reindex.
+template <typename F>
+auto NowOrBusy(std::shared_mutex& swap, F&& read) -> decltype(read()) {
+  std::shared_lock<std::shared_mutex> hold(swap, std::try_to_lock);
+  if (!hold.owns_lock()) return Status::Error(EAGAIN, "the snapshot index is being rebuilt (store reindex); try again");
+  return read();
+}
+
 }  // namespace
 
 Result<std::vector<SnapshotRecord>> SnapshotService::ListCompleted() {
-  std::shared_lock<std::shared_mutex> swap(index_swap_, std::try_to_lock);
-  if (!swap.owns_lock()) return IndexBusy();
-  auto all = ctx_->index->ListSnapshots();
-  if (!all.ok()) return all.status();
-  std::vector<SnapshotRecord> out;
-  for (auto& r : *all) {
-    if (r.state == SnapshotState::kCompleted) out.push_back(std::move(r));
-  }
-  return out;
+  return NowOrBusy(index_swap_, [&]() -> Result<std::vector<SnapshotRecord>> {
+    auto all = ctx_->index->ListSnapshots();
+    if (!all.ok()) return all.status();
+    std::vector<SnapshotRecord> out;
+    for (auto& r : *all) {
+      if (r.state == SnapshotState::kCompleted) out.push_back(std::move(r));
+    }
+    return out;
+  });
 }
 
 Result<SnapshotRecord> SnapshotService::FindCompleted(const std::string& id) {
-  std::shared_lock<std::shared_mutex> swap(index_swap_, std::try_to_lock);
-  if (!swap.owns_lock()) return IndexBusy();
-  auto r = ctx_->index->GetSnapshot(id);
-  if (!r.ok()) return r.status();
-  if (r->state != SnapshotState::kCompleted) return Status::NotFound("snapshot " + id + " is not completed");
-  return r;
+  return NowOrBusy(index_swap_, [&]() -> Result<SnapshotRecord> {
+    auto r = ctx_->index->GetSnapshot(id);
+    if (!r.ok()) return r.status();
+    if (r->state != SnapshotState::kCompleted) return Status::NotFound("snapshot " + id + " is not completed");
+    return r;
+  });
 }
 
 Result<SnapshotImage> SnapshotService::OpenImage(const std::string& id) {
-  std::shared_lock<std::shared_mutex> swap(index_swap_, std::try_to_lock);
-  if (!swap.owns_lock()) return IndexBusy();
-  return images_->OpenImage(id);
+  return NowOrBusy(index_swap_, [&] { return images_->OpenImage(id); });
 }
 
 Result<std::vector<std::string>> SnapshotService::BitmapsOfSnapshot(const std::string& id) {
-  std::shared_lock<std::shared_mutex> swap(index_swap_, std::try_to_lock);
-  if (!swap.owns_lock()) return IndexBusy();
-  return changes_->BitmapsOfSnapshot(id);
+  return NowOrBusy(index_swap_, [&] { return changes_->BitmapsOfSnapshot(id); });
 }
 
 Result<std::vector<std::string>> SnapshotService::BitmapsOfVolume(const VolumeRecord& v) {
-  std::shared_lock<std::shared_mutex> swap(index_swap_, std::try_to_lock);
-  if (!swap.owns_lock()) return IndexBusy();
-  return changes_->BitmapsOfVolume(v);
+  return NowOrBusy(index_swap_, [&] { return changes_->BitmapsOfVolume(v); });
 }
 
 Result<std::vector<uint64_t>> SnapshotService::ChangedChunks(const std::string& from, const std::string& to) {
-  std::shared_lock<std::shared_mutex> swap(index_swap_, std::try_to_lock);
-  if (!swap.owns_lock()) return IndexBusy();
-  return changes_->Changed(from, to);
+  return NowOrBusy(index_swap_, [&] { return changes_->Changed(from, to); });
 }
 
 Result<std::optional<std::vector<uint64_t>>> SnapshotService::ChangedSinceLastCut(const VolumeRecord& v,
                                                                                   const std::string& from) {
-  std::shared_lock<std::shared_mutex> swap(index_swap_, std::try_to_lock);
-  if (!swap.owns_lock()) return IndexBusy();
-  return changes_->ChangedSinceCut(v, from);
+  return NowOrBusy(index_swap_, [&] { return changes_->ChangedSinceCut(v, from); });
 }
 
 void SnapshotService::SetDeleteObserver(std::function<void(const std::string& id)> observer) {

@@ -50,13 +50,7 @@ void ChunkSourceDevice::Submit(EventLoop& loop, IoRequest* req) {
           if (next_sequential_.exchange(req->offset + req->length) == req->offset) ReadAhead(last);
           if (ReadCached(req)) break;  // every chunk it needs is decoded already: no thread hop
           std::lock_guard<std::mutex> lock(mu_);
-          req->link = nullptr;
-          if (tail_ != nullptr) {
-            tail_->link = req;
-          } else {
-            head_ = req;
-          }
-          tail_ = req;
+          waiting_.Push(req);
         }
         cv_.notify_one();
         return;
@@ -76,11 +70,9 @@ void ChunkSourceDevice::Submit(EventLoop& loop, IoRequest* req) {
 void ChunkSourceDevice::Run() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    cv_.wait(lock, [&] { return stop_ || head_ != nullptr || !prefetch_.empty(); });
-    if (head_ != nullptr) {
-      IoRequest* req = head_;
-      head_ = req->link;
-      if (head_ == nullptr) tail_ = nullptr;
+    cv_.wait(lock, [&] { return stop_ || !waiting_.empty() || !prefetch_.empty(); });
+    if (!waiting_.empty()) {
+      IoRequest* req = waiting_.Pop();
       const bool stopping = stop_;
       lock.unlock();
       const int result = stopping || closed() ? -ESHUTDOWN : Read(req);

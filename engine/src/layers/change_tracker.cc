@@ -290,13 +290,7 @@ ChangeTracker::MarkOutcome ChangeTracker::MarkOrQueue(IoRequest* req) {
   // Bits set before the persist in progress started are written by it and
   // release this request when it completes; new bits need the next one.
   req->done = started_seq_ + 1;
-  req->link = nullptr;
-  if (waiters_tail_ != nullptr) {
-    waiters_tail_->link = req;
-  } else {
-    waiters_head_ = req;
-  }
-  waiters_tail_ = req;
+  waiters_.Push(req);
   wanted_seq_ = std::max(wanted_seq_, req->done);
   ++stats_.queued;
   if (idle_) cv_.notify_one();
@@ -399,7 +393,7 @@ Status ChangeTracker::PersistLocked() {
       ++stats_.persists;
       stats_.pages_written += pages.size();
     }
-    IoRequest** link = &waiters_head_;
+    IoRequest** link = &waiters_.head;
     IoRequest* prev = nullptr;
     if (st.ok()) {
       DurableBits* d = durable_.load(std::memory_order_relaxed);
@@ -444,7 +438,7 @@ Status ChangeTracker::PersistLocked() {
         }
       }
     }
-    waiters_tail_ = prev;
+    waiters_.tail = prev;
   }
   Dispatch(released);
   return st;
@@ -516,7 +510,7 @@ Result<ChangeSet> ChangeTracker::Cut() {
     // A queued request has not reached the data file: it belongs to the new
     // epoch, all of it, including chunks that were durable (and so just cut).
     // Re-mark those; this cut's persist releases the request.
-    for (IoRequest* r = waiters_head_; r != nullptr; r = r->link) {
+    for (IoRequest* r = waiters_.head; r != nullptr; r = r->link) {
       const uint64_t first = r->offset >> chunk_shift_;
       const uint64_t last = (r->offset + r->length - 1) >> chunk_shift_;
       for (uint64_t w = first / 64; w <= last / 64; ++w) SetBitsLocked(w, MaskFor(w, first, last));
@@ -611,12 +605,17 @@ Status ChangeTracker::MarkAll() {
   return PersistLocked();
 }
 
-ChangeSet ChangeTracker::Marked() const {
-  std::lock_guard<std::mutex> lock(mu_);
+ChangeSet ChangeTracker::EmptySetLocked() const {
   ChangeSet s;
   s.generation = generation_;
   s.chunk_size = chunk_size_;
   s.chunk_count = chunk_count_;
+  return s;
+}
+
+ChangeSet ChangeTracker::Marked() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  ChangeSet s = EmptySetLocked();
   const DurableBits* d = durable_.load(std::memory_order_relaxed);
   s.words.resize(d->nwords);
   for (uint64_t w = 0; w < d->nwords; ++w) s.words[w] = d->w[w].load(std::memory_order_relaxed);
@@ -625,10 +624,7 @@ ChangeSet ChangeTracker::Marked() const {
 
 ChangeSet ChangeTracker::Unsnapshotted() const {
   std::lock_guard<std::mutex> lock(mu_);
-  ChangeSet s;
-  s.generation = generation_;
-  s.chunk_size = chunk_size_;
-  s.chunk_count = chunk_count_;
+  ChangeSet s = EmptySetLocked();
   s.words = bits_;
   for (const auto& [generation, words] : pending_cuts_) {
     if (words.size() > s.words.size()) s.words.resize(words.size(), 0);

@@ -179,6 +179,7 @@ class ChangeTracker {
   // REQUIRES: mu_. OR `mask` into bits_ word `w`; dirties its page if it changed.
   void SetBitsLocked(uint64_t w, uint64_t mask);
   void GrowLocked(uint64_t chunk_count);  // REQUIRES: mu_
+  ChangeSet EmptySetLocked() const;       // REQUIRES: mu_. This epoch's, no chunk marked.
   void Dispatch(Released& released);
 
   const std::string path_;
@@ -214,8 +215,7 @@ class ChangeTracker {
   // first to start after it was queued) or an earlier one that covered it.
   uint64_t started_seq_ = 0;    // under mu_
   uint64_t wanted_seq_ = 0;     // under mu_: highest persist a waiter needs
-  IoRequest* waiters_head_ = nullptr;  // under mu_: FIFO through link
-  IoRequest* waiters_tail_ = nullptr;  // under mu_
+  IoQueue waiters_;  // under mu_; the persist releases any of them, not only the head
   bool idle_ = false;           // under mu_: the thread waits on cv_
   bool stop_ = false;           // under mu_
   bool hold_persists_ = false;  // under mu_

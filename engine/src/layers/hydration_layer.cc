@@ -113,18 +113,12 @@ void HydrationLayer::Submit(EventLoop& loop, IoRequest* req) {
   }
   // Loading blocks (fetch, write, sync): never on the loop's thread.
   req->loop = &loop;
-  req->link = nullptr;
   std::lock_guard<std::mutex> lock(mu_);
   if (stop_) {  // no thread is left to serve it
     loop.Post([req] { req->Finish(-ESHUTDOWN); });
     return;
   }
-  if (tail_) {
-    tail_->link = req;
-  } else {
-    head_ = req;
-  }
-  tail_ = req;
+  waiting_.Push(req);
   work_.notify_one();
 }
 
@@ -342,9 +336,9 @@ int HydrationLayer::Serve(IoRequest* req) {
 void HydrationLayer::RunRequests() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    work_.wait(lock, [&] { return stop_ || head_ != nullptr || !prefetch_.empty(); });
-    if (head_ == nullptr && (stop_ || prefetch_.empty())) return;
-    if (head_ == nullptr) {
+    work_.wait(lock, [&] { return stop_ || !waiting_.empty() || !prefetch_.empty(); });
+    if (waiting_.empty() && (stop_ || prefetch_.empty())) return;
+    if (waiting_.empty()) {
       const uint64_t c = prefetch_.back();
       prefetch_.pop_back();
       lock.unlock();
@@ -352,9 +346,7 @@ void HydrationLayer::RunRequests() {
       lock.lock();
       continue;
     }
-    IoRequest* req = head_;
-    head_ = req->link;
-    if (!head_) tail_ = nullptr;
+    IoRequest* req = waiting_.Pop();
     const bool stopping = stop_;
     lock.unlock();
     const int result = stopping ? -ESHUTDOWN : Serve(req);

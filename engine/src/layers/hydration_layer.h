@@ -141,8 +141,7 @@ class HydrationLayer final : public DeviceLayer {
   std::unordered_set<uint64_t> failed_;   // under mu_: their commit failed (writers waiting get EIO)
   std::vector<uint64_t> to_commit_;       // under mu_: written, for the committer
   std::vector<uint64_t> prefetch_;        // under mu_: chunks to fetch ahead
-  IoRequest* head_ = nullptr;             // under mu_: requests waiting for chunks
-  IoRequest* tail_ = nullptr;             // under mu_
+  IoQueue waiting_;                       // under mu_: requests waiting for chunks
   Status error_ = Status::Ok();           // under mu_
   bool stop_ = false;                     // under mu_
   bool hold_commits_ = false;             // under mu_ (tests)

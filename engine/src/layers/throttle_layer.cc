@@ -126,7 +126,7 @@ void ThrottleLayer::Submit(EventLoop& loop, IoRequest* req) {
     std::lock_guard<std::mutex> lock(mu_);
     MaybeSwitch(now);
     cost = model_.Account(req->offset, req->length);
-    if (head_ == nullptr) {
+    if (waiting_queue_.empty()) {
       int64_t wait = model_.WaitNs(cost, now);
       if (wait == 0) {
         model_.Consume(cost, now);
@@ -135,17 +135,11 @@ void ThrottleLayer::Submit(EventLoop& loop, IoRequest* req) {
         metrics_->OnHeldBack(model_.last_wait_was_iops(), now, wake);
       }
     }
-    if (head_ != nullptr || wake != 0) {
+    if (!waiting_queue_.empty() || wake != 0) {
       // Behind others, or over the limit: wait in line.
       req->loop = &loop;
       req->LayerState<Queued>(layer_index()) = {cost.ios, cost.bytes, now};
-      req->link = nullptr;
-      if (tail_ != nullptr) {
-        tail_->link = req;
-      } else {
-        head_ = req;
-      }
-      tail_ = req;
+      waiting_queue_.Push(req);
       ++waiting_;
       req = nullptr;
     }
@@ -165,8 +159,8 @@ int64_t ThrottleLayer::Pump(int64_t now_ns) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     MaybeSwitch(now_ns);
-    while (head_ != nullptr) {
-      const auto& q = head_->LayerState<Queued>(layer_index());
+    while (!waiting_queue_.empty()) {
+      const auto& q = waiting_queue_.head->LayerState<Queued>(layer_index());
       IoCost cost{q.cost_ios, q.cost_bytes};
       int64_t wait = model_.WaitNs(cost, now_ns);
       if (wait > 0) {
@@ -178,11 +172,8 @@ int64_t ThrottleLayer::Pump(int64_t now_ns) {
         break;
       }
       model_.Consume(cost, now_ns);
-      IoRequest* r = head_;
-      head_ = r->link;
-      if (head_ == nullptr) tail_ = nullptr;
+      IoRequest* r = waiting_queue_.Pop();
       --waiting_;
-      r->link = nullptr;
       *admitted_tail = r;
       admitted_tail = &r->link;
     }

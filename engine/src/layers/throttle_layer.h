@@ -88,8 +88,7 @@ class ThrottleLayer final : public DeviceLayer {
   PerformanceModel model_;                  // under mu_
   std::optional<PerformanceLimits> later_;  // under mu_
   int64_t switch_at_ns_ = 0;                // under mu_
-  IoRequest* head_ = nullptr;               // under mu_: waiting requests, FIFO via link
-  IoRequest* tail_ = nullptr;               // under mu_
+  IoQueue waiting_queue_;                   // under mu_: waiting requests
   size_t waiting_ = 0;                      // under mu_
 };
 

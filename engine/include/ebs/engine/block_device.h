@@ -88,6 +88,32 @@ struct IoRequest : IoCompletion {
   alignas(8) unsigned char layer_state_[kMaxLayers][kLayerStateBytes];
 };
 
+// Requests a layer holds back, first in first out, threaded through
+// IoRequest::link (nothing allocated). Not thread-safe: the owner's lock
+// guards it.
+struct IoQueue {
+  IoRequest* head = nullptr;
+  IoRequest* tail = nullptr;
+  bool empty() const { return head == nullptr; }
+  void Push(IoRequest* req) {
+    req->link = nullptr;
+    if (tail != nullptr) {
+      tail->link = req;
+    } else {
+      head = req;
+    }
+    tail = req;
+  }
+  // REQUIRES: !empty().
+  IoRequest* Pop() {
+    IoRequest* req = head;
+    head = req->link;
+    if (head == nullptr) tail = nullptr;
+    req->link = nullptr;
+    return req;
+  }
+};
+
 struct Extent {
   uint64_t offset;
   uint64_t length;

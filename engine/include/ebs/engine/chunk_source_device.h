@@ -80,8 +80,7 @@ class ChunkSourceDevice final : public BlockDevice {
   std::mutex mu_;
   std::condition_variable cv_;       // work queued, or stopping
   std::condition_variable fetched_;  // a fetch finished
-  IoRequest* head_ = nullptr;        // under mu_: reads waiting for a thread
-  IoRequest* tail_ = nullptr;        // under mu_
+  IoQueue waiting_;                  // under mu_: reads waiting for a thread
   std::vector<uint64_t> prefetch_;   // under mu_: chunks to fetch ahead (LIFO is fine)
   std::list<uint64_t> lru_;          // under mu_: most recent first
   struct Entry {
